@@ -1,0 +1,211 @@
+"""The training sections of a pipeline spec: ``data``, ``model``, ``train``, ``tracking``.
+
+These models are the single source of truth: the YAML contract, the JSON Schema
+(`orch schema`) and every check come from them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from jobs import models as zoo
+
+SKLEARN_SETS = ("digits", "wine", "breast_cancer", "iris", "diabetes")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(_Section):
+    source: str = Field(
+        description="sklearn://<set> (digits, wine, breast_cancer, iris, diabetes), or a path "
+        "or file:// URI to a Parquet or CSV file, or a directory of them."
+    )
+    label: str = Field("target", description="Label column (files; sklearn sets use 'target').")
+    features: list[str] | None = Field(
+        None, description="Feature columns. null = every column but the label."
+    )
+    task: Literal["classification", "regression"] | None = Field(
+        None,
+        description="classification | regression. null = inferred: sklearn sets know theirs; "
+        "for files a floating-point label means regression, anything else classification.",
+    )
+    validation_split: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Fraction of rows held out for validation."
+    )
+    seed: int = Field(0, description="Seed of the train/validation split and of the shuffles.")
+
+    @field_validator("source")
+    @classmethod
+    def _known_sklearn_set(cls, source: str) -> str:
+        if source.startswith("sklearn://"):
+            name = source.removeprefix("sklearn://")
+            if name not in SKLEARN_SETS:
+                raise ValueError(
+                    f"unknown scikit-learn set {name!r}; use one of "
+                    + ", ".join(f"sklearn://{s}" for s in SKLEARN_SETS)
+                )
+        return source
+
+
+class ModelSpec(_Section):
+    type: str = Field(description="Model zoo entry: " + " | ".join(sorted(zoo.MODEL_ZOO)))
+    params: dict = Field(default_factory=dict, description="Params of that model type.")
+
+    @field_validator("type")
+    @classmethod
+    def _in_zoo(cls, model_type: str) -> str:
+        zoo.get_entry(model_type)
+        return model_type
+
+    @model_validator(mode="after")
+    def _params_fit_type(self) -> ModelSpec:
+        try:
+            zoo.get_entry(self.type).params_model.model_validate(self.params)
+        except ValidationError as exc:
+            inner = exc.errors(include_url=False, include_context=False, include_input=False)
+            detail = "; ".join(
+                f"params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in inner
+            )
+            # The loader expands ctx["errors"] into one error per params field.
+            raise PydanticCustomError("model_params", "{detail}", {"detail": detail, "errors": inner})
+        return self
+
+
+class OptimizerSpec(_Section):
+    type: Literal["adam", "adamw", "sgd"] = Field("adamw", description="adam | adamw | sgd")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (decoupled for adamw).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas (adam, adamw).")
+
+
+class SchedulerSpec(_Section):
+    type: Literal["none", "cosine", "step", "linear"] = Field(
+        "none", description="none | cosine | step | linear (decay after warm-up)."
+    )
+    warmup_epochs: float = Field(0, ge=0, description="Linear warm-up from 0 to lr, in epochs.")
+    step_size_epochs: int = Field(10, ge=1, description="step: epochs between decays.")
+    gamma: float = Field(0.1, gt=0, le=1, description="step: factor applied at each decay.")
+
+
+class DeepSpeedSpec(_Section):
+    zero_stage: int = Field(0, ge=0, le=3, description="ZeRO stage 0..3 (0 = plain data parallel).")
+    pipeline_stages: int = Field(
+        1, ge=1, description="1 = no pipeline. >1 = DeepSpeed PipelineModule with this many stages."
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="fp32 | bf16 | fp16 (fp16 needs GPUs)."
+    )
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per step.")
+    gradient_clipping: float = Field(0.0, ge=0, description="Max gradient norm; 0 = off.")
+
+    @model_validator(mode="after")
+    def _pipeline_needs_low_zero(self) -> DeepSpeedSpec:
+        if self.pipeline_stages > 1 and self.zero_stage > 1:
+            raise ValueError(
+                f"pipeline_stages={self.pipeline_stages} needs zero_stage 0 or 1, got "
+                f"zero_stage={self.zero_stage} (DeepSpeed refuses ZeRO-2/3 with pipelines)"
+            )
+        return self
+
+
+class CheckpointSpec(_Section):
+    every_epochs: int = Field(1, ge=1, description="Save a checkpoint every this many epochs.")
+    keep: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
+
+
+class TrainSpec(_Section):
+    epochs: int = Field(10, ge=1, description="Passes over the training split.")
+    batch_size: int = Field(64, ge=1, description="Global samples per optimizer step.")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer.")
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description="LR schedule.")
+    workers: int = Field(
+        1, ge=1, description="Ray Train workers = data-parallel degree x pipeline_stages."
+    )
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=lambda: {"CPU": 1.0},
+        description="Ray resources of each worker, e.g. {CPU: 0.5} or {CPU: 4, GPU: 1}.",
+    )
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed.")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints.")
+    max_failures: int = Field(
+        2, ge=-1, description="Worker failures to recover from by resuming; -1 = unlimited."
+    )
+    storage_path: str | None = Field(
+        None,
+        description="Where Ray Train keeps checkpoints (a shared path or URI on multi-node "
+        "clusters). null = ./.orch/runs.",
+    )
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _positive_resources(cls, resources: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in resources.items() if v <= 0}
+        if bad:
+            raise ValueError(f"resource amounts must be > 0, got {bad}")
+        return resources
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.resources_per_worker.get("GPU", 0) > 0
+
+    @property
+    def data_parallel_degree(self) -> int:
+        return self.workers // self.deepspeed.pipeline_stages
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Samples per worker per forward pass."""
+        return self.batch_size // (
+            self.data_parallel_degree * self.deepspeed.gradient_accumulation_steps
+        )
+
+    @model_validator(mode="after")
+    def _layout_fits(self) -> TrainSpec:
+        ds = self.deepspeed
+        if self.workers % ds.pipeline_stages:
+            raise ValueError(
+                f"workers ({self.workers}) must be a multiple of deepspeed.pipeline_stages "
+                f"({ds.pipeline_stages}); e.g. workers: {ds.pipeline_stages * 2} for 2-way data "
+                "parallel"
+            )
+        split = self.data_parallel_degree * ds.gradient_accumulation_steps
+        if self.batch_size % split:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must divide evenly into data-parallel degree "
+                f"({self.data_parallel_degree}) x gradient_accumulation_steps "
+                f"({ds.gradient_accumulation_steps}) = {split}; e.g. batch_size: "
+                f"{max(split, self.batch_size // split * split)}"
+            )
+        if ds.precision == "fp16" and not self.uses_gpu:
+            raise ValueError(
+                "precision fp16 needs GPUs (DeepSpeed: 'Type fp16 is not supported' on CPU); "
+                "use precision: bf16 or fp32, or give workers a GPU in resources_per_worker"
+            )
+        return self
+
+
+class TrackingSpec(_Section):
+    experiment: str | None = Field(None, description="MLflow experiment. null = pipeline name.")
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI. null = $MLFLOW_TRACKING_URI if set, else the "
+        "embedded SQLite store under ./.orch/.",
+    )
+
+
+def check_pipeline_fits_model(model: ModelSpec, train: TrainSpec) -> None:
+    """Cross-section rule: a pipeline cannot have more stages than the model has layers."""
+    stages = train.deepspeed.pipeline_stages
+    if stages > 1:
+        layers = zoo.count_layers(model.type, model.params)
+        if stages > layers:
+            raise ValueError(
+                f"train.deepspeed.pipeline_stages={stages} but model {model.type!r} has only "
+                f"{layers} layers; use at most {layers} stages or a deeper model"
+            )

@@ -1,0 +1,118 @@
+"""The runs side of MLflow: the only module of ``jobs`` that imports mlflow.
+
+One MLflow run per training: the flattened spec as params, per-epoch metrics, the resolved
+spec as an artifact, and the consolidated model (``pt2`` format: torch.export, loads
+without unpickling) with its signature and an input example.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from jobs.data import DataInfo
+from jobs.export import InferenceModel
+
+MODEL_ARTIFACT = "model"
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    """{"train": {"optimizer": {"lr": 0.1}}} -> {"train.optimizer.lr": "0.1"}."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = json.dumps(value) if not isinstance(value, str) else value
+    return flat
+
+
+class RunTracker:
+    """Context manager around one MLflow run; the run ends FAILED if the block raises."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None = None):
+        import mlflow
+
+        self._mlflow = mlflow
+        self.client = mlflow.MlflowClient(tracking_uri)
+        self.tracking_uri = tracking_uri
+        existing = self.client.get_experiment_by_name(experiment)
+        if existing is not None:
+            self.experiment_id = existing.experiment_id
+        else:
+            location = f"{Path(artifact_root).resolve().as_uri()}/{experiment}" if artifact_root else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        self.run_id: str | None = None
+
+    def start(self, run_name: str, tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def __enter__(self) -> RunTracker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, "FAILED" if exc_type else "FINISHED")
+
+    def log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, int | float)]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_model(self, model: InferenceModel, info: DataInfo, example: np.ndarray) -> str:
+        """Log the plain torch model; returns its ``runs:/`` URI."""
+        import mlflow
+        import mlflow.pytorch
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        outputs = (-1, info.n_outputs) if info.task == "classification" else (-1,)
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, info.n_features), "features")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), outputs, "predictions")]),
+        )
+        mlflow.set_tracking_uri(self.tracking_uri)
+        with mlflow.start_run(run_id=self.run_id):
+            logged = mlflow.pytorch.log_model(
+                model,
+                name=MODEL_ARTIFACT,
+                signature=signature,
+                input_example=example.astype(np.float32),
+                serialization_format="pt2",
+                metadata={"task": info.task, "classes": info.classes,
+                          "feature_names": info.feature_names},
+            )
+            self.client.log_text(self.run_id, info.model_dump_json(indent=2), "data_info.json")
+        return logged.model_uri
+
+
+def load_model(model_uri: str, tracking_uri: str):
+    """Read a logged model back as a torch module (``torch.export`` program, no pickle)."""
+    import mlflow
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.pytorch.load_model(model_uri)

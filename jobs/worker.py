@@ -1,0 +1,302 @@
+"""What runs on every Ray Train worker: a DeepSpeed engine over the zoo's layer list.
+
+Layout: ``workers = pipeline_stages x data_parallel``. Every worker streams the whole
+(unsplit) training split in the same seeded order and keeps its data-parallel slice of
+each global batch. Pipeline stages of one replica thus see identical batches, and the
+optimisation is the same whatever the layout: ZeRO-3 or a 2-stage pipeline follows the
+loss curve of plain data parallelism (tests/jobs/test_parallel_equivalence.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from jobs.data import DataInfo
+from jobs.errors import TrainingError
+from jobs.models import DataShape, build_layers
+from jobs.spec import ModelSpec, TrainSpec
+from jobs.schedule import build_optimizer, build_scheduler
+
+STATE_FILE = "orch_state.json"
+MODEL_FILE = "model_state.pt"
+DATA_INFO_FILE = "data_info.json"
+VAL_CHUNK = 1024  # validation rows per data-parallel rank per step
+
+
+def select_accelerator() -> None:
+    """Point DeepSpeed at CUDA when there is a GPU and at the CPU otherwise (before import)."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def loss_fn(task: str):
+    if task == "classification":
+        return lambda out, y: F.cross_entropy(out.float(), y)
+    return lambda out, y: F.mse_loss(out.float().squeeze(-1), y.float())
+
+
+def deepspeed_config(train: TrainSpec) -> dict:
+    ds = train.deepspeed
+    config: dict = {
+        "train_batch_size": train.batch_size,
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": ds.gradient_accumulation_steps,
+        "zero_optimization": {"stage": ds.zero_stage},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if ds.gradient_clipping:
+        config["gradient_clipping"] = ds.gradient_clipping
+    if ds.precision == "bf16":
+        config["bf16"] = {"enabled": True}
+    elif ds.precision == "fp16":
+        config["fp16"] = {"enabled": True, "initial_scale_power": 12}
+    return config
+
+
+@dataclass
+class Layout:
+    """Where this worker sits: its data-parallel rank and pipeline stage."""
+
+    dp_rank: int
+    dp_size: int
+    stage: int
+    stages: int
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.stage == self.stages - 1
+
+
+class _Sums:
+    """Sums of loss, correct predictions, squared errors and samples, reduced over ranks."""
+
+    def __init__(self, device):
+        self.values = torch.zeros(4, dtype=torch.float64, device=device)
+
+    def add(self, loss_sum: float, correct: float, sq_err: float, count: float) -> None:
+        self.values += torch.tensor(
+            [loss_sum, correct, sq_err, count], dtype=torch.float64, device=self.values.device
+        )
+
+    def reduce(self) -> tuple[float, float, float, float]:
+        torch.distributed.all_reduce(self.values)
+        return tuple(self.values.tolist())
+
+
+def _weighted_stats(out, y, weight, task: str, target_std: float):
+    """Per-batch sums for metrics; padded rows carry weight 0."""
+    out = out.float()
+    if task == "classification":
+        losses = F.cross_entropy(out, y, reduction="none")
+        correct = ((out.argmax(-1) == y).double() * weight).sum().item()
+        sq = 0.0
+    else:
+        pred = out.squeeze(-1)
+        losses = (pred - y.float()) ** 2
+        correct = 0.0
+        sq = (losses.double() * weight).sum().item() * target_std**2
+    return (losses.double() * weight).sum().item(), correct, sq, weight.sum().item()
+
+
+def _rank_slice(x, y, layout: Layout, pad: bool):
+    """This rank's contiguous share of a global batch; padded to one row if empty."""
+    per_rank = -(-len(x) // layout.dp_size)
+    lo = min(layout.dp_rank * per_rank, len(x))
+    hi = min(lo + per_rank, len(x))
+    xs, ys = x[lo:hi], y[lo:hi]
+    weight = torch.ones(len(xs), dtype=torch.float64)
+    if pad and len(xs) < per_rank:
+        fill = per_rank - len(xs)
+        xs = torch.cat([xs, x[:1].expand(fill, *x.shape[1:])])
+        ys = torch.cat([ys, y[:1].expand(fill)])
+        weight = torch.cat([weight, torch.zeros(fill, dtype=torch.float64)])
+    return xs, ys, weight
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point. ``config`` holds the spec sections and the DataInfo as dicts."""
+    select_accelerator()
+    import deepspeed
+    import ray.train
+    from ray.train import Checkpoint
+
+    model_spec = ModelSpec.model_validate(config["model"])
+    train = TrainSpec.model_validate(config["train"])
+    info = DataInfo.model_validate(config["data_info"])
+    seed = int(config["seed"])
+    events = config.get("events")
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    device = ray.train.torch.get_device()
+    stages = train.deepspeed.pipeline_stages
+
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+    torch.manual_seed(seed)  # the same initial weights on every rank and every layout
+    layers = build_layers(model_spec.type, model_spec.params, DataShape(info.n_features, info.n_outputs))
+    criterion = loss_fn(info.task)
+    if stages > 1:
+        from deepspeed.pipe import PipelineModule
+
+        module = PipelineModule(
+            layers=layers,
+            loss_fn=criterion,
+            num_stages=stages,
+            partition_method="parameters",
+            dynamic_shape=True,  # validation batches vary in size
+        )
+    else:
+        module = torch.nn.Sequential(*layers)
+
+    steps_per_epoch = max(1, info.n_train // train.batch_size)
+    optimizer = build_optimizer(train.optimizer, module.parameters())
+    scheduler = build_scheduler(train.scheduler, optimizer, steps_per_epoch, train.epochs)
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(train)
+    )
+    if stages > 1:
+        layout = Layout(engine.grid.get_data_parallel_rank(), engine.grid.get_data_parallel_world_size(),
+                        engine.stage_id, stages)
+    else:
+        layout = Layout(rank, ctx.get_world_size(), 0, 1)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.deepspeed.precision, torch.float32)
+
+    start_epoch, resumed_from = 1, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            load_path, client_state = engine.load_checkpoint(ckpt_dir)
+            if load_path is None:
+                raise TrainingError(
+                    f"checkpoint {checkpoint.path} has no loadable DeepSpeed state; refusing to "
+                    "restart from scratch silently"
+                )
+        resumed_from = int(client_state["epoch"])
+        start_epoch = resumed_from + 1
+
+    def emit(event: dict) -> None:
+        if events is not None:
+            events.put({**event, "rank": rank, "pid": os.getpid(), "time": time.time()})
+
+    emit({"type": "worker_started", "resumed_from_epoch": resumed_from,
+          "start_epoch": start_epoch, "epochs": train.epochs})
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    micro = train.micro_batch_size
+    gas = train.deepspeed.gradient_accumulation_steps
+    metrics: dict = {}
+
+    for epoch in range(start_epoch, train.epochs + 1):
+        engine.train()
+        sums = _Sums(device)
+        started = time.perf_counter()
+        batches = train_shard.iter_torch_batches(
+            batch_size=train.batch_size,
+            drop_last=True,
+            local_shuffle_buffer_size=min(info.n_train, 100_000),
+            local_shuffle_seed=seed + epoch,
+        )
+        steps = 0
+        for batch in batches:
+            xs, ys, _ = _rank_slice(batch["x"], batch["y"], layout, pad=False)
+            xs = xs.to(device=device, dtype=dtype)
+            ys = ys.to(device)
+            micro_batches = [(xs[i * micro:(i + 1) * micro], ys[i * micro:(i + 1) * micro])
+                             for i in range(gas)]
+            if stages > 1:
+                loss = engine.train_batch(data_iter=iter(micro_batches))
+                if layout.is_last_stage:
+                    sums.add(loss.item() * len(xs), 0, 0, len(xs))
+            else:
+                for xm, ym in micro_batches:
+                    loss = criterion(engine(xm), ym)
+                    engine.backward(loss)
+                    engine.step()
+                    sums.add(loss.item() * len(xm), 0, 0, len(xm))
+            steps += 1
+        train_time = time.perf_counter() - started
+        loss_sum, _, _, count = sums.reduce()
+        metrics = {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(count, 1),
+            "samples_per_s": steps * train.batch_size / train_time,
+            "lr": engine.get_lr()[0] if engine.get_lr() else train.optimizer.lr,
+            **_validate(engine, val_shard, layout, info, dtype, device, criterion),
+        }
+        final = epoch == train.epochs
+        due = final or epoch % train.checkpoint.every_epochs == 0
+        if due:
+            with tempfile.TemporaryDirectory(prefix="orch-ckpt-") as tmp:
+                engine.save_checkpoint(tmp, tag=f"epoch-{epoch}", client_state={"epoch": epoch})
+                if final:
+                    state = _full_state_dict(engine, train, layout)
+                    if rank == 0:
+                        torch.save(state, Path(tmp) / MODEL_FILE)
+                        (Path(tmp) / DATA_INFO_FILE).write_text(info.model_dump_json())
+                if rank == 0:
+                    (Path(tmp) / STATE_FILE).write_text(json.dumps({"epoch": epoch, "metrics": metrics}))
+                ckpt = Checkpoint.from_directory(tmp) if any(Path(tmp).iterdir()) else None
+                ray.train.report(metrics, checkpoint=ckpt)
+        else:
+            ray.train.report(metrics)
+        if rank == 0:
+            emit({"type": "epoch", "metrics": metrics, "checkpointed": due})
+
+
+def _validate(engine, val_shard, layout: Layout, info: DataInfo, dtype, device, criterion) -> dict:
+    engine.eval()
+    sums = _Sums(device)
+    chunk = VAL_CHUNK * layout.dp_size
+    with torch.no_grad():
+        for batch in val_shard.iter_torch_batches(batch_size=chunk):
+            xs, ys, weight = _rank_slice(batch["x"], batch["y"], layout, pad=True)
+            xs, ys = xs.to(device=device, dtype=dtype), ys.to(device)
+            if layout.stages > 1:
+                _, out = engine.eval_batch(iter([(xs, ys)]), return_logits=True, compute_loss=False,
+                                           bcast_loss=False, num_micro_batches=1)
+                if not layout.is_last_stage:
+                    continue
+            else:
+                out = engine(xs)
+            sums.add(*_weighted_stats(out, ys, weight.to(device), info.task, info.target_std))
+    loss_sum, correct, sq_err, count = sums.reduce()
+    # Ranks' slices are disjoint; in a pipeline only the last stage adds, once per replica.
+    metrics = {"val_loss": loss_sum / count}
+    if info.task == "classification":
+        metrics["val_accuracy"] = correct / count
+    else:
+        metrics["val_rmse"] = (sq_err / count) ** 0.5
+    return metrics
+
+
+def _full_state_dict(engine, train: TrainSpec, layout: Layout) -> dict:
+    """The whole model's fp32 weights on rank 0, from ZeRO-3 partitions or pipeline stages.
+
+    Every rank must call this (it gathers). Other ranks get an empty dict.
+    """
+    import deepspeed
+
+    module = engine.module
+    if train.deepspeed.zero_stage == 3:
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            local = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+    else:
+        local = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+    if layout.stages == 1:
+        return local if torch.distributed.get_rank() == 0 else {}
+    gathered: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, local if layout.dp_rank == 0 else {})
+    if torch.distributed.get_rank() != 0:
+        return {}
+    merged: dict = {}
+    for part in gathered:
+        merged.update(part)
+    return merged

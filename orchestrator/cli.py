@@ -1,0 +1,123 @@
+"""`orch`: a thin CLI over the SDK. User mistakes print one line and exit non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+from rich.console import Console
+
+from orchestrator.client import Client
+from orchestrator.exceptions import OrchestratorError
+from orchestrator.progress import RunDisplay, format_metrics
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orch", description="Run YAML ML pipelines on Ray: train, track, (tune, serve)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = sub.add_parser("validate", help="check a pipeline spec; starts nothing")
+    validate.add_argument("spec", help="pipeline YAML file")
+    validate.add_argument("--no-data", action="store_true", help="skip opening the data source")
+
+    run = sub.add_parser("run", help="run a pipeline to the end")
+    run.add_argument("spec", help="pipeline YAML file")
+    run.add_argument("--address", default=None,
+                     help="Ray cluster to use ('auto' or host:port); default: a local Ray")
+    out = run.add_mutually_exclusive_group()
+    out.add_argument("--quiet", action="store_true", help="print only the final summary line")
+    out.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    run.add_argument("--verbose", action="store_true", help="show Ray and DeepSpeed worker logs")
+
+    sub.add_parser("schema", help="print the spec's JSON Schema (for editors)")
+
+    ui = sub.add_parser("ui", help="open the MLflow UI on the embedded store")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    return parser
+
+
+def _cmd_validate(args) -> int:
+    spec = Client().validate(args.spec, check_data=not args.no_data)
+    t = spec.train
+    print(
+        f"{args.spec}: ok: {spec.name}: {spec.model.type} on {spec.data.source}, "
+        f"{t.workers} workers (pipeline {t.deepspeed.pipeline_stages} x data "
+        f"{t.data_parallel_degree}), ZeRO-{t.deepspeed.zero_stage}, {t.deepspeed.precision}"
+    )
+    return 0
+
+
+def _cmd_run(args) -> int:
+    err = Console(stderr=True)
+    show_progress = not (args.quiet or args.json)
+    display = RunDisplay(err) if show_progress else None
+    client = Client(args.address, show_worker_logs=args.verbose)
+    try:
+        result = client.run(args.spec, on_event=display)
+    except OrchestratorError as exc:
+        if display:
+            display.close()
+        if args.json:
+            print(json.dumps({"spec": args.spec, "status": "failed", "error": str(exc)}))
+        raise
+    if display:
+        display.close()
+    if args.json:
+        print(result.model_dump_json())
+        return 0
+    print(f"{result.name}: {result.status}: {format_metrics(result.metrics)}")
+    if not args.quiet:
+        print(f"MLflow run: {result.mlflow_run_id}  model: {result.model_uri}")
+        if result.tracking_uri.startswith("sqlite:"):
+            print("Open the MLflow UI with: orch ui   (http://127.0.0.1:5000)")
+        else:
+            print(f"MLflow tracking server: {result.tracking_uri}")
+    return 0
+
+
+def _cmd_schema(args) -> int:
+    from orchestrator.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _cmd_ui(args) -> int:
+    from orchestrator.runtime import artifact_root, default_tracking_uri
+
+    mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
+    if mlflow is None:
+        raise OrchestratorError("the mlflow command is not installed in this environment")
+    command = [
+        mlflow, "ui", "--backend-store-uri", default_tracking_uri(),
+        "--default-artifact-root", artifact_root().as_uri(),
+        "--host", args.host, "--port", str(args.port), "--workers", "1",
+    ]
+    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr)
+    os.execv(command[0], command)
+    return 0  # not reached
+
+
+_COMMANDS = {"validate": _cmd_validate, "run": _cmd_run, "schema": _cmd_schema, "ui": _cmd_ui}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except OrchestratorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,26 @@
+"""User-facing errors of the orchestrator. The CLI prints their message and exits non-zero."""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Base: a problem the user can fix; the message says what and how."""
+
+    exit_code = 1
+
+    def __reduce__(self):
+        return (type(self), self.args)
+
+
+class SpecError(OrchestratorError):
+    """The pipeline spec (or what it points at) is invalid. Nothing was started."""
+
+    exit_code = 2
+
+
+class ClusterError(OrchestratorError):
+    """Ray could not be reached or started as asked."""
+
+
+class JobFailedError(OrchestratorError):
+    """A stage ran and failed; the message carries the cause."""

@@ -1,0 +1,177 @@
+"""``load_spec(path)``: YAML to a validated ``PipelineSpec``, or a ``SpecError`` a person can act on.
+
+Every problem is reported as ``file:line: field.path: what is wrong (and the fix)``; an
+unknown key gets the closest valid one ("did you mean 'epochs'?"). With ``check_data``
+the data source, its columns and the model's fit to the data are checked too (reading the
+schema only), so ``orch validate`` catches them before anything starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from jobs import models as zoo
+from jobs.data import probe
+from jobs.errors import DataError
+from jobs.spec import ModelSpec
+from orchestrator.exceptions import SpecError
+from orchestrator.spec import PipelineSpec
+
+Loc = tuple
+
+
+def _line_map(text: str) -> dict[Loc, int]:
+    """Dotted location (as a tuple) -> 1-based line of that key or item in the YAML text."""
+    lines: dict[Loc, int] = {}
+
+    def walk(node, loc: Loc) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                here = (*loc, key.value)
+                lines[here] = key.start_mark.line + 1
+                walk(value, here)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[(*loc, i)] = item.start_mark.line + 1
+                walk(item, (*loc, i))
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _line_of(lines: dict[Loc, int], loc: Loc) -> int:
+    """The line of ``loc`` or of its closest ancestor present in the file (1 if none)."""
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return 1
+
+
+def _unwrap(annotation):
+    """Optional[X] / X | None -> X."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _model_at(loc: Loc, raw: dict) -> type[BaseModel] | None:
+    """The pydantic model that validates the mapping at ``loc`` (for did-you-mean)."""
+    current: type[BaseModel] = PipelineSpec
+    for part in loc:
+        if current is ModelSpec and part == "params":
+            model_type = (raw.get("model") or {}).get("type")
+            return zoo.MODEL_ZOO[model_type].params_model if model_type in zoo.MODEL_ZOO else None
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        nxt = _unwrap(field.annotation)
+        if not (isinstance(nxt, type) and issubclass(nxt, BaseModel)):
+            return None
+        current = nxt
+    return current
+
+
+def _explain(error: dict, raw: dict) -> str:
+    loc = error["loc"]
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        model = _model_at(loc[:-1], raw)
+        choices = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(key, choices, n=1)
+        hint = f" Instead of {key!r}, did you mean {close[0]!r}?" if close else ""
+        valid = f" Valid keys: {', '.join(choices)}." if choices else ""
+        return f"unknown key {key!r}.{hint}{valid}"
+    if kind == "missing":
+        model = _model_at(loc[:-1], raw)
+        field = model.model_fields.get(str(loc[-1])) if model else None
+        about = f" ({field.description})" if field is not None and field.description else ""
+        return f"required key {loc[-1]!r} is missing{about}"
+    msg = error["msg"].removeprefix("Value error, ")
+    given = error.get("input")
+    if kind not in ("model_params",) and given is not None and not isinstance(given, dict | list):
+        msg = f"{msg} (got {given!r})"
+    return msg
+
+
+def _expand(errors: list[dict]) -> list[dict]:
+    """Unfold model.params errors into one error per params field."""
+    out = []
+    for error in errors:
+        if error["type"] == "model_params":
+            for inner in error["ctx"]["errors"]:
+                out.append({**inner, "loc": (*error["loc"], "params", *inner["loc"])})
+        else:
+            out.append(error)
+    return out
+
+
+def _format(path: Path, lines: dict[Loc, int], loc: Loc, message: str) -> str:
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    return f"{path}:{_line_of(lines, loc)}: {where}: {message}"
+
+
+def parse_spec(text: str, path: Path) -> tuple[PipelineSpec, dict[Loc, int]]:
+    """Validate YAML text; returns the spec and its line map. Raises SpecError."""
+    try:
+        raw = yaml.safe_load(text)
+        lines = _line_map(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{path}:{line}: invalid YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}:1: the spec must be a mapping with name, data, model, train, ...")
+    try:
+        return PipelineSpec.model_validate(raw), lines
+    except ValidationError as exc:
+        errors = _expand(exc.errors(include_url=False))
+        messages = [_format(path, lines, tuple(e["loc"]), _explain(e, raw)) for e in errors]
+        raise SpecError("\n".join(messages)) from None
+
+
+def check_against_data(spec: PipelineSpec, path: Path, lines: dict[Loc, int]) -> None:
+    """The checks that need the data's schema: source, columns, the model's fit to the shape."""
+    try:
+        schema = probe(spec.data)
+    except DataError as exc:
+        raise SpecError(_format(path, lines, tuple(exc.field.split(".")), exc.message)) from None
+    n_outputs = 2  # any width: only the input side can fail here
+    try:
+        zoo.build_layers(spec.model.type, spec.model.params, zoo.DataShape(len(schema.features), n_outputs))
+    except ValueError as exc:
+        raise SpecError(_format(path, lines, ("model", "params"), str(exc))) from None
+
+
+def load_spec(path: str | Path, check_data: bool = True) -> PipelineSpec:
+    """Read and validate a pipeline spec file.
+
+    Args:
+        path: the YAML file.
+        check_data: also open the data source and check its columns (schema only).
+
+    Raises:
+        SpecError: naming file:line, the field path and the fix.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
+    spec, lines = parse_spec(text, path)
+    if check_data:
+        check_against_data(spec, path, lines)
+    return spec

@@ -1,0 +1,49 @@
+"""The pipeline spec: the sections each package owns, composed into one document.
+
+``jobs`` owns data, model, train and tracking; later sections (tune, register, serve,
+scheduling) slot in the same way, each from the package that runs it.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from jobs.spec import (
+    DataSpec,
+    ModelSpec,
+    TrackingSpec,
+    TrainSpec,
+    check_pipeline_fits_model,
+)
+
+
+class PipelineSpec(BaseModel):
+    """One YAML document: what to train, how, and where to track it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Pipeline name: letters, digits, '-', '_', '.'; names runs and experiments.",
+    )
+    data: DataSpec = Field(description="Where the data comes from and how it is split.")
+    model: ModelSpec = Field(description="Model zoo entry and its params.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Training on Ray Train.")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="MLflow tracking.")
+
+    @model_validator(mode="after")
+    def _pipeline_fits_model(self) -> PipelineSpec:
+        check_pipeline_fits_model(self.model, self.train)
+        return self
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+
+def json_schema() -> dict:
+    """JSON Schema of the spec, for editors (``orch schema``)."""
+    schema = PipelineSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "orch pipeline"
+    return schema
