@@ -266,7 +266,11 @@ def to_ray_datasets(data: PreparedData) -> dict:
     def table(x: np.ndarray, y: np.ndarray) -> pa.Table:
         return pa.table({"x": ArrowTensorArray.from_numpy(x), "y": y})
 
-    return {
+    datasets = {
         "train": ray.data.from_arrow(table(data.x_train, data.y_train)),
         "val": ray.data.from_arrow(table(data.x_val, data.y_val)),
     }
+    for ds in datasets.values():  # re-read every epoch: keep worker logs free of bars
+        ds.context.enable_progress_bars = False
+        ds.context.print_on_execution_start = False
+    return datasets

@@ -91,8 +91,8 @@ class RunTracker:
 
         outputs = (-1, info.n_outputs) if info.task == "classification" else (-1,)
         signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, info.n_features), "features")]),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), outputs, "predictions")]),
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, info.n_features))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), outputs)]),
         )
         mlflow.set_tracking_uri(self.tracking_uri)
         with mlflow.start_run(run_id=self.run_id):

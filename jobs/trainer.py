@@ -8,6 +8,7 @@ progress bar and how MLflow gets per-epoch metrics without workers talking to ML
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,9 @@ def fit(
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Empty, Queue
 
+    # Ray Train's controller takes one report per health-check tick (2 s by default), which
+    # would cap short epochs at one per 2 s. The driver's value propagates to the controller.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     events = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_loop_per_worker,

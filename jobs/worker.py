@@ -260,8 +260,12 @@ def _validate(engine, val_shard, layout: Layout, info: DataInfo, dtype, device, 
             xs, ys, weight = _rank_slice(batch["x"], batch["y"], layout, pad=True)
             xs, ys = xs.to(device=device, dtype=dtype), ys.to(device)
             if layout.stages > 1:
+                # DeepSpeed 0.19 adds eval outputs to the last train_batch's loss total
+                # unless it is cleared (it only resets it in train_batch).
+                engine.total_loss = None
                 _, out = engine.eval_batch(iter([(xs, ys)]), return_logits=True, compute_loss=False,
-                                           bcast_loss=False, num_micro_batches=1)
+                                           bcast_loss=False, reduce_output=None,
+                                           num_micro_batches=1)
                 if not layout.is_last_stage:
                     continue
             else:

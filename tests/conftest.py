@@ -1,0 +1,52 @@
+"""Shared fixtures: one Ray per test session, an isolated ./.orch and MLflow store per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+
+
+@pytest.fixture(autouse=True)
+def orch_home(tmp_path, monkeypatch) -> Path:
+    """Each test gets its own embedded store (ORCH_HOME) and SQLite MLflow; none stays open."""
+    home = tmp_path / "orch-home"
+    monkeypatch.setenv("ORCH_HOME", str(home))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    home.mkdir()
+    yield home
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None:
+        mlflow.end_run()
+        pytest.fail(f"test left MLflow run {active.info.run_id} open")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session (starting Ray costs seconds on 2 cores)."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    yield ray
+    ray.shutdown()
+
+
+def write_spec(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
