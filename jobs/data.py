@@ -147,9 +147,9 @@ def probe(spec: DataSpec) -> DataSchema:
             "data.label",
             f"label column {spec.label!r} is not in the data; columns are: {', '.join(columns)}",
         )
-    features = spec.features if spec.features is not None else [
-        c for c in columns if c != spec.label
-    ]
+    features = (
+        spec.features if spec.features is not None else [c for c in columns if c != spec.label]
+    )
     missing = [f for f in features if f not in columns]
     if missing:
         raise DataError(
@@ -161,9 +161,13 @@ def probe(spec: DataSpec) -> DataSchema:
     if not features:
         raise DataError("data.features", "no feature columns; list at least one")
     non_numeric = [
-        f for f in features
-        if not (pa.types.is_integer(schema.field(f).type) or pa.types.is_floating(schema.field(f).type)
-                or pa.types.is_boolean(schema.field(f).type))
+        f
+        for f in features
+        if not (
+            pa.types.is_integer(schema.field(f).type)
+            or pa.types.is_floating(schema.field(f).type)
+            or pa.types.is_boolean(schema.field(f).type)
+        )
     ]
     if non_numeric:
         raise DataError(
@@ -206,7 +210,9 @@ def prepare(spec: DataSpec) -> PreparedData:
     table = _read_table(spec, schema)
     label_col = table.column(schema.label)
     if label_col.null_count:
-        raise DataError("data.label", f"{label_col.null_count} rows have no label; drop or fill them")
+        raise DataError(
+            "data.label", f"{label_col.null_count} rows have no label; drop or fill them"
+        )
     x = np.column_stack(
         [table.column(f).to_numpy(zero_copy_only=False).astype(np.float64) for f in schema.features]
     )

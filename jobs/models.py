@@ -119,7 +119,9 @@ def mlp(params: MLPParams, shape: DataShape) -> list[nn.Module]:
     for hidden in params.hidden_sizes:
         layers.append(
             nn.Sequential(
-                nn.Linear(width, hidden), _ACTIVATIONS[params.activation](), nn.Dropout(params.dropout)
+                nn.Linear(width, hidden),
+                _ACTIVATIONS[params.activation](),
+                nn.Dropout(params.dropout),
             )
         )
         width = hidden
@@ -199,13 +201,17 @@ def cnn(params: CNNParams, shape: DataShape) -> list[nn.Module]:
     for i, out_ch in enumerate(params.channels):
         pool = min(h, w) >= 4  # pool while the image is large enough to halve
         layers.append(
-            _ConvBlock(in_ch, out_ch, params.kernel_size, pool, reshape_to=(c, h, w) if i == 0 else None)
+            _ConvBlock(
+                in_ch, out_ch, params.kernel_size, pool, reshape_to=(c, h, w) if i == 0 else None
+            )
         )
         if pool:
             h, w = h // 2, w // 2
         in_ch = out_ch
     layers.append(
-        nn.Sequential(nn.Flatten(), nn.Dropout(params.dropout), nn.Linear(in_ch * h * w, shape.n_outputs))
+        nn.Sequential(
+            nn.Flatten(), nn.Dropout(params.dropout), nn.Linear(in_ch * h * w, shape.n_outputs)
+        )
     )
     return layers
 

@@ -12,8 +12,9 @@ from jobs.spec import OptimizerSpec, SchedulerSpec
 def build_optimizer(spec: OptimizerSpec, params) -> torch.optim.Optimizer:
     """A plain torch optimizer; DeepSpeed wraps it (ZeRO partitions its state)."""
     if spec.type == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
-                               weight_decay=spec.weight_decay)
+        return torch.optim.SGD(
+            params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+        )
     cls = torch.optim.AdamW if spec.type == "adamw" else torch.optim.Adam
     return cls(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
 

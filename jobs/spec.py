@@ -68,11 +68,11 @@ class ModelSpec(_Section):
             zoo.get_entry(self.type).params_model.model_validate(self.params)
         except ValidationError as exc:
             inner = exc.errors(include_url=False, include_context=False, include_input=False)
-            detail = "; ".join(
-                f"params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in inner
-            )
+            detail = "; ".join(f"params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in inner)
             # The loader expands ctx["errors"] into one error per params field.
-            raise PydanticCustomError("model_params", "{detail}", {"detail": detail, "errors": inner})
+            raise PydanticCustomError(
+                "model_params", "{detail}", {"detail": detail, "errors": inner}
+            ) from None
         return self
 
 

@@ -43,8 +43,12 @@ class RunTracker:
         if existing is not None:
             self.experiment_id = existing.experiment_id
         else:
-            location = f"{Path(artifact_root).resolve().as_uri()}/{experiment}" if artifact_root else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            location = (
+                f"{Path(artifact_root).resolve().as_uri()}/{experiment}" if artifact_root else None
+            )
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=location
+            )
         self.run_id: str | None = None
 
     def start(self, run_name: str, tags: dict[str, str]) -> str:
@@ -72,7 +76,9 @@ class RunTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, int | float)]
+        batch = [
+            Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, int | float)
+        ]
         self.client.log_batch(self.run_id, metrics=batch)
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -102,8 +108,11 @@ class RunTracker:
                 signature=signature,
                 input_example=example.astype(np.float32),
                 serialization_format="pt2",
-                metadata={"task": info.task, "classes": info.classes,
-                          "feature_names": info.feature_names},
+                metadata={
+                    "task": info.task,
+                    "classes": info.classes,
+                    "feature_names": info.feature_names,
+                },
             )
             self.client.log_text(self.run_id, info.model_dump_json(indent=2), "data_info.json")
         return logged.model_uri

@@ -108,7 +108,9 @@ def fit(
     def relay(event: dict) -> None:
         if event["type"] == "epoch":
             history.append(event["metrics"])
-        elif event["type"] == "worker_started" and event["rank"] == 0 and event["resumed_from_epoch"]:
+        elif (
+            event["type"] == "worker_started" and event["rank"] == 0 and event["resumed_from_epoch"]
+        ):
             resumed.append(event["resumed_from_epoch"])
         if on_event is not None:
             on_event(event)

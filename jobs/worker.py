@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from jobs.data import DataInfo
 from jobs.errors import TrainingError
 from jobs.models import DataShape, build_layers
-from jobs.spec import ModelSpec, TrainSpec
 from jobs.schedule import build_optimizer, build_scheduler
+from jobs.spec import ModelSpec, TrainSpec
 
 STATE_FILE = "orch_state.json"
 MODEL_FILE = "model_state.pt"
@@ -140,7 +140,9 @@ def train_loop_per_worker(config: dict) -> None:
 
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     torch.manual_seed(seed)  # the same initial weights on every rank and every layout
-    layers = build_layers(model_spec.type, model_spec.params, DataShape(info.n_features, info.n_outputs))
+    layers = build_layers(
+        model_spec.type, model_spec.params, DataShape(info.n_features, info.n_outputs)
+    )
     criterion = loss_fn(info.task)
     if stages > 1:
         from deepspeed.pipe import PipelineModule
@@ -162,11 +164,17 @@ def train_loop_per_worker(config: dict) -> None:
         model=module, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(train)
     )
     if stages > 1:
-        layout = Layout(engine.grid.get_data_parallel_rank(), engine.grid.get_data_parallel_world_size(),
-                        engine.stage_id, stages)
+        layout = Layout(
+            engine.grid.get_data_parallel_rank(),
+            engine.grid.get_data_parallel_world_size(),
+            engine.stage_id,
+            stages,
+        )
     else:
         layout = Layout(rank, ctx.get_world_size(), 0, 1)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.deepspeed.precision, torch.float32)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+        train.deepspeed.precision, torch.float32
+    )
 
     start_epoch, resumed_from = 1, None
     checkpoint = ray.train.get_checkpoint()
@@ -185,8 +193,14 @@ def train_loop_per_worker(config: dict) -> None:
         if events is not None:
             events.put({**event, "rank": rank, "pid": os.getpid(), "time": time.time()})
 
-    emit({"type": "worker_started", "resumed_from_epoch": resumed_from,
-          "start_epoch": start_epoch, "epochs": train.epochs})
+    emit(
+        {
+            "type": "worker_started",
+            "resumed_from_epoch": resumed_from,
+            "start_epoch": start_epoch,
+            "epochs": train.epochs,
+        }
+    )
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -209,8 +223,10 @@ def train_loop_per_worker(config: dict) -> None:
             xs, ys, _ = _rank_slice(batch["x"], batch["y"], layout, pad=False)
             xs = xs.to(device=device, dtype=dtype)
             ys = ys.to(device)
-            micro_batches = [(xs[i * micro:(i + 1) * micro], ys[i * micro:(i + 1) * micro])
-                             for i in range(gas)]
+            micro_batches = [
+                (xs[i * micro : (i + 1) * micro], ys[i * micro : (i + 1) * micro])
+                for i in range(gas)
+            ]
             if stages > 1:
                 loss = engine.train_batch(data_iter=iter(micro_batches))
                 if layout.is_last_stage:
@@ -242,7 +258,9 @@ def train_loop_per_worker(config: dict) -> None:
                         torch.save(state, Path(tmp) / MODEL_FILE)
                         (Path(tmp) / DATA_INFO_FILE).write_text(info.model_dump_json())
                 if rank == 0:
-                    (Path(tmp) / STATE_FILE).write_text(json.dumps({"epoch": epoch, "metrics": metrics}))
+                    (Path(tmp) / STATE_FILE).write_text(
+                        json.dumps({"epoch": epoch, "metrics": metrics})
+                    )
                 ckpt = Checkpoint.from_directory(tmp) if any(Path(tmp).iterdir()) else None
                 ray.train.report(metrics, checkpoint=ckpt)
         else:
@@ -263,9 +281,14 @@ def _validate(engine, val_shard, layout: Layout, info: DataInfo, dtype, device, 
                 # DeepSpeed 0.19 adds eval outputs to the last train_batch's loss total
                 # unless it is cleared (it only resets it in train_batch).
                 engine.total_loss = None
-                _, out = engine.eval_batch(iter([(xs, ys)]), return_logits=True, compute_loss=False,
-                                           bcast_loss=False, reduce_output=None,
-                                           num_micro_batches=1)
+                _, out = engine.eval_batch(
+                    iter([(xs, ys)]),
+                    return_logits=True,
+                    compute_loss=False,
+                    bcast_loss=False,
+                    reduce_output=None,
+                    num_micro_batches=1,
+                )
                 if not layout.is_last_stage:
                     continue
             else:

@@ -1,8 +1,8 @@
 """Orchestrator: the pipeline spec, the ``orch`` CLI and the Python SDK.
 
-    from orchestrator import Client
-    result = Client().run("examples/digits.yaml")
-    print(result.metrics["val_accuracy"], result.mlflow_run_id)
+from orchestrator import Client
+result = Client().run("examples/digits.yaml")
+print(result.metrics["val_accuracy"], result.mlflow_run_id)
 """
 
 from orchestrator.client import Client, RunResult

@@ -27,8 +27,11 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a pipeline to the end")
     run.add_argument("spec", help="pipeline YAML file")
-    run.add_argument("--address", default=None,
-                     help="Ray cluster to use ('auto' or host:port); default: a local Ray")
+    run.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to use ('auto' or host:port); default: a local Ray",
+    )
     out = run.add_mutually_exclusive_group()
     out.add_argument("--quiet", action="store_true", help="print only the final summary line")
     out.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -95,9 +98,18 @@ def _cmd_ui(args) -> int:
     if mlflow is None:
         raise OrchestratorError("the mlflow command is not installed in this environment")
     command = [
-        mlflow, "ui", "--backend-store-uri", default_tracking_uri(),
-        "--default-artifact-root", artifact_root().as_uri(),
-        "--host", args.host, "--port", str(args.port), "--workers", "1",
+        mlflow,
+        "ui",
+        "--backend-store-uri",
+        default_tracking_uri(),
+        "--default-artifact-root",
+        artifact_root().as_uri(),
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        "1",
     ]
     print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr)
     os.execv(command[0], command)

@@ -1,10 +1,10 @@
 """The Python SDK. The CLI is a thin layer over it, so the two cannot disagree.
 
-    from orchestrator import Client
-    client = Client()                      # local Ray + ./.orch/ MLflow store
-    spec = client.validate("pipeline.yaml")
-    result = client.run("pipeline.yaml", on_event=print)
-    result.metrics["val_accuracy"], result.mlflow_run_id
+from orchestrator import Client
+client = Client()                      # local Ray + ./.orch/ MLflow store
+spec = client.validate("pipeline.yaml")
+result = client.run("pipeline.yaml", on_event=print)
+result.metrics["val_accuracy"], result.mlflow_run_id
 """
 
 from __future__ import annotations

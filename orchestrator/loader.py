@@ -1,4 +1,4 @@
-"""``load_spec(path)``: YAML to a validated ``PipelineSpec``, or a ``SpecError`` a person can act on.
+"""``load_spec(path)``: YAML to a validated ``PipelineSpec``, or a ``SpecError`` to act on.
 
 Every problem is reported as ``file:line: field.path: what is wrong (and the fix)``; an
 unknown key gets the closest valid one ("did you mean 'epochs'?"). With ``check_data``
@@ -149,7 +149,9 @@ def check_against_data(spec: PipelineSpec, path: Path, lines: dict[Loc, int]) ->
         raise SpecError(_format(path, lines, tuple(exc.field.split(".")), exc.message)) from None
     n_outputs = 2  # any width: only the input side can fail here
     try:
-        zoo.build_layers(spec.model.type, spec.model.params, zoo.DataShape(len(schema.features), n_outputs))
+        zoo.build_layers(
+            spec.model.type, spec.model.params, zoo.DataShape(len(schema.features), n_outputs)
+        )
     except ValueError as exc:
         raise SpecError(_format(path, lines, ("model", "params"), str(exc))) from None
 

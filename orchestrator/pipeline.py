@@ -90,7 +90,9 @@ def run_training(
         if event["type"] == "epoch":
             metrics = event["metrics"]
             tracker.log_metrics(metrics, step=int(metrics["epoch"]))
-        elif event["type"] == "worker_started" and event["rank"] == 0 and event["resumed_from_epoch"]:
+        elif (
+            event["type"] == "worker_started" and event["rank"] == 0 and event["resumed_from_epoch"]
+        ):
             tracker.set_tags({"orch.resumed_from_epoch": str(event["resumed_from_epoch"])})
         emit(event)
 

@@ -17,7 +17,8 @@ def format_metrics(metrics: dict) -> str:
     keys = ("train_loss", "val_loss", "val_accuracy", "val_rmse", "samples_per_s")
     return "  ".join(
         f"{k}={metrics[k]:.4g}" if k != "samples_per_s" else f"{metrics[k]:.0f} samples/s"
-        for k in keys if k in metrics
+        for k in keys
+        if k in metrics
     )
 
 

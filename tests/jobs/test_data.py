@@ -1,4 +1,4 @@
-"""Data: bundled sets and Parquet/CSV files and folders, split by seed, standardised on train only."""
+"""Data: bundled sets, Parquet/CSV files and folders; split by seed; standardised on train only."""
 
 from __future__ import annotations
 
@@ -21,11 +21,16 @@ def _frame(n=200, seed=1):
     return pa.table({"x1": x1, "x2": x2, "note": ["n"] * n, "label": label})
 
 
-@pytest.mark.parametrize("name,task,n_features", [
-    ("digits", "classification", 64), ("wine", "classification", 13),
-    ("breast_cancer", "classification", 30), ("iris", "classification", 4),
-    ("diabetes", "regression", 10),
-])
+@pytest.mark.parametrize(
+    "name,task,n_features",
+    [
+        ("digits", "classification", 64),
+        ("wine", "classification", 13),
+        ("breast_cancer", "classification", 30),
+        ("iris", "classification", 4),
+        ("diabetes", "regression", 10),
+    ],
+)
 def test_sklearn_sets(name, task, n_features):
     data = prepare(DataSpec(source=f"sklearn://{name}"))
     assert data.info.task == task
@@ -72,8 +77,11 @@ def test_csv_file_regression_is_inferred_from_float_label(tmp_path):
 
 def test_non_numeric_feature_is_named(tmp_path):
     pq.write_table(_frame(), tmp_path / "d.parquet")
-    with pytest.raises(DataError, match=r"data\.features: feature column\(s\) \['note'\] are not "
-                       r"numeric"):
+    with pytest.raises(
+        DataError,
+        match=r"data\.features: feature column\(s\) \['note'\] are not "
+        r"numeric",
+    ):
         probe(DataSpec(source=str(tmp_path / "d.parquet"), label="label"))
 
 
@@ -84,6 +92,8 @@ def test_wrong_file_type(tmp_path):
 
 
 def test_missing_values_are_reported(tmp_path):
-    pq.write_table(pa.table({"a": [1.0, None, 3.0, 4.0], "y": [0, 1, 0, 1]}), tmp_path / "d.parquet")
+    pq.write_table(
+        pa.table({"a": [1.0, None, 3.0, 4.0], "y": [0, 1, 0, 1]}), tmp_path / "d.parquet"
+    )
     with pytest.raises(DataError, match=r"missing values in column\(s\) \['a'\]"):
         prepare(DataSpec(source=str(tmp_path / "d.parquet"), label="y"))

@@ -1,4 +1,4 @@
-"""The model zoo: every entry is a layer list that runs as nn.Sequential; adding one is a decorator."""
+"""The model zoo: each entry is a layer list that runs as nn.Sequential; one decorator adds one."""
 
 from __future__ import annotations
 

@@ -18,13 +18,15 @@ pytestmark = pytest.mark.slow
 
 def _train(layout: dict, tmp_path, name: str) -> list[dict]:
     data = prepare(DataSpec(source="sklearn://digits", seed=0))
-    train = TrainSpec.model_validate({
-        "epochs": 3,
-        "batch_size": 64,
-        "optimizer": {"type": "adamw", "lr": 0.002},
-        "checkpoint": {"every_epochs": 3, "keep": 1},
-        **layout,
-    })
+    train = TrainSpec.model_validate(
+        {
+            "epochs": 3,
+            "batch_size": 64,
+            "optimizer": {"type": "adamw", "lr": 0.002},
+            "checkpoint": {"every_epochs": 3, "keep": 1},
+            **layout,
+        }
+    )
     model = ModelSpec(type="mlp", params={"hidden_sizes": [64, 32], "dropout": 0.0})
     result = fit(model, train, data, seed=0, run_name=name, storage_path=str(tmp_path))
     return result.history
@@ -34,9 +36,13 @@ def test_zero3_and_pipeline_match_data_parallel(ray_session, tmp_path):
     plain = _train({"workers": 2, "deepspeed": {"zero_stage": 0}}, tmp_path, "dp")
     zero3 = _train({"workers": 2, "deepspeed": {"zero_stage": 3}}, tmp_path, "zero3")
     hybrid = _train(
-        {"workers": 4, "resources_per_worker": {"CPU": 0.5},
-         "deepspeed": {"zero_stage": 1, "pipeline_stages": 2}},
-        tmp_path, "pp2xdp2",
+        {
+            "workers": 4,
+            "resources_per_worker": {"CPU": 0.5},
+            "deepspeed": {"zero_stage": 1, "pipeline_stages": 2},
+        },
+        tmp_path,
+        "pp2xdp2",
     )
     assert [m["epoch"] for m in plain] == [1, 2, 3]
     assert plain[-1]["train_loss"] < plain[0]["train_loss"] * 0.5  # it learns

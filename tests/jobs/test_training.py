@@ -66,7 +66,8 @@ def test_digits_example_reaches_target_and_is_tracked(ray_session):
 
 def test_killed_worker_resumes_from_checkpoint(ray_session, tmp_path):
     spec = tmp_path / "p.yaml"
-    spec.write_text(textwrap.dedent("""\
+    spec.write_text(
+        textwrap.dedent("""\
         name: crash
         data: {source: sklearn://digits}
         model: {type: mlp, params: {hidden_sizes: [64]}}
@@ -77,7 +78,8 @@ def test_killed_worker_resumes_from_checkpoint(ray_session, tmp_path):
           deepspeed: {zero_stage: 2}
           checkpoint: {every_epochs: 1, keep: 2}
           max_failures: 2
-        """))
+        """)
+    )
     pids: dict[int, int] = {}
     killed: list[int] = []
 
@@ -109,9 +111,10 @@ def test_transformer_regression_from_parquet(ray_session, tmp_path):
     table = pa.table({**{f"f{i}": x[:, i] for i in range(6)}, "price": y})
     pq.write_table(table, tmp_path / "houses.parquet")
     spec = tmp_path / "p.yaml"
-    spec.write_text(textwrap.dedent(f"""\
+    spec.write_text(
+        textwrap.dedent(f"""\
         name: houses
-        data: {{source: {tmp_path / 'houses.parquet'}, label: price}}
+        data: {{source: {tmp_path / "houses.parquet"}, label: price}}
         model: {{type: transformer, params: {{d_model: 32, num_heads: 4, num_layers: 2}}}}
         train:
           epochs: 12
@@ -120,7 +123,8 @@ def test_transformer_regression_from_parquet(ray_session, tmp_path):
           workers: 2
           deepspeed: {{zero_stage: 1, precision: bf16}}
           checkpoint: {{every_epochs: 4, keep: 1}}
-        """))
+        """)
+    )
     result = Client().run(spec)
     label_std = float(np.std(y))
     assert "val_accuracy" not in result.metrics
@@ -135,7 +139,8 @@ def test_transformer_regression_from_parquet(ray_session, tmp_path):
 
 def test_cnn_on_digits_single_worker(ray_session, tmp_path):
     spec = tmp_path / "p.yaml"
-    spec.write_text(textwrap.dedent("""\
+    spec.write_text(
+        textwrap.dedent("""\
         name: digits-cnn
         data: {source: sklearn://digits}
         model: {type: cnn, params: {channels: [8, 16]}}
@@ -146,7 +151,8 @@ def test_cnn_on_digits_single_worker(ray_session, tmp_path):
           scheduler: {type: step, step_size_epochs: 2, gamma: 0.5}
           workers: 1
           deepspeed: {zero_stage: 0, gradient_accumulation_steps: 2, gradient_clipping: 1.0}
-        """))
+        """)
+    )
     result = Client().run(spec)
     assert result.metrics["val_accuracy"] > 0.85
-    assert result.metrics["lr"] == pytest.approx(0.05 * 0.5 ** 2, rel=0.05)
+    assert result.metrics["lr"] == pytest.approx(0.05 * 0.5**2, rel=0.05)

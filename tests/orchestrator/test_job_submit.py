@@ -39,35 +39,69 @@ def token_cluster():
     tmp = Path(tempfile.mkdtemp(prefix="orch-ray-", dir="/tmp"))
     token = secrets.token_hex(16)
     (tmp / "token").write_text(token)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(tmp / "token"),
-           "RAY_USAGE_STATS_ENABLED": "0",
-           # as in an activated venv: the job's `python` is ours
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(tmp / "token"),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # as in an activated venv: the job's `python` is ours
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     env.pop("RAY_ADDRESS", None)
     dashboard = _free_port()
     low = random.randrange(20000, 29000, 100)
     cmd = [
-        RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-        "--port", str(_free_port()), "--dashboard-host", "127.0.0.1",
-        "--dashboard-port", str(dashboard), "--num-cpus", "2",
-        "--node-manager-port", str(_free_port()), "--object-manager-port", str(_free_port()),
-        "--ray-client-server-port", str(_free_port()),
-        "--dashboard-agent-listen-port", str(_free_port()),
-        "--dashboard-agent-grpc-port", str(_free_port()),
-        "--runtime-env-agent-port", str(_free_port()),
-        "--metrics-export-port", str(_free_port()),
-        "--min-worker-port", str(low), "--max-worker-port", str(low + 99),
-        "--temp-dir", str(tmp / "ray"), "--disable-usage-stats",
+        RAY,
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(_free_port()),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dashboard),
+        "--num-cpus",
+        "2",
+        "--node-manager-port",
+        str(_free_port()),
+        "--object-manager-port",
+        str(_free_port()),
+        "--ray-client-server-port",
+        str(_free_port()),
+        "--dashboard-agent-listen-port",
+        str(_free_port()),
+        "--dashboard-agent-grpc-port",
+        str(_free_port()),
+        "--runtime-env-agent-port",
+        str(_free_port()),
+        "--metrics-export-port",
+        str(_free_port()),
+        "--min-worker-port",
+        str(low),
+        "--max-worker-port",
+        str(low + 99),
+        "--temp-dir",
+        str(tmp / "ray"),
+        "--disable-usage-stats",
     ]
-    head = subprocess.Popen(cmd, env=env, start_new_session=True,
-                            stdout=open(tmp / "head.log", "w"), stderr=subprocess.STDOUT)
+    head = subprocess.Popen(
+        cmd,
+        env=env,
+        start_new_session=True,
+        stdout=open(tmp / "head.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     address = f"http://127.0.0.1:{dashboard}"
     try:
         deadline = time.time() + 120
         while True:
             try:
-                req = urllib.request.Request(f"{address}/api/version",
-                                             headers={"Authorization": f"Bearer {token}"})
+                req = urllib.request.Request(
+                    f"{address}/api/version", headers={"Authorization": f"Bearer {token}"}
+                )
                 urllib.request.urlopen(req, timeout=2)
                 break
             except (urllib.error.URLError, ConnectionError, OSError):
@@ -93,7 +127,8 @@ def test_job_submit_with_token_auth(token_cluster, tmp_path):
     assert refused.value.code in (401, 403)
 
     spec = tmp_path / "p.yaml"
-    spec.write_text(textwrap.dedent("""\
+    spec.write_text(
+        textwrap.dedent("""\
         name: submitted
         data: {source: sklearn://iris}
         model: {type: mlp, params: {hidden_sizes: [16]}}
@@ -103,15 +138,40 @@ def test_job_submit_with_token_auth(token_cluster, tmp_path):
           optimizer: {lr: 0.01}
           workers: 2
           resources_per_worker: {CPU: 0.5}
-        """))
+        """)
+    )
     home = tmp_path / "home"
-    runtime_env = {"env_vars": {"ORCH_HOME": str(home), "DS_ACCELERATOR": "cpu",
-                                "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}}
+    runtime_env = {
+        "env_vars": {
+            "ORCH_HOME": str(home),
+            "DS_ACCELERATOR": "cpu",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        }
+    }
     proc = subprocess.run(
-        [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO),
-         "--runtime-env-json", json.dumps(runtime_env), "--",
-         "python", "-m", "orchestrator", "run", str(spec), "--json"],
-        env=env, capture_output=True, text=True, timeout=600, cwd=REPO,
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--working-dir",
+            str(REPO),
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            "python",
+            "-m",
+            "orchestrator",
+            "run",
+            str(spec),
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith('{"name"')]

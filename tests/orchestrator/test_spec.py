@@ -46,29 +46,43 @@ def test_example_is_valid():
 
 def test_unknown_key_names_line_and_suggests(tmp_path):
     path = spec_file(tmp_path, BASE.replace("  epochs: 2", "  epoch: 2"))
-    with pytest.raises(SpecError, match=r"p\.yaml:8: train\.epoch: unknown key 'epoch'\. "
-                       r"Instead of 'epoch', did you mean 'epochs'\?"):
+    with pytest.raises(
+        SpecError,
+        match=r"p\.yaml:8: train\.epoch: unknown key 'epoch'\. "
+        r"Instead of 'epoch', did you mean 'epochs'\?",
+    ):
         load_spec(path)
 
 
 def test_unknown_model_param_suggests(tmp_path):
     path = spec_file(tmp_path, BASE.replace("hidden_sizes", "hidden_size"))
-    with pytest.raises(SpecError, match=r":6: model\.params\.hidden_size: unknown key .*"
-                       r"did you mean 'hidden_sizes'"):
+    with pytest.raises(
+        SpecError,
+        match=r":6: model\.params\.hidden_size: unknown key .*"
+        r"did you mean 'hidden_sizes'",
+    ):
         load_spec(path)
 
 
 def test_unknown_model_type_lists_choices(tmp_path):
     path = spec_file(tmp_path, BASE.replace("type: mlp", "type: resnet"))
-    with pytest.raises(SpecError, match=r":5: model\.type: unknown model type 'resnet'; "
-                       r"available: cnn, mlp, transformer"):
+    with pytest.raises(
+        SpecError,
+        match=r":5: model\.type: unknown model type 'resnet'; "
+        r"available: cnn, mlp, transformer",
+    ):
         load_spec(path)
 
 
 def test_workers_must_divide_into_stages(tmp_path):
-    text = BASE.replace("  workers: 2", "  workers: 3\n  deepspeed: {pipeline_stages: 2, zero_stage: 1}")
-    with pytest.raises(SpecError, match=r"workers \(3\) must be a multiple of "
-                       r"deepspeed\.pipeline_stages \(2\)"):
+    text = BASE.replace(
+        "  workers: 2", "  workers: 3\n  deepspeed: {pipeline_stages: 2, zero_stage: 1}"
+    )
+    with pytest.raises(
+        SpecError,
+        match=r"workers \(3\) must be a multiple of "
+        r"deepspeed\.pipeline_stages \(2\)",
+    ):
         load_spec(spec_file(tmp_path, text))
 
 
@@ -80,7 +94,9 @@ def test_pipeline_cannot_exceed_model_layers(tmp_path):
 
 
 def test_zero3_with_pipeline_is_refused(tmp_path):
-    text = BASE.replace("  workers: 2", "  workers: 2\n  deepspeed: {pipeline_stages: 2, zero_stage: 3}")
+    text = BASE.replace(
+        "  workers: 2", "  workers: 2\n  deepspeed: {pipeline_stages: 2, zero_stage: 3}"
+    )
     with pytest.raises(SpecError, match=r"train\.deepspeed: .*needs zero_stage 0 or 1"):
         load_spec(spec_file(tmp_path, text))
 
@@ -107,7 +123,9 @@ def test_missing_data_file(tmp_path):
 
 def _parquet(tmp_path):
     rng = np.random.default_rng(0)
-    table = pa.table({"a": rng.normal(size=20), "b": rng.normal(size=20), "y": rng.integers(0, 2, 20)})
+    table = pa.table(
+        {"a": rng.normal(size=20), "b": rng.normal(size=20), "y": rng.integers(0, 2, 20)}
+    )
     pq.write_table(table, tmp_path / "d.parquet")
     return tmp_path / "d.parquet"
 
@@ -115,25 +133,34 @@ def _parquet(tmp_path):
 def test_bad_label_column_lists_columns(tmp_path):
     data = _parquet(tmp_path)
     text = BASE.replace("sklearn://digits", str(data)).replace(
-        "  source:", "  label: label\n  source:")
-    with pytest.raises(SpecError, match=r":3: data\.label: label column 'label' is not in the "
-                       r"data; columns are: a, b, y"):
+        "  source:", "  label: label\n  source:"
+    )
+    with pytest.raises(
+        SpecError,
+        match=r":3: data\.label: label column 'label' is not in the "
+        r"data; columns are: a, b, y",
+    ):
         load_spec(spec_file(tmp_path, text))
 
 
 def test_bad_feature_column(tmp_path):
     data = _parquet(tmp_path)
     text = BASE.replace("sklearn://digits", str(data)).replace(
-        "  source:", "  label: y\n  features: [a, c]\n  source:")
+        "  source:", "  label: y\n  features: [a, c]\n  source:"
+    )
     with pytest.raises(SpecError, match=r"data\.features: unknown feature column\(s\) \['c'\]"):
         load_spec(spec_file(tmp_path, text))
 
 
 def test_cnn_image_shape_must_match_features(tmp_path):
     text = BASE.replace("type: mlp", "type: cnn").replace(
-        "{hidden_sizes: [32]}", "{channels: [4], image_shape: [1, 7, 7]}")
-    with pytest.raises(SpecError, match=r"model\.params: image_shape \[1, 7, 7\] holds 49 values "
-                       r"but the data has 64 features"):
+        "{hidden_sizes: [32]}", "{channels: [4], image_shape: [1, 7, 7]}"
+    )
+    with pytest.raises(
+        SpecError,
+        match=r"model\.params: image_shape \[1, 7, 7\] holds 49 values "
+        r"but the data has 64 features",
+    ):
         load_spec(spec_file(tmp_path, text))
 
 
@@ -153,7 +180,9 @@ def test_cli_validate_bad_file_exits_2_without_traceback(tmp_path):
     path = spec_file(tmp_path, BASE.replace("  epochs: 2", "  epoch: 2"))
     proc = subprocess.run(
         [sys.executable, "-m", "orchestrator", "validate", str(path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "did you mean 'epochs'" in proc.stderr
