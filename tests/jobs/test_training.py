@@ -3,6 +3,7 @@ what a worker crash costs, and that other data and models train too."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import textwrap
@@ -17,6 +18,7 @@ import yaml
 
 from jobs.data import prepare
 from orchestrator import Client, load_spec
+from orchestrator.cli import main
 from tests.conftest import EXAMPLES
 
 pytestmark = pytest.mark.slow
@@ -137,7 +139,7 @@ def test_transformer_regression_from_parquet(ray_session, tmp_path):
     assert np.sqrt(np.mean((pred - y[:50]) ** 2)) < 0.5 * label_std  # in the label's units
 
 
-def test_cnn_on_digits_single_worker(ray_session, tmp_path):
+def test_cli_run_json_cnn_on_digits(ray_session, tmp_path, capsys):
     spec = tmp_path / "p.yaml"
     spec.write_text(
         textwrap.dedent("""\
@@ -153,6 +155,10 @@ def test_cnn_on_digits_single_worker(ray_session, tmp_path):
           deepspeed: {zero_stage: 0, gradient_accumulation_steps: 2, gradient_clipping: 1.0}
         """)
     )
-    result = Client().run(spec)
-    assert result.metrics["val_accuracy"] > 0.85
-    assert result.metrics["lr"] == pytest.approx(0.05 * 0.5**2, rel=0.05)
+    assert main(["run", str(spec), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)  # exactly one JSON object on stdout
+    assert result["name"] == "digits-cnn"
+    assert result["status"] == "succeeded"
+    assert result["metrics"]["val_accuracy"] > 0.85
+    assert result["metrics"]["lr"] == pytest.approx(0.05 * 0.5**2, rel=0.05)
+    assert mlflow.MlflowClient(result["tracking_uri"]).get_run(result["mlflow_run_id"])
