@@ -7,6 +7,7 @@ training split only and travels with the model (``DataInfo``), so serving sees r
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,16 @@ def _infer_task(label_type: pa.DataType) -> str:
     return "regression" if pa.types.is_floating(label_type) else "classification"
 
 
+def _columns_hint(names: list[str], columns: list[str]) -> str:
+    """'did you mean ...' for the first unknown name, then the columns (at most 12)."""
+    close = difflib.get_close_matches(names[0], columns, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    shown = ", ".join(columns[:12]) + (
+        f", ... ({len(columns) - 12} more)" if len(columns) > 12 else ""
+    )
+    return f"{hint}columns are: {shown}"
+
+
 def probe(spec: DataSpec) -> DataSchema:
     """Check the source, label and feature columns without loading the rows.
 
@@ -145,7 +156,8 @@ def probe(spec: DataSpec) -> DataSchema:
     if spec.label not in columns:
         raise DataError(
             "data.label",
-            f"label column {spec.label!r} is not in the data; columns are: {', '.join(columns)}",
+            f"label column {spec.label!r} is not in the data; "
+            + _columns_hint([spec.label], columns),
         )
     features = (
         spec.features if spec.features is not None else [c for c in columns if c != spec.label]
@@ -154,7 +166,7 @@ def probe(spec: DataSpec) -> DataSchema:
     if missing:
         raise DataError(
             "data.features",
-            f"unknown feature column(s) {missing}; columns are: {', '.join(columns)}",
+            f"unknown feature column(s) {missing}; {_columns_hint(missing, columns)}",
         )
     if spec.label in features:
         raise DataError("data.features", f"the label {spec.label!r} cannot also be a feature")

@@ -36,6 +36,18 @@ def select_accelerator() -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 
 
+def slow_bf16_warning(precision: str, device: torch.device) -> str | None:
+    """A warning when bf16 runs on a CPU without native bf16 (it can be 10-100x slower)."""
+    if precision != "bf16" or device.type != "cpu":
+        return None
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        return None
+    return (
+        "precision bf16 on a CPU without AVX512-BF16/AMX: matrix products are emulated and "
+        "can be many times slower than fp32; consider train.deepspeed.precision: fp32"
+    )
+
+
 def loss_fn(task: str):
     if task == "classification":
         return lambda out, y: F.cross_entropy(out.float(), y)

@@ -39,6 +39,8 @@ class RunDisplay:
                 f"[yellow]workers restarted: resuming from the checkpoint of epoch "
                 f"{event['resumed_from_epoch']}[/]"
             )
+        elif kind == "warning":
+            self.console.print(f"[yellow]warning: {event['message']}[/]")
         elif kind == "epoch" and self.progress is not None:
             metrics = event["metrics"]
             self.progress.update(
