@@ -393,6 +393,13 @@ def run(quick: bool = False) -> dict:
             baselines["ddp_runs"].append(run_baseline("ddp", data_path, sizes.epochs))
             _log(f"  {_rate_text(baselines['ddp_runs'][-1])}")
             results["baselines"] = baselines
+
+            # The goal compares best-of-2 with best-of-2, interleaved, so that drift in the
+            # machine's speed during the run favours neither side.
+            goal_variant = next(v for v in VARIANTS if v.name == GOAL_VARIANT)
+            _log(f"trainer: {goal_variant.label} again (goal, run 2)")
+            results["goal_repeat"] = run_variant(goal_variant, full, sizes.epochs, tmp_path / "ray")
+            _log(f"  {_rate_text(results['goal_repeat'])}")
         finally:
             ray.shutdown()
     results["load_average_after"] = load_average()
@@ -416,13 +423,20 @@ def reference_ddp(results: dict) -> float | None:
     return max(rates) if rates else None
 
 
+def goal_runs(results: dict) -> list[float]:
+    """samples/s of each ZeRO-0 fp32 run: the one in the table and the repeat at the end."""
+    runs = [v for v in results["variants"] if v["name"] == GOAL_VARIANT]
+    runs.append(results.get("goal_repeat", {}))
+    return [r["samples_per_s"] for r in runs if r.get("samples_per_s")]
+
+
 def goal(results: dict) -> tuple[str, float | None]:
     """("PASS" | "FAIL", ratio) for ZeRO-0 fp32 >= 0.9 x torchrun DDP."""
     ddp = reference_ddp(results)
-    ours = next((v for v in results["variants"] if v["name"] == GOAL_VARIANT), {})
-    if not ddp or not ours.get("samples_per_s"):
+    rates = goal_runs(results)
+    if not ddp or not rates:
         return "FAIL", None
-    ratio = ours["samples_per_s"] / ddp
+    ratio = max(rates) / ddp
     return ("PASS" if ratio >= GOAL_RATIO else "FAIL"), ratio
 
 
@@ -519,7 +533,10 @@ def render(results: dict) -> str:
             else ""
         ),
         f"- torchrun DDP ran before and after the trainer variants ({ddp_text} samples/s); "
-        "the faster run is the reference.",
+        "the faster run is the table's reference. The goal compares the better of two "
+        "interleaved ZeRO-0 fp32 runs ("
+        + ", ".join(f"{r:,.0f}" for r in goal_runs(results))
+        + " samples/s: one in the table's order, one after the second DDP run) with it.",
         "- Threads in Ray workers (set by Ray from num_cpus): "
         + ", ".join(f"{k}: {v.get('torch_threads')}" for k, v in threads.items()),
         f"- † bf16 variants train on the first {cfg['bf16_rows']} rows for "

@@ -230,8 +230,11 @@ def train_loop_per_worker(config: dict) -> None:
             local_shuffle_buffer_size=min(info.n_train, 100_000),
             local_shuffle_seed=seed + epoch,
         )
-        steps = 0
+        steps, data_wait, seen = 0, 0.0, 0
+        loss_total = torch.zeros((), dtype=torch.float64, device=device)
+        waiting = time.perf_counter()
         for batch in batches:
+            data_wait += time.perf_counter() - waiting
             xs, ys, _ = _rank_slice(batch["x"], batch["y"], layout, pad=False)
             xs = xs.to(device=device, dtype=dtype)
             ys = ys.to(device)
@@ -242,20 +245,26 @@ def train_loop_per_worker(config: dict) -> None:
             if stages > 1:
                 loss = engine.train_batch(data_iter=iter(micro_batches))
                 if layout.is_last_stage:
-                    sums.add(loss.item() * len(xs), 0, 0, len(xs))
+                    loss_total += loss.detach().double() * len(xs)
+                    seen += len(xs)
             else:
                 for xm, ym in micro_batches:
                     loss = criterion(engine(xm), ym)
                     engine.backward(loss)
                     engine.step()
-                    sums.add(loss.item() * len(xm), 0, 0, len(xm))
+                    loss_total += loss.detach().double() * len(xm)  # no per-step sync
+                    seen += len(xm)
             steps += 1
+            waiting = time.perf_counter()
         train_time = time.perf_counter() - started
+        sums.add(loss_total.item(), 0, 0, seen)
         loss_sum, _, _, count = sums.reduce()
         metrics = {
             "epoch": epoch,
             "train_loss": loss_sum / max(count, 1),
             "samples_per_s": steps * train.batch_size / train_time,
+            # rank 0's share of the epoch spent waiting for input: near 1 = input-bound
+            "data_wait_fraction": data_wait / train_time,
             "lr": engine.get_lr()[0] if engine.get_lr() else train.optimizer.lr,
             **_validate(engine, val_shard, layout, info, dtype, device, criterion),
         }
