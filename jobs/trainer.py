@@ -61,6 +61,7 @@ def fit(
         TrainingError: the run failed beyond ``train.max_failures``; the message has the cause.
     """
     import ray.train
+    from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Empty, Queue
@@ -91,7 +92,11 @@ def fit(
         ),
         datasets=to_ray_datasets(data),
         # Every worker streams the whole split and keeps its own slice of each global batch.
-        dataset_config=DataConfig(datasets_to_split=[]),
+        # preserve_order: all workers must see rows in the same order for their slices to
+        # partition each global batch.
+        dataset_config=DataConfig(
+            datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)
+        ),
     )
 
     outcome: dict = {}

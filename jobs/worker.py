@@ -29,6 +29,7 @@ STATE_FILE = "orch_state.json"
 MODEL_FILE = "model_state.pt"
 DATA_INFO_FILE = "data_info.json"
 VAL_CHUNK = 1024  # validation rows per data-parallel rank per step
+CACHE_LIMIT_BYTES = 512 << 20  # training splits up to this size are kept in worker memory
 
 
 def select_accelerator() -> None:
@@ -116,6 +117,32 @@ def _weighted_stats(out, y, weight, task: str, target_std: float):
         correct = 0.0
         sq = (losses.double() * weight).sum().item() * target_std**2
     return (losses.double() * weight).sum().item(), correct, sq, weight.sum().item()
+
+
+def epoch_batches(shard, info: DataInfo, batch_size: int, epoch_seed: int, cache: dict):
+    """Global training batches of one epoch, in an order fixed by ``epoch_seed``.
+
+    Every worker gets the same sequence. A split that fits in ``CACHE_LIMIT_BYTES`` is
+    streamed from Ray Data once and then reshuffled in memory each epoch (re-running the
+    Ray Data pipeline every epoch cost about 8% of throughput on 2 cores); larger splits
+    stream every epoch through a seeded local shuffle buffer.
+    """
+    if info.n_train * (4 * info.n_features + 8) > CACHE_LIMIT_BYTES:
+        yield from shard.iter_torch_batches(
+            batch_size=batch_size,
+            drop_last=True,
+            local_shuffle_buffer_size=min(info.n_train, 100_000),
+            local_shuffle_seed=epoch_seed,
+        )
+        return
+    if "x" not in cache:
+        parts = list(shard.iter_torch_batches(batch_size=8192))
+        cache["x"] = torch.cat([p["x"] for p in parts])
+        cache["y"] = torch.cat([p["y"] for p in parts])
+    order = torch.randperm(len(cache["x"]), generator=torch.Generator().manual_seed(epoch_seed))
+    for i in range(len(order) // batch_size):  # drop_last: every step sees a full batch
+        rows = order[i * batch_size : (i + 1) * batch_size]
+        yield {"x": cache["x"][rows], "y": cache["y"][rows]}
 
 
 def _rank_slice(x, y, layout: Layout, pad: bool):
@@ -219,17 +246,13 @@ def train_loop_per_worker(config: dict) -> None:
     micro = train.micro_batch_size
     gas = train.deepspeed.gradient_accumulation_steps
     metrics: dict = {}
+    cache: dict = {}
 
     for epoch in range(start_epoch, train.epochs + 1):
         engine.train()
         sums = _Sums(device)
         started = time.perf_counter()
-        batches = train_shard.iter_torch_batches(
-            batch_size=train.batch_size,
-            drop_last=True,
-            local_shuffle_buffer_size=min(info.n_train, 100_000),
-            local_shuffle_seed=seed + epoch,
-        )
+        batches = epoch_batches(train_shard, info, train.batch_size, seed + epoch, cache)
         steps, data_wait, seen = 0, 0.0, 0
         loss_total = torch.zeros((), dtype=torch.float64, device=device)
         waiting = time.perf_counter()

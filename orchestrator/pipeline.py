@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from collections.abc import Callable
 
 import yaml
@@ -73,7 +74,8 @@ def run_training(
 
     tracking_uri = spec.tracking.tracking_uri or default_tracking_uri()
     tracker = RunTracker(tracking_uri, spec.experiment, artifact_root=str(artifact_root()))
-    run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # Unique: Ray Train resumes a run whose name and storage path it has seen before.
+    run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     run_id = tracker.start(
         run_name,
         tags={

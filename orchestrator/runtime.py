@@ -39,6 +39,7 @@ def connect_ray(address: str | None = None, *, show_worker_logs: bool = True) ->
     Reuses Ray if this process is already connected (the SDK in a notebook or a test).
     """
     import ray
+    import ray.exceptions
 
     if ray.is_initialized():
         return
@@ -51,8 +52,10 @@ def connect_ray(address: str | None = None, *, show_worker_logs: bool = True) ->
             logging_level="WARNING",
             configure_logging=True,
         )
-    except ConnectionError as exc:
+    except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ClusterError(
-            f"cannot reach Ray at {address!r}: {exc}. Start one with `ray start --head`, or "
-            "leave out --address to run on a local Ray"
+            f"cannot connect to Ray at {address!r}: {first_line}. Start one with `ray start "
+            "--head`, leave out --address to run on a local Ray, and with token auth set "
+            "RAY_AUTH_MODE=token (token from ~/.ray/auth_token or RAY_AUTH_TOKEN_PATH)"
         ) from None

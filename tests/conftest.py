@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,8 @@ def ray_session():
     ray.shutdown()
 
 
-def write_spec(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
+def free_port() -> int:
+    """A loopback port free right now (for servers a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -8,11 +8,9 @@ import os
 import random
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -21,19 +19,13 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
+@pytest.fixture(scope="module")
 def token_cluster():
     """A head node of our own (own ports, temp dir and token), stopped by its process group."""
     tmp = Path(tempfile.mkdtemp(prefix="orch-ray-", dir="/tmp"))
@@ -48,7 +40,8 @@ def token_cluster():
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
     env.pop("RAY_ADDRESS", None)
-    dashboard = _free_port()
+    dashboard = free_port()
+    gcs = free_port()
     low = random.randrange(20000, 29000, 100)
     cmd = [
         RAY,
@@ -58,7 +51,7 @@ def token_cluster():
         "--node-ip-address",
         "127.0.0.1",
         "--port",
-        str(_free_port()),
+        str(gcs),
         "--dashboard-host",
         "127.0.0.1",
         "--dashboard-port",
@@ -66,19 +59,19 @@ def token_cluster():
         "--num-cpus",
         "2",
         "--node-manager-port",
-        str(_free_port()),
+        str(free_port()),
         "--object-manager-port",
-        str(_free_port()),
+        str(free_port()),
         "--ray-client-server-port",
-        str(_free_port()),
+        str(free_port()),
         "--dashboard-agent-listen-port",
-        str(_free_port()),
+        str(free_port()),
         "--dashboard-agent-grpc-port",
-        str(_free_port()),
+        str(free_port()),
         "--runtime-env-agent-port",
-        str(_free_port()),
+        str(free_port()),
         "--metrics-export-port",
-        str(_free_port()),
+        str(free_port()),
         "--min-worker-port",
         str(low),
         "--max-worker-port",
@@ -108,7 +101,13 @@ def token_cluster():
                 if time.time() > deadline or head.poll() is not None:
                     raise RuntimeError((tmp / "head.log").read_text()[-3000:]) from None
                 time.sleep(1)
-        yield {"address": address, "token": token, "env": env, "tmp": tmp}
+        yield {
+            "address": address,
+            "gcs": f"127.0.0.1:{gcs}",
+            "token": token,
+            "env": env,
+            "tmp": tmp,
+        }
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -116,6 +115,19 @@ def token_cluster():
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+
+
+SPEC = """\
+name: submitted
+data: {source: sklearn://iris}
+model: {type: mlp, params: {hidden_sizes: [16]}}
+train:
+  epochs: 3
+  batch_size: 16
+  optimizer: {lr: 0.01}
+  workers: 2
+  resources_per_worker: {CPU: 0.5}
+"""
 
 
 def test_job_submit_with_token_auth(token_cluster, tmp_path):
@@ -127,19 +139,7 @@ def test_job_submit_with_token_auth(token_cluster, tmp_path):
     assert refused.value.code in (401, 403)
 
     spec = tmp_path / "p.yaml"
-    spec.write_text(
-        textwrap.dedent("""\
-        name: submitted
-        data: {source: sklearn://iris}
-        model: {type: mlp, params: {hidden_sizes: [16]}}
-        train:
-          epochs: 3
-          batch_size: 16
-          optimizer: {lr: 0.01}
-          workers: 2
-          resources_per_worker: {CPU: 0.5}
-        """)
-    )
+    spec.write_text(SPEC)
     home = tmp_path / "home"
     runtime_env = {
         "env_vars": {
@@ -183,3 +183,40 @@ def test_job_submit_with_token_auth(token_cluster, tmp_path):
     run = mlflow.MlflowClient(result["tracking_uri"]).get_run(result["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["orch.ray_job_id"]  # the driver ran inside the submitted Ray job
+
+
+def test_orch_run_address_joins_token_cluster(token_cluster, tmp_path):
+    """`orch run --address host:port` from outside: the driver joins with the token."""
+    spec = tmp_path / "p.yaml"
+    spec.write_text(SPEC.replace("name: submitted", "name: joined"))
+    home = tmp_path / "home"
+    env = {**token_cluster["env"], "ORCH_HOME": str(home), "DS_ACCELERATOR": "cpu"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    orch = str(Path(sys.executable).with_name("orch"))
+    proc = subprocess.run(
+        [orch, "run", str(spec), "--address", token_cluster["gcs"], "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["name"] == "joined"
+    assert result["metrics"]["epoch"] == 3
+    assert result["tracking_uri"] == f"sqlite:///{home / 'mlflow.db'}"  # the embedded store
+
+    # Without the token the same call is refused with one clear line, no traceback.
+    bad = {**env, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "wrong-token")}
+    (tmp_path / "wrong-token").write_text("0" * 32)
+    refused = subprocess.run(
+        [orch, "run", str(spec), "--address", token_cluster["gcs"]],
+        env=bad,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert refused.returncode != 0
+    assert "Traceback" not in refused.stderr

@@ -11,13 +11,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.conftest import free_port
+
 ORCH = str(Path(sys.executable).with_name("orch"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _outside_address() -> str | None:
@@ -32,10 +28,15 @@ def _outside_address() -> str | None:
 
 
 def test_ui_serves_embedded_store_on_loopback(orch_home):
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    ui = subprocess.Popen([ORCH, "ui", "--port", str(port)], env=env, start_new_session=True,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ui = subprocess.Popen(
+        [ORCH, "ui", "--port", str(port)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 90
         while True:
