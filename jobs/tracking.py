@@ -8,6 +8,7 @@ without unpickling) with its signature and an input example.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,8 @@ class RunTracker:
             inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, info.n_features))]),
             outputs=Schema([TensorSpec(np.dtype(np.float32), outputs)]),
         )
+        # "torch 2.13.0+cpu has a local version label" is noise for every CPU install.
+        logging.getLogger("mlflow.utils.requirements_utils").setLevel(logging.ERROR)
         mlflow.set_tracking_uri(self.tracking_uri)
         with mlflow.start_run(run_id=self.run_id):
             logged = mlflow.pytorch.log_model(

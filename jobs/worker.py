@@ -232,6 +232,9 @@ def train_loop_per_worker(config: dict) -> None:
         if events is not None:
             events.put({**event, "rank": rank, "pid": os.getpid(), "time": time.time()})
 
+    warning = slow_bf16_warning(train.deepspeed.precision, device)
+    if warning and rank == 0:
+        emit({"type": "warning", "message": warning})
     emit(
         {
             "type": "worker_started",

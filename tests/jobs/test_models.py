@@ -60,3 +60,16 @@ def test_register_a_new_model_type_with_one_function():
             register_model("linear-test", LinearParams)(linear)
     finally:
         MODEL_ZOO.pop("linear-test")
+
+
+def test_bf16_warning_only_where_bf16_is_emulated():
+    from jobs.worker import slow_bf16_warning
+
+    cpu = torch.device("cpu")
+    assert slow_bf16_warning("fp32", cpu) is None
+    assert slow_bf16_warning("bf16", torch.device("cuda", 0)) is None
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    message = slow_bf16_warning("bf16", cpu)
+    assert (message is None) == native
+    if message:
+        assert "consider train.deepspeed.precision: fp32" in message

@@ -209,3 +209,24 @@ def test_schema_lists_sections_and_field_docs(capsys):
     deepspeed = schema["$defs"]["DeepSpeedSpec"]["properties"]
     assert "ZeRO stage" in deepspeed["zero_stage"]["description"]
     assert schema["$defs"]["TrainSpec"]["additionalProperties"] is False
+
+
+def test_run_display_prints_warnings_and_resume():
+    import io
+
+    from rich.console import Console
+
+    from orchestrator.progress import RunDisplay
+
+    out = io.StringIO()
+    display = RunDisplay(Console(file=out, width=200))
+    display({"type": "warning", "message": "bf16 is slow here"})
+    display({"type": "worker_started", "rank": 0, "resumed_from_epoch": 3})
+    display({"type": "stage", "stage": "train", "mlflow_run_id": "abc", "epochs": 2})
+    display({"type": "epoch", "metrics": {"epoch": 1, "train_loss": 0.5, "val_accuracy": 0.9}})
+    display.close()
+    text = out.getvalue()
+    assert "warning: bf16 is slow here" in text
+    assert "resuming from the checkpoint of epoch 3" in text
+    assert "MLflow run abc" in text
+    assert "val_accuracy=0.9" in text
