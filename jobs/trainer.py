@@ -155,10 +155,8 @@ def fit(
 
 def _describe_failure(exc: BaseException) -> str:
     """One readable line from Ray's nested training errors."""
-    text = str(exc).strip()
     cause = exc
     while cause.__cause__ is not None:
         cause = cause.__cause__
-    root = f"{type(cause).__name__}: {cause}".strip()
-    lines = [line for line in (root or text).splitlines() if line.strip()]
-    return "training failed: " + (lines[-1] if lines else type(exc).__name__)
+    lines = [line for line in f"{type(cause).__name__}: {cause}".splitlines() if line.strip()]
+    return "training failed: " + lines[-1]
