@@ -52,10 +52,42 @@ class RunTracker:
             )
         self.run_id: str | None = None
 
-    def start(self, run_name: str, tags: dict[str, str]) -> str:
+    def start(self, run_name: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
+        if parent_run_id:
+            tags = {**tags, "mlflow.parentRunId": parent_run_id}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
         return self.run_id
+
+    def reopen(self, run_id: str) -> str:
+        """Continue an existing run (a resumed study): it is RUNNING again."""
+        self.client.update_run(run_id, status="RUNNING")
+        self.run_id = run_id
+        return run_id
+
+    def child(self) -> RunTracker:
+        """A tracker for another run in the same experiment, sharing this one's client."""
+        other = object.__new__(RunTracker)
+        other._mlflow, other.client = self._mlflow, self.client
+        other.tracking_uri, other.experiment_id, other.run_id = (
+            self.tracking_uri,
+            self.experiment_id,
+            None,
+        )
+        return other
+
+    def find_runs(self, tags: dict[str, str]) -> list[str]:
+        """Ids of this experiment's runs carrying all of ``tags``."""
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000)
+        return [run.info.run_id for run in runs]
+
+    def end(self, status: str) -> None:
+        """FINISHED | FAILED | KILLED."""
+        self.client.set_terminated(self.run_id, status)
+
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, local_path, artifact_path)
 
     def __enter__(self) -> RunTracker:
         return self

@@ -45,6 +45,22 @@ def _load_model(checkpoint_dir: Path, model: ModelSpec) -> tuple[InferenceModel,
     return inference.eval(), info
 
 
+def load_trained_model(checkpoint_path: str, model: ModelSpec) -> tuple[InferenceModel, dict]:
+    """The consolidated model and final metrics of a finished run's last checkpoint.
+
+    Raises:
+        TrainingError: the checkpoint is not a finished run's final one.
+    """
+    from ray.train import Checkpoint
+
+    with Checkpoint(checkpoint_path).as_directory() as ckpt_dir:
+        if not (Path(ckpt_dir) / MODEL_FILE).exists():
+            raise TrainingError(f"{checkpoint_path} is not the final checkpoint of a finished run")
+        inference, _ = _load_model(Path(ckpt_dir), model)
+        state = json.loads((Path(ckpt_dir) / STATE_FILE).read_text())
+    return inference, state["metrics"]
+
+
 def fit(
     model: ModelSpec,
     train: TrainSpec,
@@ -134,10 +150,10 @@ def fit(
         ray.kill(events.actor)
 
     if "error" in outcome:
-        raise TrainingError(_describe_failure(outcome["error"])) from outcome["error"]
+        raise TrainingError(describe_failure(outcome["error"])) from outcome["error"]
     result = outcome["result"]
     if result.error is not None:
-        raise TrainingError(_describe_failure(result.error))
+        raise TrainingError(describe_failure(result.error))
     if result.checkpoint is None:
         raise TrainingError("training finished without a final checkpoint")
     with result.checkpoint.as_directory() as ckpt_dir:
@@ -153,7 +169,7 @@ def fit(
     )
 
 
-def _describe_failure(exc: BaseException) -> str:
+def describe_failure(exc: BaseException) -> str:
     """One readable line from Ray's nested training errors."""
     cause = exc
     while cause.__cause__ is not None:

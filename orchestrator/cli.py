@@ -12,7 +12,9 @@ from rich.console import Console
 
 from orchestrator.client import Client
 from orchestrator.exceptions import OrchestratorError
-from orchestrator.progress import RunDisplay, format_metrics
+from orchestrator.progress import RunDisplay, format_metrics, format_params
+
+_TRIAL_STATES = ("completed", "stopped", "failed")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--quiet", action="store_true", help="print only the final summary line")
     out.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     run.add_argument("--verbose", action="store_true", help="show Ray and DeepSpeed worker logs")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue this pipeline's last unfinished tuning study (finished trials are kept)",
+    )
 
     sub.add_parser("schema", help="print the spec's JSON Schema (for editors)")
 
@@ -62,7 +69,7 @@ def _cmd_run(args) -> int:
     display = RunDisplay(err) if show_progress else None
     client = Client(args.address, show_worker_logs=args.verbose)
     try:
-        result = client.run(args.spec, on_event=display)
+        result = client.run(args.spec, on_event=display, resume=args.resume)
     except OrchestratorError as exc:
         if display:
             display.close()
@@ -74,8 +81,28 @@ def _cmd_run(args) -> int:
     if args.json:
         print(result.model_dump_json())
         return 0
+    if result.study is not None:
+        study = result.study
+        print(
+            f"{result.name}: best trial {study.best_trial_id}: {study.metric}="
+            f"{study.best_metric:.4g} with {format_params(study.best_params)}"
+        )
+        counts = {s: sum(t.status == s for t in study.trials) for s in _TRIAL_STATES}
+        print(
+            f"  {len(study.trials)} trials: "
+            + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+            + f"; {sum(t.epoch for t in study.trials)} epochs in {study.wall_s:.0f} s"
+        )
     print(f"{result.name}: {result.status}: {format_metrics(result.metrics)}")
-    if not args.quiet:
+    if not args.quiet and result.study is not None:
+        print(
+            f"Best trial's MLflow run: {result.study.best_mlflow_run_id}  (study run: "
+            f"{result.mlflow_run_id})"
+        )
+        print(f"Model (best trial's final checkpoint): {result.model_uri}")
+        if result.tracking_uri.startswith("sqlite:"):
+            print("Open the MLflow UI with: orch ui   (http://127.0.0.1:5000)")
+    elif not args.quiet:
         print(f"MLflow run: {result.mlflow_run_id}  model: {result.model_uri}")
         if result.tracking_uri.startswith("sqlite:"):
             print("Open the MLflow UI with: orch ui   (http://127.0.0.1:5000)")

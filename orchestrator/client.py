@@ -16,8 +16,24 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from orchestrator.loader import load_spec
-from orchestrator.pipeline import run_training
+from orchestrator.pipeline import run_study_pipeline, run_training
 from orchestrator.spec import PipelineSpec
+from tuning.study import TrialSummary
+
+
+class StudyReport(BaseModel):
+    """A tuning study's outcome (``RunResult.study``)."""
+
+    study: str = Field(description="Study name; its state is under ./.orch/studies/<study>.")
+    path: str
+    metric: str
+    mode: str
+    best_trial_id: str
+    best_params: dict = Field(description="Dotted spec path -> value of the best trial.")
+    best_metric: float
+    best_mlflow_run_id: str | None = Field(description="The best trial's child run.")
+    trials: list[TrialSummary]
+    wall_s: float
 
 
 class RunResult(BaseModel):
@@ -25,14 +41,19 @@ class RunResult(BaseModel):
 
     name: str
     status: Literal["succeeded", "failed"]
-    metrics: dict[str, float] = Field(description="Final epoch's metrics.")
-    mlflow_run_id: str
+    metrics: dict[str, float] = Field(
+        description="Final epoch's metrics (of the best trial when the pipeline tunes)."
+    )
+    mlflow_run_id: str = Field(description="The training run, or the study's parent run.")
     tracking_uri: str
-    model_uri: str = Field(description="MLflow URI of the logged torch model.")
+    model_uri: str = Field(
+        description="MLflow URI of the logged torch model (the best trial's, when tuning)."
+    )
     checkpoint: str = Field(description="Ray Train checkpoint holding the final weights.")
     resumed_from_epochs: list[int] = Field(
         default_factory=list, description="Epochs training resumed from after worker failures."
     )
+    study: StudyReport | None = Field(None, description="The tuning study, when the spec has one.")
 
 
 class Client:
@@ -56,14 +77,28 @@ class Client:
         self,
         spec: str | Path | PipelineSpec,
         on_event: Callable[[dict], None] | None = None,
+        *,
+        resume: bool = False,
     ) -> RunResult:
         """Run a pipeline to the end and return its result.
 
+        With a ``tune`` section this runs a study and returns the best trial; ``resume``
+        continues the pipeline's last unfinished study instead of starting a new one.
+
         Raises:
-            SpecError: invalid spec or data; nothing was started.
+            SpecError: invalid spec or data, or nothing to resume; nothing was started.
             JobFailedError: a stage failed (the MLflow run is marked FAILED).
         """
         pipeline = spec if isinstance(spec, PipelineSpec) else load_spec(spec)
+        if pipeline.tune is not None:
+            return self._run_study(pipeline, on_event, resume)
+        if resume:
+            from orchestrator.exceptions import SpecError
+
+            raise SpecError(
+                f"--resume continues a tuning study, and {pipeline.name!r} has no tune section; "
+                "a training run already resumes from its checkpoints when workers fail"
+            )
         result, run_id, tracking_uri, model_uri = run_training(
             pipeline,
             address=self.address,
@@ -79,4 +114,36 @@ class Client:
             model_uri=model_uri,
             checkpoint=result.checkpoint_path,
             resumed_from_epochs=result.resumed_from_epochs,
+        )
+
+    def _run_study(self, pipeline: PipelineSpec, on_event, resume: bool) -> RunResult:
+        outcome, run_id, tracking_uri, model_uri, metrics = run_study_pipeline(
+            pipeline,
+            address=self.address,
+            on_event=on_event,
+            show_worker_logs=self.show_worker_logs,
+            resume=resume,
+        )
+        best = outcome.best
+        tune = pipeline.tune
+        return RunResult(
+            name=pipeline.name,
+            status="succeeded",
+            metrics={k: float(v) for k, v in metrics.items()},
+            mlflow_run_id=run_id,
+            tracking_uri=tracking_uri,
+            model_uri=model_uri,
+            checkpoint=best.checkpoint,
+            study=StudyReport(
+                study=outcome.study,
+                path=outcome.path,
+                metric=tune.metric,
+                mode=tune.resolved_mode,
+                best_trial_id=best.trial_id,
+                best_params=best.params,
+                best_metric=best.metric,
+                best_mlflow_run_id=best.mlflow_run_id,
+                trials=outcome.trials,
+                wall_s=outcome.wall_s,
+            ),
         )

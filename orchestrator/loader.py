@@ -22,6 +22,7 @@ from jobs.errors import DataError
 from jobs.spec import ModelSpec
 from orchestrator.exceptions import SpecError
 from orchestrator.spec import PipelineSpec
+from tuning.spec import metric_problem
 
 Loc = tuple
 
@@ -67,7 +68,11 @@ def _unwrap(annotation):
 def _model_at(loc: Loc, raw: dict) -> type[BaseModel] | None:
     """The pydantic model that validates the mapping at ``loc`` (for did-you-mean)."""
     current: type[BaseModel] = PipelineSpec
+    mapping_of = None  # the value model while the next part is a key of a dict field
     for part in loc:
+        if mapping_of is not None:
+            current, mapping_of = mapping_of, None
+            continue
         if current is ModelSpec and part == "params":
             model_type = (raw.get("model") or {}).get("type")
             return zoo.MODEL_ZOO[model_type].params_model if model_type in zoo.MODEL_ZOO else None
@@ -75,6 +80,12 @@ def _model_at(loc: Loc, raw: dict) -> type[BaseModel] | None:
         if field is None:
             return None
         nxt = _unwrap(field.annotation)
+        if typing.get_origin(nxt) is dict:
+            value = typing.get_args(nxt)[1]
+            if not (isinstance(value, type) and issubclass(value, BaseModel)):
+                return None
+            mapping_of = value
+            continue
         if not (isinstance(nxt, type) and issubclass(nxt, BaseModel)):
             return None
         current = nxt
@@ -87,7 +98,7 @@ def _explain(error: dict, raw: dict) -> str:
     if kind == "extra_forbidden":
         key = str(loc[-1])
         model = _model_at(loc[:-1], raw)
-        choices = list(model.model_fields) if model else []
+        choices = [f.alias or name for name, f in model.model_fields.items()] if model else []
         close = difflib.get_close_matches(key, choices, n=1)
         hint = f" Instead of {key!r}, did you mean {close[0]!r}?" if close else ""
         valid = f" Valid keys: {', '.join(choices)}." if choices else ""
@@ -99,7 +110,11 @@ def _explain(error: dict, raw: dict) -> str:
         return f"required key {loc[-1]!r} is missing{about}"
     msg = error["msg"].removeprefix("Value error, ")
     given = error.get("input")
-    if kind not in ("model_params",) and given is not None and not isinstance(given, dict | list):
+    if (
+        kind not in ("model_params", "tune_space")
+        and given is not None
+        and not isinstance(given, dict | list)
+    ):
         msg = f"{msg} (got {given!r})"
     return msg
 
@@ -111,6 +126,8 @@ def _expand(errors: list[dict]) -> list[dict]:
         if error["type"] == "model_params":
             for inner in error["ctx"]["errors"]:
                 out.append({**inner, "loc": (*error["loc"], "params", *inner["loc"])})
+        elif error["type"] == "nested_errors":  # errors that carry their own full location
+            out.extend(error["ctx"]["errors"])
         else:
             out.append(error)
     return out
@@ -147,6 +164,10 @@ def check_against_data(spec: PipelineSpec, path: Path, lines: dict[Loc, int]) ->
         schema = probe(spec.data)
     except DataError as exc:
         raise SpecError(_format(path, lines, tuple(exc.field.split(".")), exc.message)) from None
+    if spec.tune is not None:
+        problem = metric_problem(spec.tune.metric, schema.task)
+        if problem:
+            raise SpecError(_format(path, lines, ("tune", "metric"), problem))
     n_outputs = 2  # any width: only the input side can fail here
     try:
         zoo.build_layers(

@@ -11,21 +11,28 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import yaml
 
-from jobs.data import prepare
+from jobs.data import PreparedData, prepare
 from jobs.errors import DataError, TrainingError
+from jobs.spec import ModelSpec
 from jobs.tracking import RunTracker, flatten
-from jobs.trainer import TrainResult, fit
+from jobs.trainer import TrainResult, fit, load_trained_model
 from orchestrator.exceptions import JobFailedError, SpecError
 from orchestrator.runtime import (
     artifact_root,
     checkpoint_root,
     connect_ray,
     default_tracking_uri,
+    study_root,
 )
 from orchestrator.spec import PipelineSpec
+from tuning.errors import TuningError
+from tuning.space import apply_values
+from tuning.study import StudyOutcome, StudyState, run_study, study_dirs
+from tuning.tracking import StudyTracker
 
 EventHandler = Callable[[dict], None]
 
@@ -43,6 +50,46 @@ def _ray_job_id() -> str:
         return ""
 
 
+def _prepare_data(spec: PipelineSpec, emit: EventHandler) -> PreparedData:
+    emit({"type": "stage", "stage": "data"})
+    try:
+        data = prepare(spec.data)
+    except DataError as exc:
+        raise SpecError(f"{exc.field}: {exc.message}") from None
+    batch_sizes = {spec.train.batch_size}
+    if spec.tune is not None and "train.batch_size" in spec.tune.space:
+        batch_sizes |= set(spec.tune.space["train.batch_size"].candidate_values())
+    too_big = sorted(b for b in batch_sizes if b > data.info.n_train)
+    if too_big:
+        raise SpecError(
+            f"train.batch_size {too_big[-1]} is larger than the training split "
+            f"({data.info.n_train} rows); lower it or lower data.validation_split"
+        )
+    return data
+
+
+def _tracker(spec: PipelineSpec) -> tuple[RunTracker, str]:
+    tracking_uri = spec.tracking.tracking_uri or default_tracking_uri()
+    return RunTracker(tracking_uri, spec.experiment, artifact_root=str(artifact_root())), (
+        tracking_uri
+    )
+
+
+def _unique_name(prefix: str) -> str:
+    # Unique: Ray Train resumes a run whose name and storage path it has seen before.
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def _lineage_tags(spec: PipelineSpec, data: PreparedData, stage: str) -> dict[str, str]:
+    return {
+        "orch.pipeline": spec.name,
+        "orch.spec_hash": spec_hash(spec),
+        "orch.data_fingerprint": data.info.fingerprint,
+        "orch.ray_job_id": _ray_job_id(),
+        "orch.stage": stage,
+    }
+
+
 def run_training(
     spec: PipelineSpec,
     *,
@@ -57,35 +104,13 @@ def run_training(
         JobFailedError: training failed; its MLflow run is marked FAILED.
     """
     emit = on_event or (lambda event: None)
-
-    emit({"type": "stage", "stage": "data"})
-    try:
-        data = prepare(spec.data)
-    except DataError as exc:
-        raise SpecError(f"{exc.field}: {exc.message}") from None
-    if spec.train.batch_size > data.info.n_train:
-        raise SpecError(
-            f"train.batch_size ({spec.train.batch_size}) is larger than the training split "
-            f"({data.info.n_train} rows); lower it or lower data.validation_split"
-        )
-
+    data = _prepare_data(spec, emit)
     emit({"type": "stage", "stage": "connect"})
     connect_ray(address, show_worker_logs=show_worker_logs)
 
-    tracking_uri = spec.tracking.tracking_uri or default_tracking_uri()
-    tracker = RunTracker(tracking_uri, spec.experiment, artifact_root=str(artifact_root()))
-    # Unique: Ray Train resumes a run whose name and storage path it has seen before.
-    run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    run_id = tracker.start(
-        run_name,
-        tags={
-            "orch.pipeline": spec.name,
-            "orch.spec_hash": spec_hash(spec),
-            "orch.data_fingerprint": data.info.fingerprint,
-            "orch.ray_job_id": _ray_job_id(),
-            "orch.stage": "train",
-        },
-    )
+    tracker, tracking_uri = _tracker(spec)
+    run_name = _unique_name(spec.name)
+    run_id = tracker.start(run_name, tags=_lineage_tags(spec, data, "train"))
     emit({"type": "stage", "stage": "train", "mlflow_run_id": run_id, "epochs": spec.train.epochs})
 
     def track(event: dict) -> None:
@@ -118,3 +143,125 @@ def run_training(
         model_uri = tracker.log_model(result.model, data.info, example)
         tracker.set_tags({"orch.model_uri": model_uri, "orch.checkpoint": result.checkpoint_path})
     return result, run_id, tracking_uri, model_uri
+
+
+def _find_study_to_resume(spec: PipelineSpec, root: Path) -> tuple[Path, StudyState]:
+    unfinished = [
+        (path, StudyState.read(path))
+        for path in study_dirs(root, spec.name)
+        if StudyState.read(path).status != "finished"
+    ]
+    if not unfinished:
+        raise SpecError(
+            f"--resume: no unfinished study of pipeline {spec.name!r} under {root}; "
+            "run without --resume to start one"
+        )
+    path, state = unfinished[-1]
+    if state.spec_hash != spec_hash(spec):
+        raise SpecError(
+            f"--resume: the spec changed since study {state.study} started (spec hash "
+            f"{state.spec_hash} then, {spec_hash(spec)} now); restore the spec to resume it, or "
+            "run without --resume to start a new study"
+        )
+    return path, state
+
+
+def run_study_pipeline(
+    spec: PipelineSpec,
+    *,
+    address: str | None = None,
+    on_event: EventHandler | None = None,
+    show_worker_logs: bool = False,
+    resume: bool = False,
+) -> tuple[StudyOutcome, str, str, str, dict]:
+    """Run the pipeline's tune study; log the best trial's model on the study's MLflow run.
+
+    Returns (outcome, parent_run_id, tracking_uri, model_uri, best trial's final metrics).
+
+    Raises:
+        SpecError: invalid data for the spec, or nothing to resume.
+        JobFailedError: no trial completed; the parent run is marked FAILED.
+    """
+    assert spec.tune is not None
+    emit = on_event or (lambda event: None)
+    root = study_root()
+    if resume:
+        study_dir, state = _find_study_to_resume(spec, root)
+    data = _prepare_data(spec, emit)
+    emit({"type": "stage", "stage": "connect"})
+    connect_ray(address, show_worker_logs=show_worker_logs)
+    tracker, tracking_uri = _tracker(spec)
+    if resume:
+        tracker.reopen(state.parent_run_id)
+        state.status = "running"
+    else:
+        name = _unique_name(f"{spec.name}-study")
+        study_dir = root / name
+        tracker.start(name, tags=_lineage_tags(spec, data, "tune") | {"orch.study": name})
+        state = StudyState(
+            study=name, pipeline=spec.name, spec_hash=spec_hash(spec), parent_run_id=tracker.run_id
+        )
+    state.write(study_dir)
+    parent_id = tracker.run_id
+    emit(
+        {
+            "type": "stage",
+            "stage": "tune",
+            "mlflow_run_id": parent_id,
+            "study": state.study,
+            "resumed": resume,
+        }
+    )
+    study_tracker = StudyTracker(tracker, spec.tune, state.study, spec.name)
+
+    def track(event: dict) -> None:
+        study_tracker(event)
+        emit(event)
+
+    sections = spec.model_dump(mode="json", include={"model", "train"})
+    with tracker:
+        if not resume:
+            tracker.log_params(flatten(spec.model_dump(mode="json", by_alias=True)))
+            tracker.log_text(
+                yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), sort_keys=False),
+                "spec.yaml",
+            )
+        try:
+            outcome = run_study(
+                study=state.study,
+                study_dir=study_dir,
+                sections=sections,
+                tune=spec.tune,
+                data=data,
+                seed=spec.data.seed,
+                on_event=track,
+                resume=resume,
+            )
+        except TuningError as exc:
+            state.status = "failed"
+            state.write(study_dir)
+            raise JobFailedError(f"{spec.name}: {exc} (MLflow run {parent_id})") from None
+        study_tracker.finish(outcome.trials, outcome.best)
+        best = outcome.best
+        if best is None or best.checkpoint is None:
+            state.status = "failed"
+            state.write(study_dir)
+            failed = [t for t in outcome.trials if t.status == "failed"]
+            why = f"; first failure: {failed[0].reason}" if failed else ""
+            raise JobFailedError(
+                f"{spec.name}: no trial of study {state.study} completed its "
+                f"{spec.train.epochs} epochs ({len(outcome.trials)} trials{why}); MLflow run "
+                f"{parent_id}"
+            )
+        emit({"type": "stage", "stage": "log_model"})
+        best_sections = apply_values(sections, best.params)
+        best_model = ModelSpec.model_validate(best_sections["model"])
+        model, metrics = load_trained_model(best.checkpoint, best_model)
+        example = data.x_val[:5] * data.info.feature_std + data.info.feature_mean
+        model_uri = tracker.log_model(model, data.info, example)
+        best_spec = spec.model_dump(mode="json", by_alias=True) | best_sections
+        tracker.log_text(yaml.safe_dump(best_spec, sort_keys=False), "best_spec.yaml")
+        tracker.set_tags({"orch.model_uri": model_uri, "orch.checkpoint": best.checkpoint})
+        state.status = "finished"
+        state.write(study_dir)
+    return outcome, parent_id, tracking_uri, model_uri, metrics

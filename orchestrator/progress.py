@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+import json
+
 from rich.console import Console
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 _STAGES = {
     "data": "Reading and splitting data",
     "connect": "Connecting to Ray",
     "train": "Training",
+    "tune": "Tuning",
     "log_model": "Logging the model to MLflow",
 }
+_STATE_STYLE = {
+    "pending": "dim",
+    "running": "cyan",
+    "completed": "green",
+    "stopped": "yellow",
+    "failed": "red",
+}
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def format_params(params: dict) -> str:
+    return "  ".join(f"{k.split('.')[-1]}={format_value(v)}" for k, v in params.items())
 
 
 def format_metrics(metrics: dict) -> str:
@@ -29,11 +51,19 @@ class RunDisplay:
         self.console = console
         self.progress: Progress | None = None
         self.task = None
+        self.study: StudyTable | None = None
 
     def __call__(self, event: dict) -> None:
         kind = event["type"]
         if kind == "stage":
             self._stage(event)
+        elif kind.startswith(("study_", "trial_")):
+            if kind == "study_started":
+                self.study = StudyTable(self.console, event)
+            elif self.study is not None:
+                self.study(event)
+                if kind == "study_finished":
+                    self.study = None
         elif kind == "worker_started" and event["rank"] == 0 and event["resumed_from_epoch"]:
             self.console.print(
                 f"[yellow]workers restarted: resuming from the checkpoint of epoch "
@@ -52,6 +82,11 @@ class RunDisplay:
         if stage != "train":
             self.close()
         self.console.print(f"[bold cyan]>[/] {_STAGES.get(stage, stage)}")
+        if stage == "tune":
+            resumed = " (resumed)" if event["resumed"] else ""
+            self.console.print(
+                f"  study {event['study']}{resumed}, MLflow run {event['mlflow_run_id']}"
+            )
         if stage == "train":
             self.console.print(f"  MLflow run {event['mlflow_run_id']}")
             self.progress = Progress(
@@ -69,3 +104,69 @@ class RunDisplay:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+        if self.study is not None:
+            self.study.close()
+            self.study = None
+
+
+class StudyTable:
+    """A live table of a study's trials: state, epoch, metric, best so far, params."""
+
+    def __init__(self, console: Console, started: dict):
+        self.console = console
+        self.metric = started["metric"]
+        self.planned = started["planned_trials"]
+        self.mode = started["mode"]
+        self.trials: dict = {}
+        self.best_so_far = None
+        console.print(
+            f"  {self.planned} trials, up to {started['max_concurrent_trials']} at once, each "
+            f"using {format_params(started['trial_resources']) or 'no resources'}; "
+            f"{self.mode} {self.metric}"
+        )
+        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
+        self.live.start()
+
+    def __call__(self, event: dict) -> None:
+        if event["type"] == "study_finished":
+            self.close()
+            return
+        trial = event["trial"]
+        self.trials[trial.trial_id] = trial
+        if event.get("best_so_far") is not None:
+            self.best_so_far = event["best_so_far"]
+        if event["type"] == "trial_finished" and trial.status in ("stopped", "failed"):
+            self.console.print(
+                f"  [{_STATE_STYLE[trial.status]}]trial {trial.trial_id} {trial.status} at "
+                f"epoch {trial.epoch}: {trial.reason}[/]"
+            )
+        self.live.update(self._render())
+
+    def _render(self) -> Table:
+        done = sum(t.status in ("completed", "stopped", "failed") for t in self.trials.values())
+        best = "-" if self.best_so_far is None else f"{self.best_so_far:.4g}"
+        table = Table(
+            title=f"trials {done}/{self.planned} done, best {self.metric} so far: {best}",
+            title_justify="left",
+            box=None,
+            padding=(0, 1),
+        )
+        for column in ("trial", "state", "epoch", self.metric, "best", "params"):
+            table.add_column(column, no_wrap=column != "params")
+        for trial in self.trials.values():
+            style = _STATE_STYLE.get(trial.status, "")
+            table.add_row(
+                trial.trial_id,
+                f"[{style}]{trial.status}[/]",
+                str(trial.epoch),
+                "-" if trial.metric is None else f"{trial.metric:.4g}",
+                "-" if trial.best_metric is None else f"{trial.best_metric:.4g}",
+                format_params(trial.params),
+            )
+        return table
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.update(self._render())
+            self.live.stop()
+            self.live = None

@@ -31,6 +31,11 @@ def checkpoint_root() -> Path:
     return orch_home() / "runs"
 
 
+def study_root() -> Path:
+    """Tuning studies: Ray Tune's experiment state and each trial's checkpoints."""
+    return orch_home() / "studies"
+
+
 def connect_ray(address: str | None = None, *, show_worker_logs: bool = True) -> None:
     """Join a Ray cluster, or start a local one.
 

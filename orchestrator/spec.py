@@ -7,6 +7,7 @@ scheduling) slot in the same way, each from the package that runs it.
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from jobs.spec import (
     DataSpec,
@@ -15,6 +16,8 @@ from jobs.spec import (
     TrainSpec,
     check_pipeline_fits_model,
 )
+from tuning.space import check_space
+from tuning.spec import TuneSpec
 
 
 class PipelineSpec(BaseModel):
@@ -30,10 +33,36 @@ class PipelineSpec(BaseModel):
     model: ModelSpec = Field(description="Model zoo entry and its params.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training on Ray Train.")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="MLflow tracking.")
+    tune: TuneSpec | None = Field(
+        None, description="Hyperparameter search over this pipeline. null = train once."
+    )
 
     @model_validator(mode="after")
     def _pipeline_fits_model(self) -> PipelineSpec:
         check_pipeline_fits_model(self.model, self.train)
+        return self
+
+    @model_validator(mode="after")
+    def _space_fits_spec(self) -> PipelineSpec:
+        """Every tune.space path exists and takes each of its values (choices, range ends)."""
+        if self.tune is None:
+            return self
+        base = self.model_dump(mode="json", exclude={"tune"})
+        problems = check_space(self.tune, base, PipelineSpec.model_validate)
+        if problems:
+            errors = [
+                {"loc": ("tune", "space", path), "msg": message, "type": "tune_space"}
+                for path, message in problems
+            ]
+            # The loader unfolds ctx["errors"] into one error per path.
+            raise PydanticCustomError(
+                "nested_errors",
+                "{detail}",
+                {
+                    "detail": "; ".join(f"tune.space.{p}: {m}" for p, m in problems),
+                    "errors": errors,
+                },
+            )
         return self
 
     @property

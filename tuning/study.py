@@ -1,0 +1,450 @@
+"""The study driver: a Ray Tune Tuner over ``tuning.trial.run_trial``, with live events.
+
+A study lives in one directory: ``tune/`` is Ray Tune's experiment (restorable with
+``Tuner.restore``), ``trials/`` holds each trial's Ray Train run and checkpoints, and
+``orch_study.json`` records what a resume needs (the spec hash, the MLflow parent run).
+
+Events (dicts with a "type") go to ``on_event`` from the driver's thread:
+study_started, trial_started, trial_result, trial_finished, study_finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from ray.tune import Callback, Stopper
+
+from jobs.data import PreparedData
+from jobs.spec import TrainSpec
+from tuning import events
+from tuning.errors import TuningError
+from tuning.search import TIME_ATTR, create_scheduler, create_searcher
+from tuning.space import apply_values, decode, param_space
+from tuning.spec import TuneSpec
+from tuning.trial import CHECKPOINT_KEY, run_trial
+
+STATE_FILE = "orch_study.json"
+TUNE_DIR = "tune"
+TRIALS_DIR = "trials"
+# A trial's own actor only relays events and reports; it takes no CPU so that a trial's
+# training workers, not its driver, decide how many trials fit on the cluster.
+TRIAL_DRIVER_MEMORY = 128 * 1024**2
+TRIAL_REPORT_KEYS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "val_rmse",
+    "samples_per_s",
+    "lr",
+    "data_wait_fraction",
+)
+
+EventHandler = Callable[[dict], None]
+TrialStatus = Literal["pending", "running", "completed", "stopped", "failed"]
+
+
+class TrialSummary(BaseModel):
+    """One trial as the CLI, ``--json`` and the MLflow trials table show it."""
+
+    trial_id: str
+    status: TrialStatus = "pending"
+    params: dict = Field(default_factory=dict, description="Dotted spec path -> value.")
+    epoch: int = Field(0, description="Last epoch reported.")
+    metric: float | None = Field(None, description="The study metric at the last epoch.")
+    best_metric: float | None = Field(None, description="Its best value over the epochs.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Last epoch's metrics.")
+    reason: str | None = Field(None, description="Why it stopped early, or why it failed.")
+    checkpoint: str | None = Field(None, description="Final checkpoint (completed trials).")
+    mlflow_run_id: str | None = None
+
+
+class StudyState(BaseModel):
+    """``orch_study.json``: enough to resume a study with its MLflow parent run."""
+
+    study: str
+    pipeline: str
+    spec_hash: str
+    parent_run_id: str | None = None
+    status: Literal["running", "finished", "failed"] = "running"
+    started: float = Field(default_factory=time.time)
+
+    @classmethod
+    def read(cls, study_dir: Path) -> StudyState:
+        return cls.model_validate_json((study_dir / STATE_FILE).read_text())
+
+    def write(self, study_dir: Path) -> None:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        tmp = study_dir / f".{STATE_FILE}.tmp"
+        tmp.write_text(self.model_dump_json(indent=2))
+        tmp.replace(study_dir / STATE_FILE)
+
+
+def trial_demand(tune: TuneSpec, sections: dict) -> dict[str, float]:
+    """The most any trial of the space asks of the cluster (workers x resources)."""
+    demand: dict[str, float] = {}
+    candidates = [{}]
+    for path, dist in tune.space.items():
+        if path == "train.workers" or path.startswith("train.resources_per_worker"):
+            candidates = [{**c, path: v} for c in candidates for v in dist.candidate_values()]
+    for values in candidates:
+        train = TrainSpec.model_validate(apply_values(sections, values)["train"])
+        for name, amount in train.resources_per_worker.items():
+            demand[name] = max(demand.get(name, 0.0), amount * train.workers)
+    return demand
+
+
+def concurrency_cap(demand: dict[str, float], cluster: dict[str, float]) -> int:
+    """How many trials of ``demand`` fit the cluster at once (0: not even one)."""
+    fits = [math.floor(cluster.get(name, 0.0) / amount + 1e-9) for name, amount in demand.items()]
+    return min(fits) if fits else 1
+
+
+class _StudyCallback(Callback, Stopper):
+    """Turns Tune's hooks into study events; also stops the study after too many failures.
+
+    Pickled into Tune's experiment state: it keeps only the study name and counters, and
+    finds the live event handler through ``tuning.events``.
+    """
+
+    def __init__(self, study: str, max_failed_trials: int | None):
+        self.study = study
+        self.max_failed_trials = max_failed_trials
+        self.failed: set[str] = set()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        events.emit(
+            self.study,
+            {"type": "trial_started", "trial_id": trial.trial_id, "config": dict(trial.config)},
+        )
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        metrics = {k: result[k] for k in TRIAL_REPORT_KEYS if k in result}
+        events.emit(
+            self.study,
+            {
+                "type": "trial_result",
+                "trial_id": trial.trial_id,
+                "config": dict(trial.config),
+                "metrics": metrics,
+                "checkpoint": result.get(CHECKPOINT_KEY),
+            },
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        events.emit(
+            self.study,
+            {"type": "trial_complete", "trial_id": trial.trial_id, "config": dict(trial.config)},
+        )
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.failed.add(trial.trial_id)
+        events.emit(
+            self.study,
+            {
+                "type": "trial_error",
+                "trial_id": trial.trial_id,
+                "config": dict(trial.config),
+                "error": _error_line(trial),
+            },
+        )
+
+    # Stopper
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.max_failed_trials is not None and len(self.failed) >= self.max_failed_trials
+
+
+def _error_line(trial) -> str:
+    try:
+        error = trial.get_pickled_error() or trial.get_error()
+    except Exception:  # the error file may be gone; the status says enough
+        error = None
+    if error is None:
+        return "the trial failed (no error recorded)"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+class _Tracker:
+    """Driver-side bookkeeping of trials; turns raw hook events into the study's events."""
+
+    def __init__(
+        self,
+        tune: TuneSpec,
+        epochs: int,
+        on_event: EventHandler,
+        started: float,
+        budget_s: float | None,
+    ):
+        self.tune = tune
+        self.epochs = epochs
+        self.on_event = on_event
+        self.trials: dict[str, TrialSummary] = {}
+        self.stop_reasons: dict[str, str] = {}
+        self.started = started
+        self.budget_s = budget_s
+
+    def _trial(self, event: dict) -> TrialSummary:
+        trial = self.trials.get(event["trial_id"])
+        if trial is None:
+            trial = TrialSummary(
+                trial_id=event["trial_id"], params=decode(self.tune, event.get("config", {}))
+            )
+            self.trials[trial.trial_id] = trial
+        return trial
+
+    def _better(self, a: float, b: float | None) -> bool:
+        if b is None or math.isnan(b):
+            return True
+        return a > b if self.tune.resolved_mode == "max" else a < b
+
+    def best(self) -> TrialSummary | None:
+        done = [t for t in self.trials.values() if t.status == "completed" and t.metric is not None]
+        best = None
+        for trial in done:
+            if best is None or self._better(trial.metric, best.metric):
+                best = trial
+        return best
+
+    def best_so_far(self) -> float | None:
+        values = [t.best_metric for t in self.trials.values() if t.best_metric is not None]
+        if not values:
+            return None
+        return max(values) if self.tune.resolved_mode == "max" else min(values)
+
+    def __call__(self, event: dict) -> None:
+        kind = event["type"]
+        if kind == "trial_stop_decision":
+            self.stop_reasons[event["trial_id"]] = event["reason"]
+            return
+        trial = self._trial(event)
+        if kind == "trial_started":
+            trial.status = "running"
+            self.on_event({"type": "trial_started", "trial": trial.model_copy()})
+        elif kind == "trial_result":
+            metrics = {k: float(v) for k, v in event["metrics"].items()}
+            trial.status = "running"
+            trial.epoch = int(metrics.get(TIME_ATTR, trial.epoch))
+            trial.metrics = metrics
+            value = metrics.get(self.tune.metric)
+            if value is not None:
+                trial.metric = value
+                if self._better(value, trial.best_metric):
+                    trial.best_metric = value
+            if event.get("checkpoint"):
+                trial.checkpoint = event["checkpoint"]
+            self.on_event(
+                {
+                    "type": "trial_result",
+                    "trial": trial.model_copy(),
+                    "best_so_far": self.best_so_far(),
+                }
+            )
+        elif kind == "trial_complete":
+            if trial.checkpoint and trial.epoch >= self.epochs:
+                trial.status = "completed"
+            else:
+                trial.status = "stopped"
+                trial.reason = self.stop_reasons.get(trial.trial_id) or self._study_stop_reason()
+            self.on_event(
+                {
+                    "type": "trial_finished",
+                    "trial": trial.model_copy(),
+                    "best_so_far": self.best_so_far(),
+                }
+            )
+        elif kind == "trial_error":
+            trial.status = "failed"
+            trial.reason = event["error"]
+            self.on_event(
+                {
+                    "type": "trial_finished",
+                    "trial": trial.model_copy(),
+                    "best_so_far": self.best_so_far(),
+                }
+            )
+
+    def _study_stop_reason(self) -> str:
+        if self.budget_s is not None and time.time() - self.started >= self.budget_s * 0.99:
+            return f"the study's time_budget_s ({self.budget_s:g} s) ran out"
+        failed = sum(t.status == "failed" for t in self.trials.values())
+        if self.tune.max_failed_trials is not None and failed >= self.tune.max_failed_trials:
+            return f"the study stopped after {failed} failed trials (tune.max_failed_trials)"
+        return "stopped by Ray Tune before its last epoch"
+
+
+class StudyOutcome(BaseModel):
+    """What a finished study leaves (the pipeline adds MLflow and the best model)."""
+
+    study: str
+    trials: list[TrialSummary]
+    best: TrialSummary | None
+    path: str
+    wall_s: float
+
+
+def run_study(
+    *,
+    study: str,
+    study_dir: Path,
+    sections: dict,
+    tune: TuneSpec,
+    data: PreparedData,
+    seed: int,
+    on_event: EventHandler | None = None,
+    resume: bool = False,
+) -> StudyOutcome:
+    """Run (or, with ``resume``, continue) a study on the connected Ray cluster.
+
+    Args:
+        study: the study's name (also the key of its event handler).
+        study_dir: its directory (see the module doc).
+        sections: the pipeline's ``model`` and ``train`` sections as dicts.
+        tune: the tune section.
+        data: the prepared data, shared by every trial through the object store.
+        seed: the data seed (trials train with it, as a single run would).
+
+    Raises:
+        TuningError: the cluster cannot fit one trial, or the study cannot be restored.
+    """
+    import ray
+    from ray import tune as ray_tune
+
+    emit = on_event or (lambda event: None)
+    epochs = TrainSpec.model_validate(sections["train"]).epochs
+    demand = trial_demand(tune, sections)
+    cluster = {k: float(v) for k, v in ray.cluster_resources().items()}
+    cap = concurrency_cap(demand, cluster)
+    if cap < 1:
+        raise TuningError(
+            f"one trial needs {demand} (train.workers x train.resources_per_worker) but the "
+            f"cluster has { ({k: cluster.get(k, 0.0) for k in demand}) }; lower train.workers or "
+            "the resources per worker, or add nodes"
+        )
+    concurrent = min(cap, tune.max_concurrent_trials or cap, tune.planned_trials())
+
+    # Tune's experiment snapshot (what a restore sees) at most every second, so a trial
+    # that finished just before the driver died is not run again.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # Our own table replaces Tune's console output.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+
+    started = time.time()
+    tracker = _Tracker(tune, epochs, emit, started, tune.time_budget_s)
+    events.register(study, tracker)
+    trainable = ray_tune.with_resources(
+        ray_tune.with_parameters(
+            run_trial,
+            sections=sections,
+            tune_spec=tune,
+            data=data,
+            seed=seed,
+            storage_path=str(study_dir / TRIALS_DIR),
+        ),
+        ray_tune.PlacementGroupFactory([{"memory": TRIAL_DRIVER_MEMORY}]),
+    )
+    tune_path = study_dir / TUNE_DIR
+    try:
+        if resume:
+            if not ray_tune.Tuner.can_restore(str(tune_path)):
+                raise TuningError(f"{tune_path}: no Ray Tune state to resume from")
+            tuner = ray_tune.Tuner.restore(
+                str(tune_path), trainable, resume_unfinished=True, resume_errored=False
+            )
+        else:
+            callback = _StudyCallback(study, tune.max_failed_trials)
+            tuner = ray_tune.Tuner(
+                trainable,
+                param_space=param_space(tune),
+                tune_config=ray_tune.TuneConfig(
+                    metric=tune.metric,
+                    mode=tune.resolved_mode,
+                    search_alg=create_searcher(tune),
+                    scheduler=create_scheduler(tune, epochs, study),
+                    num_samples=1 if tune.search.algorithm == "grid" else tune.num_samples,
+                    max_concurrent_trials=concurrent,
+                    time_budget_s=tune.time_budget_s,
+                    reuse_actors=False,
+                ),
+                run_config=ray_tune.RunConfig(
+                    name=TUNE_DIR,
+                    storage_path=str(study_dir),
+                    callbacks=[callback],
+                    stop=callback,
+                    failure_config=ray_tune.FailureConfig(max_failures=tune.trial_retries),
+                    verbose=0,
+                ),
+            )
+        emit(
+            {
+                "type": "study_started",
+                "study": study,
+                "planned_trials": tune.planned_trials(),
+                "max_concurrent_trials": concurrent,
+                "trial_resources": demand,
+                "metric": tune.metric,
+                "mode": tune.resolved_mode,
+                "resumed": resume,
+                "path": str(study_dir),
+            }
+        )
+        grid = tuner.fit()
+        _backfill(tracker, grid, tune)
+    finally:
+        events.unregister(study)
+    outcome = StudyOutcome(
+        study=study,
+        trials=sorted(tracker.trials.values(), key=lambda t: t.trial_id),
+        best=tracker.best(),
+        path=str(study_dir),
+        wall_s=time.time() - started,
+    )
+    emit({"type": "study_finished", "outcome": outcome})
+    return outcome
+
+
+def _backfill(tracker: _Tracker, grid, tune: TuneSpec) -> None:
+    """Trials that finished before a restore never fire hooks in this driver: add them."""
+    for result in grid:
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id")
+        if not trial_id or trial_id in tracker.trials:
+            continue
+        config = metrics.get("config", {})
+        summary = TrialSummary(trial_id=trial_id, params=decode(tune, config))
+        summary.epoch = int(metrics.get(TIME_ATTR, 0))
+        summary.metrics = {k: float(metrics[k]) for k in TRIAL_REPORT_KEYS if k in metrics}
+        summary.metric = summary.metrics.get(tune.metric)
+        summary.best_metric = summary.metric
+        summary.checkpoint = metrics.get(CHECKPOINT_KEY)
+        if result.error is not None:
+            summary.status, summary.reason = "failed", str(result.error).strip().splitlines()[-1]
+        elif summary.checkpoint and summary.epoch >= tracker.epochs:
+            summary.status = "completed"
+        else:
+            summary.status, summary.reason = "stopped", "stopped before the study was resumed"
+        tracker.trials[trial_id] = summary
+
+
+def study_dirs(root: Path, pipeline: str) -> list[Path]:
+    """A pipeline's studies under ``root``, oldest first."""
+    found = []
+    for state_file in root.glob(f"*/{STATE_FILE}"):
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if state.get("pipeline") == pipeline:
+            found.append((state.get("started", 0), state_file.parent))
+    return [path for _, path in sorted(found)]

@@ -1,0 +1,130 @@
+"""A study in MLflow: one parent run, a child run per trial, the summary as artifacts.
+
+Everything is logged from the driver, from the study's events, so concurrent trials never
+race on one run and nothing depends on trials reaching the tracking server themselves.
+Child runs carry ``orch.trial_id``; a resumed study finds them by it and goes on logging
+into the same runs.
+
+Trial status in MLflow: completed -> FINISHED, stopped early -> KILLED (tags
+``orch.trial_status=stopped_early``, ``orch.stop_epoch``, ``orch.stop_reason``),
+failed -> FAILED (``orch.error``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from jobs.tracking import RunTracker
+from tuning.report import plot_history, plot_params, write_table
+from tuning.spec import TuneSpec
+
+_MLFLOW_STATUS = {"completed": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
+_TAG_STATUS = {"completed": "completed", "stopped": "stopped_early", "failed": "failed"}
+
+
+class StudyTracker:
+    """An ``on_event`` handler that mirrors a study into MLflow under ``parent``."""
+
+    def __init__(self, parent: RunTracker, tune: TuneSpec, study: str, run_name_prefix: str):
+        self.parent = parent
+        self.tune = tune
+        self.study = study
+        self.prefix = run_name_prefix
+        self.children: dict[str, RunTracker] = {}
+        self.finish_order: list[str] = []
+
+    def _child(self, trial) -> RunTracker:
+        child = self.children.get(trial.trial_id)
+        if child is not None:
+            return child
+        child = self.parent.child()
+        existing = child.find_runs({"orch.study": self.study, "orch.trial_id": trial.trial_id})
+        if existing:
+            child.reopen(existing[0])
+        else:
+            child.start(
+                f"{self.prefix}-{trial.trial_id}",
+                tags={
+                    "orch.study": self.study,
+                    "orch.trial_id": trial.trial_id,
+                    "orch.stage": "trial",
+                    "orch.trial_status": "running",
+                },
+                parent_run_id=self.parent.run_id,
+            )
+            child.log_params({k: _param(v) for k, v in trial.params.items()})
+        self.children[trial.trial_id] = child
+        return child
+
+    def __call__(self, event: dict) -> None:
+        kind = event["type"]
+        if kind not in ("trial_started", "trial_result", "trial_finished"):
+            return
+        trial = event["trial"]
+        child = self._child(trial)
+        if kind == "trial_result" and trial.metrics:
+            child.log_metrics(trial.metrics, step=trial.epoch)
+        elif kind == "trial_finished":
+            tags = {"orch.trial_status": _TAG_STATUS[trial.status], "orch.epochs": str(trial.epoch)}
+            if trial.status == "stopped":
+                tags |= {
+                    "orch.stop_epoch": str(trial.epoch),
+                    "orch.stop_reason": trial.reason or "",
+                }
+            elif trial.status == "failed":
+                tags["orch.error"] = (trial.reason or "")[:5000]
+            elif trial.checkpoint:
+                tags["orch.checkpoint"] = trial.checkpoint
+            child.set_tags(tags)
+            child.end(_MLFLOW_STATUS[trial.status])
+            self.finish_order.append(trial.trial_id)
+
+    def finish(self, trials: list, best) -> None:
+        """Tag the best trial; log the trials table and plots on the parent run."""
+        for trial in trials:
+            child = self.children.get(trial.trial_id)
+            if child is None:  # finished before a resume; its run is already complete
+                found = self.parent.find_runs(
+                    {"orch.study": self.study, "orch.trial_id": trial.trial_id}
+                )
+                trial.mlflow_run_id = found[0] if found else None
+            else:
+                trial.mlflow_run_id = child.run_id
+        if best is not None and best.mlflow_run_id:
+            self.parent.client.set_tag(best.mlflow_run_id, "orch.best", "true")
+            self.parent.set_tags(
+                {
+                    "orch.best_trial_id": best.trial_id,
+                    "orch.best_run_id": best.mlflow_run_id,
+                    "orch.best_params": str(best.params),
+                }
+            )
+            self.parent.log_metrics({f"best_{self.tune.metric}": best.metric}, step=0)
+        counts = {s: sum(t.status == s for t in trials) for s in ("completed", "stopped", "failed")}
+        self.parent.log_metrics(
+            {
+                "trials_completed": counts["completed"],
+                "trials_stopped_early": counts["stopped"],
+                "trials_failed": counts["failed"],
+                "epochs_consumed": sum(t.epoch for t in trials),
+            },
+            step=0,
+        )
+        order = {tid: i for i, tid in enumerate(self.finish_order)}
+        ordered = sorted(trials, key=lambda t: (order.get(t.trial_id, -1), t.trial_id))
+        with tempfile.TemporaryDirectory(prefix="orch-study-") as tmp:
+            out = Path(tmp)
+            self.parent.log_artifact(str(write_table(ordered, self.tune, out / "trials.parquet")))
+            self.parent.log_artifact(
+                str(plot_history(ordered, self.tune, out / "optimization_history.png")), "plots"
+            )
+            self.parent.log_artifact(
+                str(plot_params(ordered, self.tune, out / "metric_vs_params.png")), "plots"
+            )
+
+
+def _param(value) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value)
