@@ -10,6 +10,7 @@ loss curve of plain data parallelism (tests/jobs/test_parallel_equivalence.py).
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -285,6 +286,12 @@ def train_loop_per_worker(config: dict) -> None:
         train_time = time.perf_counter() - started
         sums.add(loss_total.item(), 0, 0, seen)
         loss_sum, _, _, count = sums.reduce()
+        if not math.isfinite(loss_sum):
+            # Every rank sees the same reduced loss, so all stop here together.
+            raise TrainingError(
+                f"training diverged at epoch {epoch}: train_loss is {loss_sum / max(count, 1)}; "
+                "lower train.optimizer.lr or set train.deepspeed.gradient_clipping"
+            )
         metrics = {
             "epoch": epoch,
             "train_loss": loss_sum / max(count, 1),

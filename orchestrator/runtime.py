@@ -51,8 +51,12 @@ def connect_ray(address: str | None = None, *, show_worker_logs: bool = True) ->
     if address is None and not os.environ.get("RAY_ADDRESS"):
         address = "local"
     try:
+        local = {"include_dashboard": True} if address == "local" else {}
         ray.init(
             address=address,
+            # The dashboard (on 127.0.0.1) serves the state API that Ray Train uses to free
+            # the workers' placement group of a trial Tune stops early.
+            **local,
             log_to_driver=show_worker_logs,
             logging_level="WARNING",
             configure_logging=True,

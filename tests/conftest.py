@@ -40,7 +40,9 @@ def ray_session():
     ray.init(
         address="local",
         num_cpus=2,
-        include_dashboard=False,
+        # Ray Train frees the placement group of a trial that Tune stopped early through
+        # the state API, which the dashboard serves.
+        include_dashboard=True,
         log_to_driver=False,
         configure_logging=False,
     )

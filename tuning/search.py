@@ -156,6 +156,11 @@ class ExplainedHyperBand(_Explains, HyperBandScheduler):
 class ExplainedMedian(_Explains, MedianStoppingRule):
     """Stops a trial whose best result is worse than the median of others' averages."""
 
+    def _on_insufficient_samples(self, tune_controller, trial, time: float) -> str:
+        # Tune's rule pauses a trial to let pending ones catch up; pausing one of ours
+        # tears down its Ray Train workers (tens of seconds to restart), so it runs on.
+        return TrialScheduler.CONTINUE
+
     def _reason(self, trial, result, before) -> str:
         epoch = result[TIME_ATTR]
         others = [t for t in self._trials_beyond_time(epoch) if t is not trial]

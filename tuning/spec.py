@@ -25,10 +25,9 @@ REGRESSION_ONLY = {"val_rmse"}
 
 def metric_problem(metric: str, task: str) -> str | None:
     """Why ``metric`` is not reported for a ``task`` (classification | regression), if not."""
-    if (task == "regression" and metric in CLASSIFICATION_ONLY) or (
-        task == "classification" and metric in REGRESSION_ONLY
-    ):
-        usable = [m for m in TRAINER_METRICS if not metric_problem(m, task)]
+    missing = CLASSIFICATION_ONLY if task == "regression" else REGRESSION_ONLY
+    if metric in missing:
+        usable = [m for m in TRAINER_METRICS if m not in missing]
         return f"{metric} is not reported for {task}; use one of {', '.join(usable)}"
     return None
 
