@@ -125,9 +125,12 @@ def fit(
 
     history: list[dict] = []
     resumed: list[int] = []
+    diverged: list[str] = []
 
     def relay(event: dict) -> None:
-        if event["type"] == "epoch":
+        if event["type"] == "diverged":
+            diverged.append(event["message"])
+        elif event["type"] == "epoch":
             history.append(event["metrics"])
         elif (
             event["type"] == "worker_started" and event["rank"] == 0 and event["resumed_from_epoch"]
@@ -149,6 +152,8 @@ def fit(
     finally:
         ray.kill(events.actor)
 
+    if diverged:
+        raise TrainingError(diverged[0])
     if "error" in outcome:
         raise TrainingError(describe_failure(outcome["error"])) from outcome["error"]
     result = outcome["result"]

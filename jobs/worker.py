@@ -287,11 +287,19 @@ def train_loop_per_worker(config: dict) -> None:
         sums.add(loss_total.item(), 0, 0, seen)
         loss_sum, _, _, count = sums.reduce()
         if not math.isfinite(loss_sum):
-            # Every rank sees the same reduced loss, so all stop here together.
-            raise TrainingError(
-                f"training diverged at epoch {epoch}: train_loss is {loss_sum / max(count, 1)}; "
-                "lower train.optimizer.lr or set train.deepspeed.gradient_clipping"
-            )
+            # Every rank sees the same reduced loss, so all stop here together. Returning
+            # (not raising) keeps Ray Train from retrying a failure that would repeat; the
+            # driver's fit() raises it.
+            if rank == 0:
+                emit(
+                    {
+                        "type": "diverged",
+                        "message": f"training diverged at epoch {epoch}: train_loss is "
+                        f"{loss_sum / max(count, 1)}; lower train.optimizer.lr or set "
+                        "train.deepspeed.gradient_clipping",
+                    }
+                )
+            return
         metrics = {
             "epoch": epoch,
             "train_loss": loss_sum / max(count, 1),

@@ -68,14 +68,23 @@ def _cmd_run(args) -> int:
     show_progress = not (args.quiet or args.json)
     display = RunDisplay(err) if show_progress else None
     client = Client(args.address, show_worker_logs=args.verbose)
+    # With --json, stdout carries the one JSON object and nothing else: whatever Ray or a
+    # library prints while the pipeline runs goes to stderr.
+    stdout = sys.stdout
+    if args.json:
+        sys.stdout = sys.stderr
     try:
         result = client.run(args.spec, on_event=display, resume=args.resume)
     except OrchestratorError as exc:
         if display:
             display.close()
         if args.json:
-            print(json.dumps({"spec": args.spec, "status": "failed", "error": str(exc)}))
+            print(
+                json.dumps({"spec": args.spec, "status": "failed", "error": str(exc)}), file=stdout
+            )
         raise
+    finally:
+        sys.stdout = stdout
     if display:
         display.close()
     if args.json:
@@ -154,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        resume = ""
+        if args.command == "run" and not getattr(args, "json", False):
+            resume = f"; a tuning study continues with: orch run {args.spec} --resume"
+        print(f"interrupted{resume}", file=sys.stderr)
         return 130
 
 

@@ -31,6 +31,7 @@ from orchestrator.runtime import (
 from orchestrator.spec import PipelineSpec
 from tuning.errors import TuningError
 from tuning.space import apply_values
+from tuning.spec import metric_problem
 from tuning.study import StudyOutcome, StudyState, run_study, study_dirs
 from tuning.tracking import StudyTracker
 
@@ -188,6 +189,9 @@ def run_study_pipeline(
     if resume:
         study_dir, state = _find_study_to_resume(spec, root)
     data = _prepare_data(spec, emit)
+    problem = metric_problem(spec.tune.metric, data.info.task)
+    if problem:
+        raise SpecError(f"tune.metric: {problem}")
     emit({"type": "stage", "stage": "connect"})
     connect_ray(address, show_worker_logs=show_worker_logs)
     tracker, tracking_uri = _tracker(spec)
@@ -234,6 +238,11 @@ def run_study_pipeline(
                 tune=spec.tune,
                 data=data,
                 seed=spec.data.seed,
+                trials_storage=(
+                    f"{spec.train.storage_path.rstrip('/')}/studies/{state.study}/trials"
+                    if spec.train.storage_path
+                    else None
+                ),
                 on_event=track,
                 resume=resume,
             )

@@ -6,6 +6,7 @@ import json
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -138,7 +139,7 @@ class StudyTable:
         if event["type"] == "trial_finished" and trial.status in ("stopped", "failed"):
             self.console.print(
                 f"  [{_STATE_STYLE[trial.status]}]trial {trial.trial_id} {trial.status} at "
-                f"epoch {trial.epoch}: {trial.reason}[/]"
+                f"epoch {trial.epoch}: {escape(trial.reason or '')}[/]"
             )
         self.live.update(self._render())
 

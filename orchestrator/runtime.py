@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from orchestrator.exceptions import ClusterError
@@ -36,6 +37,33 @@ def study_root() -> Path:
     return orch_home() / "studies"
 
 
+def init_local_ray(**options) -> None:
+    """Start a private local Ray (``ray.init`` options pass through).
+
+    Ray Train frees the workers' placement group of a trial that Tune stops early from a
+    helper actor that asks the state API (served by the dashboard) whether the trial's
+    controller is alive. That helper finds its cluster by auto-detection, which fails as
+    soon as a second Ray runs on the machine; the leaked placement group then starves the
+    next trials. So the GCS port is chosen here and every worker is told the address.
+    """
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        ray.init(
+            address="local",
+            include_dashboard=True,
+            runtime_env={"env_vars": {"RAY_ADDRESS": address}},
+            **options,
+        )
+    finally:
+        del os.environ["RAY_GCS_SERVER_PORT"]
+
+
 def connect_ray(address: str | None = None, *, show_worker_logs: bool = True) -> None:
     """Join a Ray cluster, or start a local one.
 
@@ -51,16 +79,15 @@ def connect_ray(address: str | None = None, *, show_worker_logs: bool = True) ->
     if address is None and not os.environ.get("RAY_ADDRESS"):
         address = "local"
     try:
-        local = {"include_dashboard": True} if address == "local" else {}
-        ray.init(
-            address=address,
-            # The dashboard (on 127.0.0.1) serves the state API that Ray Train uses to free
-            # the workers' placement group of a trial Tune stops early.
-            **local,
-            log_to_driver=show_worker_logs,
-            logging_level="WARNING",
-            configure_logging=True,
-        )
+        options = {
+            "log_to_driver": show_worker_logs,
+            "logging_level": "WARNING",
+            "configure_logging": True,
+        }
+        if address == "local":
+            init_local_ray(**options)
+        else:
+            ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ClusterError(

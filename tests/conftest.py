@@ -37,12 +37,10 @@ def ray_session():
     """One local Ray for the whole session (starting Ray costs seconds on 2 cores)."""
     import ray
 
-    ray.init(
-        address="local",
+    from orchestrator.runtime import init_local_ray
+
+    init_local_ray(
         num_cpus=2,
-        # Ray Train frees the placement group of a trial that Tune stopped early through
-        # the state API, which the dashboard serves.
-        include_dashboard=True,
         log_to_driver=False,
         configure_logging=False,
     )

@@ -17,13 +17,6 @@ import pyarrow.parquet as pq
 from tuning.spec import TuneSpec
 
 
-def _cell(value):
-    """Parameter values as the table stores them: numbers stay numbers, others JSON text."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return json.dumps(value)
-    return float(value)
-
-
 def trials_table(trials: list, tune: TuneSpec) -> pa.Table:
     rows = {
         "trial_id": [t.trial_id for t in trials],
@@ -34,10 +27,13 @@ def trials_table(trials: list, tune: TuneSpec) -> pa.Table:
         "reason": [t.reason for t in trials],
         "mlflow_run_id": [t.mlflow_run_id for t in trials],
     }
-    for path, dist in tune.space.items():
-        values = [_cell(t.params[path]) if path in t.params else None for t in trials]
-        numeric = dist.kind != "choice" or all(v is None or isinstance(v, float) for v in values)
-        rows[f"param:{path}"] = pa.array(values, type=pa.float64() if numeric else pa.string())
+    for path in tune.space:
+        raw = [t.params.get(path) for t in trials]
+        if all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in raw):
+            column = pa.array([None if v is None else float(v) for v in raw], pa.float64())
+        else:  # lists, strings, mixtures: JSON text
+            column = pa.array([None if v is None else json.dumps(v) for v in raw], pa.string())
+        rows[f"param:{path}"] = column
     return pa.table(rows)
 
 

@@ -24,15 +24,17 @@ from tuning.spec import TuneSpec
 TIME_ATTR = "epoch"
 
 
-def create_searcher(tune: TuneSpec):
-    """bayesian: Optuna TPE; gp: Optuna's Gaussian process; random / grid: Tune's own."""
+def create_searcher(tune: TuneSpec, max_concurrent: int | None = None):
+    """bayesian: Optuna TPE; gp: Optuna's Gaussian process; random / grid: Tune's own.
+
+    ``max_concurrent`` caps trials at once for random/grid (Tune's TuneConfig cap only
+    wraps the model-based searchers).
+    """
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     algorithm, seed = tune.search.algorithm, tune.search.seed
-    if algorithm == "random":
-        return BasicVariantGenerator(random_state=seed)
-    if algorithm == "grid":
-        return BasicVariantGenerator(random_state=seed)
+    if algorithm in ("random", "grid"):
+        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
 
     import optuna
     from ray.tune.search.optuna import OptunaSearch
@@ -145,6 +147,13 @@ class ExplainedASHA(_Explains, AsyncHyperBandScheduler):
 
 class ExplainedHyperBand(_Explains, HyperBandScheduler):
     """HyperBand (synchronous successive halving in brackets)."""
+
+    def on_trial_add(self, tune_controller, trial):
+        # A restored study re-adds its finished trials; in a bracket they would never
+        # report, and the bracket's live trials would wait for them forever.
+        if trial.status in ("TERMINATED", "ERROR"):
+            return
+        super().on_trial_add(tune_controller, trial)
 
     def _reason(self, trial, result, before) -> str:
         return (

@@ -63,6 +63,15 @@ def check_space(
     problems: list[tuple[str, str]] = []
     for path, dist in tune.space.items():
         root = path.split(".")[0]
+        if path == "train.epochs":
+            problems.append(
+                (
+                    path,
+                    "train.epochs is the study's time axis (early-stopping rungs, completed vs "
+                    "stopped), so it is the same for all trials; set it outside tune.space",
+                )
+            )
+            continue
         if root not in SEARCHABLE_ROOTS:
             problems.append(
                 (

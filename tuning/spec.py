@@ -76,8 +76,16 @@ class Distribution(_Section):
             raise ValueError(f"{kind}: low must be < high, got [{low}, {high}]")
         if kind in ("loguniform", "logint", "qlogint") and low <= 0:
             raise ValueError(f"{kind}: low must be > 0 (log scale), got {low}")
-        if kind in ("quniform", "qlogint") and self.bounds(kind)[2] <= 0:
-            raise ValueError(f"{kind}: q must be > 0, got {self.bounds(kind)[2]}")
+        if kind in ("quniform", "qlogint"):
+            q = self.bounds(kind)[2]
+            if q <= 0:
+                raise ValueError(f"{kind}: q must be > 0, got {q}")
+            off = [b for b in (low, high) if abs(b / q - round(b / q)) > 1e-9]
+            if off:
+                raise ValueError(
+                    f"{kind}: low and high must be multiples of q={q:g}, got {off[0]:g}; "
+                    f"e.g. [{round(low / q) * q:g}, {round(high / q) * q:g}, {q:g}]"
+                )
         return self
 
     @staticmethod
@@ -100,6 +108,9 @@ class Distribution(_Section):
         if self.kind == "choice":
             return list(self.choice)
         low, high = self.bounds(self.kind)[:2]
+        if self.kind in ("uniform", "loguniform"):
+            # an inside point: a float range over an integer field fails here, not in a trial
+            return [low, high, low + (high - low) * 0.37]
         return [low, high]
 
     def grid_values(self) -> list:
@@ -179,6 +190,13 @@ class TuneSpec(_Section):
             raise ValueError(
                 f"metric {self.metric!r} is not reported by the trainer; use one of "
                 + ", ".join(TRAINER_METRICS)
+            )
+        stepped = [p for p, d in self.space.items() if d.kind == "qlogint" and d.qlogint[2] != 1]
+        if stepped and self.search.algorithm in ("bayesian", "gp"):
+            raise ValueError(
+                f"{', '.join(stepped)}: qlogint with q > 1 is not supported by the "
+                f"{self.search.algorithm} searcher (Optuna has no stepped log-scale integers); "
+                "use logint, or a choice list of the values"
             )
         if self.search.algorithm == "grid":
             continuous = [p for p, d in self.space.items() if not d.is_discrete]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -144,6 +145,13 @@ class _StudyCallback(Callback, Stopper):
             {"type": "trial_complete", "trial_id": trial.trial_id, "config": dict(trial.config)},
         )
 
+    # Tune saves a callback's state with the experiment: failures count across a resume.
+    def get_state(self) -> dict:
+        return {"failed": sorted(self.failed)}
+
+    def set_state(self, state: dict) -> None:
+        self.failed = set(state.get("failed", []))
+
     def on_trial_error(self, iteration, trials, trial, **info):
         self.failed.add(trial.trial_id)
         events.emit(
@@ -165,14 +173,42 @@ class _StudyCallback(Callback, Stopper):
 
 
 def _error_line(trial) -> str:
-    try:
-        error = trial.get_pickled_error() or trial.get_error()
-    except Exception:  # the error file may be gone; the status says enough
-        error = None
-    if error is None:
-        return "the trial failed (no error recorded)"
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    """The root cause of a trial's failure, as one line.
+
+    Tune writes the error into the trial's local directory before it calls the callbacks;
+    the copy in the experiment's storage may not be synced yet, so read the local one.
+    """
+    text = ""
+    for path in (trial.pickled_error_file, trial.error_file):
+        if not path or not os.path.exists(path):
+            continue
+        if path == trial.pickled_error_file:
+            import ray.cloudpickle as cloudpickle
+
+            try:
+                with open(path, "rb") as f:
+                    error = cloudpickle.load(f)
+            except Exception:  # an error that does not unpickle here: use the text file
+                continue
+            text = str(getattr(error, "cause", None) or error)
+        else:
+            text = Path(path).read_text()
+        break
+    return root_cause_line(text) or "the trial failed (no error recorded)"
+
+
+_PREFIX = re.compile(r"^(?:[\w.]+(?:Error|Exception)|training failed): ")
+
+
+def root_cause_line(text: str) -> str:
+    """'x.TrainingError: training failed: TrainingError: diverged ...' -> 'diverged ...'."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    line = lines[-1]
+    while (match := _PREFIX.match(line)) is not None:
+        line = line[match.end() :]
+    return line
 
 
 class _Tracker:
@@ -274,6 +310,20 @@ class _Tracker:
                 }
             )
 
+    def close_unfinished(self) -> None:
+        """Trials the study itself stopped (time budget, failures) get no hook: end them."""
+        for trial in self.trials.values():
+            if trial.status in ("pending", "running"):
+                trial.status = "stopped"
+                trial.reason = self._study_stop_reason()
+                self.on_event(
+                    {
+                        "type": "trial_finished",
+                        "trial": trial.model_copy(),
+                        "best_so_far": self.best_so_far(),
+                    }
+                )
+
     def _study_stop_reason(self) -> str:
         if self.budget_s is not None and time.time() - self.started >= self.budget_s * 0.99:
             return f"the study's time_budget_s ({self.budget_s:g} s) ran out"
@@ -301,6 +351,7 @@ def run_study(
     tune: TuneSpec,
     data: PreparedData,
     seed: int,
+    trials_storage: str | None = None,
     on_event: EventHandler | None = None,
     resume: bool = False,
 ) -> StudyOutcome:
@@ -313,6 +364,8 @@ def run_study(
         tune: the tune section.
         data: the prepared data, shared by every trial through the object store.
         seed: the data seed (trials train with it, as a single run would).
+        trials_storage: where trials keep their Ray Train checkpoints (a path every node
+            can reach on a multi-node cluster); None = ``study_dir/trials``.
 
     Raises:
         TuningError: the cluster cannot fit one trial, or the study cannot be restored.
@@ -338,6 +391,9 @@ def run_study(
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # Our own table replaces Tune's console output.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ctrl-C interrupts the study (resumable with --resume) instead of Tune's handler
+    # quietly ending it as if it had finished.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
     started = time.time()
@@ -350,7 +406,7 @@ def run_study(
             tune_spec=tune,
             data=data,
             seed=seed,
-            storage_path=str(study_dir / TRIALS_DIR),
+            storage_path=trials_storage or str(study_dir / TRIALS_DIR),
         ),
         ray_tune.PlacementGroupFactory([{"memory": TRIAL_DRIVER_MEMORY}]),
     )
@@ -360,7 +416,11 @@ def run_study(
             if not ray_tune.Tuner.can_restore(str(tune_path)):
                 raise TuningError(f"{tune_path}: no Ray Tune state to resume from")
             tuner = ray_tune.Tuner.restore(
-                str(tune_path), trainable, resume_unfinished=True, resume_errored=False
+                str(tune_path),
+                trainable,
+                resume_unfinished=True,
+                resume_errored=False,
+                param_space=param_space(tune),
             )
         else:
             callback = _StudyCallback(study, tune.max_failed_trials)
@@ -370,7 +430,7 @@ def run_study(
                 tune_config=ray_tune.TuneConfig(
                     metric=tune.metric,
                     mode=tune.resolved_mode,
-                    search_alg=create_searcher(tune),
+                    search_alg=create_searcher(tune, concurrent),
                     scheduler=create_scheduler(tune, epochs, study),
                     num_samples=1 if tune.search.algorithm == "grid" else tune.num_samples,
                     max_concurrent_trials=concurrent,
@@ -400,7 +460,8 @@ def run_study(
             }
         )
         grid = tuner.fit()
-        _backfill(tracker, grid, tune)
+        tracker.close_unfinished()
+        _backfill(tracker, grid, tune, resume)
     finally:
         events.unregister(study)
     outcome = StudyOutcome(
@@ -414,7 +475,7 @@ def run_study(
     return outcome
 
 
-def _backfill(tracker: _Tracker, grid, tune: TuneSpec) -> None:
+def _backfill(tracker: _Tracker, grid, tune: TuneSpec, resumed: bool) -> None:
     """Trials that finished before a restore never fire hooks in this driver: add them."""
     for result in grid:
         metrics = result.metrics or {}
@@ -429,11 +490,14 @@ def _backfill(tracker: _Tracker, grid, tune: TuneSpec) -> None:
         summary.best_metric = summary.metric
         summary.checkpoint = metrics.get(CHECKPOINT_KEY)
         if result.error is not None:
-            summary.status, summary.reason = "failed", str(result.error).strip().splitlines()[-1]
+            summary.status, summary.reason = "failed", root_cause_line(str(result.error))
         elif summary.checkpoint and summary.epoch >= tracker.epochs:
             summary.status = "completed"
         else:
-            summary.status, summary.reason = "stopped", "stopped before the study was resumed"
+            summary.status = "stopped"
+            summary.reason = (
+                "stopped before the study was resumed" if resumed else tracker._study_stop_reason()
+            )
         tracker.trials[trial_id] = summary
 
 

@@ -12,6 +12,8 @@ failed -> FAILED (``orch.error``).
 
 from __future__ import annotations
 
+import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from jobs.tracking import RunTracker
 from tuning.report import plot_history, plot_params, write_table
 from tuning.spec import TuneSpec
 
+logger = logging.getLogger(__name__)
 _MLFLOW_STATUS = {"completed": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
 _TAG_STATUS = {"completed": "completed", "stopped": "stopped_early", "failed": "failed"}
 
@@ -58,6 +61,13 @@ class StudyTracker:
         return child
 
     def __call__(self, event: dict) -> None:
+        """Mirror one event; a tracking-server hiccup warns and never stops the study."""
+        try:
+            self._mirror(event)
+        except Exception as exc:  # MLflow client errors are many types; the study goes on
+            logger.warning("MLflow logging of %s failed: %s", event["type"], exc)
+
+    def _mirror(self, event: dict) -> None:
         kind = event["type"]
         if kind not in ("trial_started", "trial_result", "trial_finished"):
             return
@@ -80,10 +90,20 @@ class StudyTracker:
             child.end(_MLFLOW_STATUS[trial.status])
             self.finish_order.append(trial.trial_id)
 
+    def _still_running(self, child: RunTracker) -> bool:
+        try:
+            return self.parent.client.get_run(child.run_id).info.status == "RUNNING"
+        except Exception:  # unreachable server: nothing to repair now
+            return False
+
     def finish(self, trials: list, best) -> None:
         """Tag the best trial; log the trials table and plots on the parent run."""
         for trial in trials:
             child = self.children.get(trial.trial_id)
+            if child is not None and trial.status in _MLFLOW_STATUS and self._still_running(child):
+                # the server missed the trial's end (or Tune never announced it): end it now
+                self._mirror({"type": "trial_finished", "trial": trial})
+                self.finish_order.pop()
             if child is None:  # finished before a resume; its run is already complete
                 found = self.parent.find_runs(
                     {"orch.study": self.study, "orch.trial_id": trial.trial_id}
@@ -125,6 +145,4 @@ class StudyTracker:
 
 
 def _param(value) -> str:
-    import json
-
     return value if isinstance(value, str) else json.dumps(value)

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from jobs.data import PreparedData
+from jobs.errors import TrainingError
 from jobs.spec import ModelSpec, TrainSpec
 from jobs.trainer import fit
 from tuning.space import apply_values, decode
@@ -36,8 +39,15 @@ def run_trial(
 
     values = decode(tune_spec, config)
     resolved = apply_values(sections, values)
-    model = ModelSpec.model_validate(resolved["model"])
-    train = TrainSpec.model_validate(resolved["train"])
+    try:
+        model = ModelSpec.model_validate(resolved["model"])
+        train = TrainSpec.model_validate(resolved["train"])
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise TrainingError(
+            f"this trial's values {values} make an invalid spec: "
+            f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+        ) from None
     trial_id = ray.tune.get_context().get_trial_id()
     last_epoch = train.epochs
 

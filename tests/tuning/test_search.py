@@ -148,3 +148,16 @@ def test_study_stops_after_max_failed_trials():
         callback.failed.add(f"t{i}")
     assert callback.stop_all()
     assert not _StudyCallback("unit5", max_failed_trials=None).stop_all()
+
+
+def test_random_and_grid_searchers_respect_the_concurrency_cap():
+    searcher = create_searcher(tune_spec(algorithm="random"), max_concurrent=2)
+    assert searcher.max_concurrent == 2
+
+
+def test_failure_count_survives_a_resume():
+    callback = _StudyCallback("unit6", max_failed_trials=3)
+    callback.failed |= {"t0", "t1"}
+    restored = _StudyCallback("unit6", max_failed_trials=3)
+    restored.set_state(callback.get_state())
+    assert restored.failed == {"t0", "t1"}

@@ -155,3 +155,47 @@ def test_trial_demand_caps_concurrency_by_cluster_resources(tmp_path):
     assert concurrency_cap(demand, {"CPU": 2.0, "memory": 1e9}) == 1
     assert concurrency_cap(demand, {"CPU": 7.0}) == 3
     assert concurrency_cap({"GPU": 1.0}, {"CPU": 8.0}) == 0
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ("train.epochs: {int: [2, 8]}", "train.epochs is the study's time axis"),
+        ("train.batch_size: {uniform: [16, 128]}", "value 57.44 is not valid here"),
+        ("train.optimizer.lr: {quniform: [0.0, 0.5, 0.2]}", "multiples of q=0.2"),
+        ("train.batch_size: {qlogint: [8, 256, 8]}", "qlogint with q > 1 is not supported"),
+    ],
+)
+def test_spaces_that_would_fail_inside_a_trial_are_refused_up_front(tmp_path, space, message):
+    with pytest.raises(SpecError, match=message):
+        load_spec(write(tmp_path, f"space:\n  {space}\n"), check_data=False)
+
+
+def test_trials_table_keeps_mixed_choice_values(tmp_path):
+    from tuning.report import trials_table
+    from tuning.study import TrialSummary
+
+    spec = load_spec(
+        write(
+            tmp_path,
+            "space:\n  train.deepspeed.gradient_clipping: {choice: [0.0, 1.0]}\n"
+            "  model.params.hidden_sizes: {choice: [[64], [32, 16]]}\n",
+        ),
+        check_data=False,
+    )
+    trials = [
+        TrialSummary(
+            trial_id="a",
+            status="completed",
+            metric=0.9,
+            params={
+                "train.deepspeed.gradient_clipping": 1.0,
+                "model.params.hidden_sizes": [32, 16],
+            },
+        ),
+        TrialSummary(trial_id="b", status="failed", reason="boom", params={}),
+    ]
+    rows = trials_table(trials, spec.tune).to_pylist()
+    assert rows[0]["param:train.deepspeed.gradient_clipping"] == 1.0
+    assert rows[0]["param:model.params.hidden_sizes"] == "[32, 16]"
+    assert rows[1]["status"] == "failed" and rows[1]["val_accuracy"] is None

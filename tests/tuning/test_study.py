@@ -1,0 +1,253 @@
+"""Studies of the real trainer (Ray Train + DeepSpeed) on a local Ray, tracked in MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from jobs.data import prepare
+from jobs.tracking import load_model
+from orchestrator import Client, load_spec
+from orchestrator.cli import main
+
+pytestmark = pytest.mark.slow
+
+SPEC = """\
+name: {name}
+data: {{source: sklearn://digits, seed: 0}}
+model: {{type: mlp, params: {{hidden_sizes: [32]}}}}
+train:
+  epochs: {epochs}
+  batch_size: 64
+  optimizer: {{type: {optimizer}, lr: 0.003}}
+  workers: 1
+  resources_per_worker: {{CPU: 1}}
+  checkpoint: {{every_epochs: 1, keep: 1}}
+  max_failures: 0
+tracking: {{experiment: {name}}}
+tune:
+{tune}
+"""
+
+
+def write_spec(tmp_path: Path, name: str, tune: str, epochs: int = 4, optimizer="adamw") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    body = textwrap.indent(textwrap.dedent(tune), "  ")
+    path.write_text(SPEC.format(name=name, tune=body, epochs=epochs, optimizer=optimizer))
+    return path
+
+
+def mlflow_client():
+    import mlflow
+
+    return mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def child_runs(client, parent_run_id: str) -> list:
+    parent = client.get_run(parent_run_id)
+    return client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+    )
+
+
+def test_bayesian_study_with_asha_runs_the_trainer_and_tracks_every_trial(ray_session, tmp_path):
+    path = write_spec(
+        tmp_path,
+        "asha-study",
+        """\
+        num_samples: 4
+        max_concurrent_trials: 2
+        search: {algorithm: bayesian, seed: 3}
+        early_stopping: {type: asha, grace_period: 1, reduction_factor: 2}
+        space:
+          train.optimizer.lr: {loguniform: [0.00001, 0.03]}
+          model.params.hidden_sizes: {choice: [[32], [64, 32]]}
+        """,
+    )
+    events: list[dict] = []
+    result = Client().run(path, on_event=events.append)
+    study = result.study
+
+    # every trial ran the trainer: per-epoch metrics of DeepSpeed workers reached the driver
+    assert len(study.trials) == 4
+    assert {t.status for t in study.trials} <= {"completed", "stopped"}
+    completed = [t for t in study.trials if t.status == "completed"]
+    stopped = [t for t in study.trials if t.status == "stopped"]
+    assert completed and stopped, [(t.status, t.metric) for t in study.trials]
+    assert all(t.epoch == 4 for t in completed)
+    for trial in stopped:
+        assert 1 <= trial.epoch < 4
+        assert trial.reason.startswith(f"ASHA: val_accuracy {trial.metric:.4g} at epoch")
+    best = max(completed, key=lambda t: t.metric)
+    assert study.best_trial_id == best.trial_id
+    assert study.best_metric == pytest.approx(best.metric)
+    assert result.metrics["val_accuracy"] == pytest.approx(best.metric)
+    assert best.metric > 0.75  # 4 epochs of a small MLP; chance is 0.1
+
+    # concurrency: 1 CPU per trial on a 2-CPU Ray, never more than 2 trials at once
+    started = next(e for e in events if e["type"] == "study_started")
+    assert started["max_concurrent_trials"] == 2 and started["trial_resources"] == {"CPU": 1.0}
+    running, most = set(), 0
+    for event in events:
+        if event["type"] == "trial_started":
+            running.add(event["trial"].trial_id)
+        elif event["type"] == "trial_finished":
+            running.discard(event["trial"].trial_id)
+        most = max(most, len(running))
+    assert most <= 2
+
+    # MLflow: a parent run, one child per trial with its status, the best one tagged
+    client = mlflow_client()
+    parent = client.get_run(result.mlflow_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["orch.best_trial_id"] == best.trial_id
+    children = {r.data.tags["orch.trial_id"]: r for r in child_runs(client, result.mlflow_run_id)}
+    assert set(children) == {t.trial_id for t in study.trials}
+    for trial in study.trials:
+        run = children[trial.trial_id]
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == list(range(1, trial.epoch + 1))
+        assert float(run.data.params["train.optimizer.lr"]) == pytest.approx(
+            trial.params["train.optimizer.lr"]
+        )
+        if trial.status == "stopped":
+            assert run.info.status == "KILLED"
+            assert run.data.tags["orch.trial_status"] == "stopped_early"
+            assert run.data.tags["orch.stop_epoch"] == str(trial.epoch)
+            assert run.data.tags["orch.stop_reason"] == trial.reason
+        else:
+            assert run.info.status == "FINISHED"
+    assert children[best.trial_id].data.tags.get("orch.best") == "true"
+    assert sum(r.data.tags.get("orch.best") == "true" for r in children.values()) == 1
+
+    # parent artifacts: the trials table and the plots
+    local = Path(client.download_artifacts(result.mlflow_run_id, "", str(tmp_path / "art")))
+    table = pq.read_table(local / "trials.parquet").to_pylist()
+    assert sorted(row["trial_id"] for row in table) == sorted(children)
+    assert {row["status"] for row in table} == {t.status for t in study.trials}
+    for png in ("optimization_history.png", "metric_vs_params.png"):
+        assert (local / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the registry stage's model is the best trial's final checkpoint
+    model = load_model(result.model_uri, result.tracking_uri)
+    spec = load_spec(path)
+    data = prepare(spec.data)
+    x_val = data.x_val * data.info.feature_std + data.info.feature_mean
+    with torch.no_grad():
+        probs = model(torch.as_tensor(x_val, dtype=torch.float32)).numpy()
+    accuracy = float(np.mean(probs.argmax(axis=1) == data.y_val))
+    assert accuracy == pytest.approx(best.metric, abs=0.02)
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(ray_session, tmp_path, capsys):
+    path = write_spec(
+        tmp_path,
+        "failing-study",
+        """\
+        search: {algorithm: grid}
+        early_stopping: {type: none}
+        max_failed_trials: 2
+        space:
+          train.optimizer.lr: {choice: [0.05, 1.0e+30]}
+        """,
+        epochs=2,
+        optimizer="sgd",
+    )
+    assert main(["run", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    trials = {t["params"]["train.optimizer.lr"]: t for t in out["study"]["trials"]}
+    assert trials[0.05]["status"] == "completed"
+    failed = trials[1e30]
+    assert failed["status"] == "failed"
+    assert "training diverged at epoch 1" in failed["reason"]
+    assert out["study"]["best_params"] == {"train.optimizer.lr": 0.05}
+
+    run = mlflow_client().get_run(failed["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["orch.trial_status"] == "failed"
+    assert "training diverged" in run.data.tags["orch.error"]
+
+
+def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_session, tmp_path):
+    path = write_spec(
+        tmp_path,
+        "resumed-study",
+        """\
+        num_samples: 4
+        max_concurrent_trials: 2
+        early_stopping: {type: none}
+        space:
+          train.optimizer.lr: {loguniform: [0.001, 0.01]}
+        """,
+        epochs=3,
+    )
+    client = mlflow_client()
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "run", str(path), "--quiet"],
+        start_new_session=True,  # its own process group: the driver and the Ray it started
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    finished_before: dict[str, tuple] = {}
+    try:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and driver.poll() is None:
+            experiment = client.get_experiment_by_name("resumed-study")
+            if experiment is not None:
+                runs = client.search_runs(
+                    [experiment.experiment_id], filter_string="tags.`orch.stage` = 'trial'"
+                )
+                done = [r for r in runs if r.info.status == "FINISHED"]
+                if done:
+                    time.sleep(2)  # let Ray Tune snapshot the finished trial
+                    break
+            time.sleep(1)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+    assert driver.returncode == -signal.SIGKILL, "the study ended before it could be killed"
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`orch.stage` = 'trial'"
+    )
+    finished_before = {
+        r.data.tags["orch.trial_id"]: (r.info.run_id, r.info.end_time)
+        for r in runs
+        if r.info.status == "FINISHED"
+    }
+    assert 1 <= len(finished_before) < 4
+    (parent_before,) = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`orch.stage` = 'tune'"
+    )
+    assert parent_before.info.status == "RUNNING"
+
+    events: list[dict] = []
+    result = Client().run(path, on_event=events.append, resume=True)
+
+    restarted = {e["trial"].trial_id for e in events if e["type"] == "trial_started"}
+    assert not restarted & set(finished_before), "a finished trial ran again"
+    assert result.mlflow_run_id == parent_before.info.run_id
+    assert result.study.study == parent_before.data.tags["orch.study"]
+    assert len(result.study.trials) == 4
+    assert all(t.status == "completed" for t in result.study.trials)
+    for trial_id, (run_id, end_time) in finished_before.items():
+        (run,) = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`orch.trial_id` = '{trial_id}'"
+        )
+        assert (run.info.run_id, run.info.end_time) == (run_id, end_time)
+    assert client.get_run(result.mlflow_run_id).info.status == "FINISHED"
+
+    with pytest.raises(Exception, match="no unfinished study of pipeline 'resumed-study'"):
+        Client().run(path, resume=True)
