@@ -142,7 +142,7 @@ def run_study(trainable, tune_spec, epochs: int, storage: Path, name: str, reuse
         tune_config=tune.TuneConfig(
             metric=tune_spec.metric,
             mode=tune_spec.resolved_mode,
-            search_alg=create_searcher(tune_spec),
+            search_alg=create_searcher(tune_spec, tune_spec.max_concurrent_trials),
             scheduler=create_scheduler(tune_spec, epochs, "bench"),
             num_samples=tune_spec.num_samples,
             max_concurrent_trials=tune_spec.max_concurrent_trials,
