@@ -164,3 +164,17 @@ def read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def result_header(name: str, quick: bool, command: str) -> dict:
+    """The fields every benchmark's results start with: what ran, when, where, how loaded."""
+    from datetime import datetime, timezone
+
+    return {
+        "benchmark": name,
+        "quick": quick,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "machine": machine_info(),
+        "load_average_before": load_average(),
+    }

@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +32,8 @@ from bench.common import (
     describe_machine,
     fmt,
     load_average,
-    machine_info,
     md_table,
+    result_header,
     spread,
     steady_median,
 )
@@ -322,12 +321,7 @@ def run(quick: bool = False) -> dict:
     sizes = QUICK if quick else FULL
     started = time.perf_counter()
     results: dict = {
-        "benchmark": "train_throughput",
-        "quick": quick,
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": QUICK_COMMAND if quick else COMMAND,
-        "machine": machine_info(),
-        "load_average_before": load_average(),
+        **result_header("train_throughput", quick, QUICK_COMMAND if quick else COMMAND),
         "config": {
             "features": FEATURES,
             "classes": CLASSES,

@@ -27,10 +27,17 @@ import sys
 import tempfile
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.common import COMMAND, REPO, describe_machine, fmt, load_average, machine_info, md_table
+from bench.common import (
+    COMMAND,
+    REPO,
+    describe_machine,
+    fmt,
+    load_average,
+    md_table,
+    result_header,
+)
 
 TITLE = "Tuning efficiency: search and early stopping"
 ORDER = 20
@@ -415,12 +422,7 @@ def run(quick: bool = False) -> dict:
     seeds = list(range(sizes["seeds"]))
     started = time.perf_counter()
     results: dict = {
-        "benchmark": "tune_efficiency",
-        "quick": quick,
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": QUICK_COMMAND if quick else COMMAND,
-        "machine": machine_info(),
-        "load_average_before": load_average(),
+        **result_header("tune_efficiency", quick, QUICK_COMMAND if quick else COMMAND),
         "seeds": seeds,
         "reuse_actors": REUSE_ACTORS,
     }

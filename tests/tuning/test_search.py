@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -70,6 +71,17 @@ def fake_trial(trial_id: str):
     return FakeTrial(trial_id=trial_id, config={}, evaluated_params={})
 
 
+@contextmanager
+def study_events(study: str):
+    """The events a scheduler emits for ``study`` while the block runs."""
+    got: list[dict] = []
+    events.register(study, got.append)
+    try:
+        yield got
+    finally:
+        events.unregister(study)
+
+
 def drive(scheduler, trials, results) -> dict:
     """Feed (trial, epoch, value) results; return the decisions."""
     decisions = {}
@@ -86,14 +98,10 @@ def test_asha_stops_a_weak_trial_at_its_rung_and_says_why():
     tune = tune_spec()  # asha, grace 2, reduction 3
     scheduler = create_scheduler(tune, epochs=20, study="unit")
     scheduler.set_search_properties("val_accuracy", "max")
-    got = []
-    events.register("unit", got.append)
-    try:
+    with study_events("unit") as got:
         trials = [fake_trial(f"t{i}") for i in range(4)]
         results = [(t, 2, v) for t, v in zip(trials, (0.9, 0.95, 0.97, 0.5), strict=True)]
         decisions = drive(scheduler, trials, results)
-    finally:
-        events.unregister("unit")
     assert decisions[("t3", 2)] == TrialScheduler.STOP
     assert decisions[("t2", 2)] == TrialScheduler.CONTINUE
     (stop,) = got
@@ -105,13 +113,9 @@ def test_asha_stops_a_weak_trial_at_its_rung_and_says_why():
 def test_a_trial_reaching_its_last_epoch_is_not_reported_as_stopped():
     scheduler = create_scheduler(tune_spec(), epochs=2, study="unit2")
     scheduler.set_search_properties("val_accuracy", "max")
-    got = []
-    events.register("unit2", got.append)
-    try:
+    with study_events("unit2") as got:
         trial = fake_trial("t0")
         decisions = drive(scheduler, [trial], [(trial, 2, 0.9)])
-    finally:
-        events.unregister("unit2")
     assert decisions[("t0", 2)] == TrialScheduler.STOP  # ASHA ends trials at max_t
     assert got == []
 
@@ -123,16 +127,12 @@ def test_median_rule_explains_the_median_it_compared_with():
     )
     scheduler = create_scheduler(tune, epochs=10, study="unit3")
     scheduler.set_search_properties("val_accuracy", "max")
-    got = []
-    events.register("unit3", got.append)
-    try:
+    with study_events("unit3") as got:
         trials = [fake_trial(f"t{i}") for i in range(4)]
         steady = list(zip(trials[:3], (0.8, 0.85, 0.9), strict=True))
         results = [(t, e, v) for e in (1, 2, 3) for t, v in steady]
         results.append((trials[3], 3, 0.3))
         drive(scheduler, trials, results)
-    finally:
-        events.unregister("unit3")
     (stop,) = got
     assert stop["trial_id"] == "t3"
     assert (
