@@ -68,11 +68,10 @@ def _cmd_run(args) -> int:
     show_progress = not (args.quiet or args.json)
     display = RunDisplay(err) if show_progress else None
     client = Client(args.address, show_worker_logs=args.verbose)
-    # With --json, stdout carries the one JSON object and nothing else: whatever Ray or a
-    # library prints while the pipeline runs goes to stderr.
+    # stdout carries the result (the summary, or the one JSON object with --json) and
+    # nothing else: whatever Ray or a library prints while the pipeline runs goes to stderr.
     stdout = sys.stdout
-    if args.json:
-        sys.stdout = sys.stderr
+    sys.stdout = sys.stderr
     try:
         result = client.run(args.spec, on_event=display, resume=args.resume)
     except OrchestratorError as exc:
