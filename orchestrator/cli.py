@@ -60,6 +60,13 @@ def _cmd_validate(args) -> int:
         f"{t.workers} workers (pipeline {t.deepspeed.pipeline_stages} x data "
         f"{t.data_parallel_degree}), ZeRO-{t.deepspeed.zero_stage}, {t.deepspeed.precision}"
     )
+    if spec.tune is not None:
+        tune = spec.tune
+        print(
+            f"  tune: {tune.search.algorithm} search, {tune.planned_trials()} trials, "
+            f"{tune.early_stopping.type} early stopping, {tune.resolved_mode} {tune.metric} "
+            f"over {', '.join(tune.space)}"
+        )
     return 0
 
 
