@@ -138,7 +138,8 @@ class SearchSpec(_Section):
 class EarlyStoppingSpec(_Section):
     type: Literal["asha", "hyperband", "median", "none"] = Field(
         "asha",
-        description="asha (asynchronous successive halving) | hyperband | median (stop below "
+        description="asha (asynchronous successive halving) | hyperband (asynchronous: "
+        "brackets of ASHA with growing grace periods) | median (stop below "
         "the median of other trials' running averages) | none.",
     )
     grace_period: int = Field(

@@ -6,7 +6,7 @@ and the training run it owns. The last epoch is reported once training has retur
 the path of the final checkpoint (the consolidated model the best trial hands on).
 
 The inner training run is named after the trial, so a trial that Tune restarts (a restored
-study, a paused HyperBand trial, a retried failure) resumes from its own last checkpoint.
+study, a retried failure) resumes from its own last checkpoint.
 """
 
 from __future__ import annotations

@@ -161,3 +161,15 @@ def test_failure_count_survives_a_resume():
     restored = _StudyCallback("unit6", max_failed_trials=3)
     restored.set_state(callback.get_state())
     assert restored.failed == {"t0", "t1"}
+
+
+def test_hyperband_is_asynchronous_brackets_with_growing_grace_periods():
+    tune = tune_spec()
+    tune = tune.model_copy(
+        update={"early_stopping": tune.early_stopping.model_copy(update={"type": "hyperband"})}
+    )
+    scheduler = create_scheduler(tune, epochs=20, study="unit7")
+    # grace 2, reduction 3, 20 epochs: brackets whose first rungs are at epochs 2, 6 and 18
+    firsts = sorted(min(m for m, _ in bracket._rungs) for bracket in scheduler._brackets)
+    assert firsts == [2, 6, 18]
+    assert scheduler.label == "HyperBand"
