@@ -160,3 +160,10 @@ def load_model(model_uri: str, tracking_uri: str):
 
     mlflow.set_tracking_uri(tracking_uri)
     return mlflow.pytorch.load_model(model_uri)
+
+
+def run_tags(run_id: str, tracking_uri: str) -> dict[str, str]:
+    """The tags of a run (what a later stage reads of an earlier one)."""
+    import mlflow
+
+    return dict(mlflow.MlflowClient(tracking_uri).get_run(run_id).data.tags)

@@ -46,6 +46,26 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the spec's JSON Schema (for editors)")
 
+    models = sub.add_parser(
+        "models", help="the MLflow model registry: list, show, promote, rollback"
+    )
+    models.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default: the embedded store)"
+    )
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    mlist = msub.add_parser("list", help="registered models with their versions and aliases")
+    mlist.add_argument("--json", action="store_true", help="print JSON")
+    mshow = msub.add_parser("show", help="a model's versions, metrics, lineage and aliases")
+    mshow.add_argument("name")
+    mshow.add_argument("--json", action="store_true", help="print JSON")
+    mpromote = msub.add_parser("promote", help="point an alias at a version")
+    mpromote.add_argument("name")
+    mpromote.add_argument("version")
+    mpromote.add_argument("--alias", default="champion", help="default: champion")
+    mrollback = msub.add_parser("rollback", help="move an alias back to its previous version")
+    mrollback.add_argument("name")
+    mrollback.add_argument("--alias", default="champion", help="default: champion")
+
     ui = sub.add_parser("ui", help="open the MLflow UI on the embedded store")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
@@ -109,6 +129,12 @@ def _cmd_run(args) -> int:
             + f"; {sum(t.epoch for t in study.trials)} epochs in {study.wall_s:.0f} s"
         )
     print(f"{result.name}: {result.status}: {format_metrics(result.metrics)}")
+    if result.registered is not None:
+        reg = result.registered
+        moved = (
+            f"@{reg.alias} -> version {reg.version}" if reg.promoted else f"@{reg.alias} unchanged"
+        )
+        print(f"Registered {reg.model_name} version {reg.version}; {moved}: {reg.reason}")
     if not args.quiet and result.study is not None:
         print(
             f"Best trial's MLflow run: {result.study.best_mlflow_run_id}  (study run: "
@@ -123,6 +149,44 @@ def _cmd_run(args) -> int:
             print("Open the MLflow UI with: orch ui   (http://127.0.0.1:5000)")
         else:
             print(f"MLflow tracking server: {result.tracking_uri}")
+    return 0
+
+
+def _cmd_models(args) -> int:
+    client = Client()
+    uri = args.tracking_uri
+    action = args.models_command
+    if action == "list":
+        models = client.list_models(uri)
+        if args.json:
+            print(json.dumps(models))
+        elif not models:
+            print("no registered models yet (orch run registers one per run)")
+        for model in [] if args.json else models:
+            aliases = "  ".join(f"@{a}=v{v}" for a, v in model["aliases"].items()) or "no alias"
+            print(
+                f"{model['name']}: {model['versions']} versions, latest v{model['latest']}, "
+                f"{aliases}"
+            )
+    elif action == "show":
+        shown = client.show_model(args.name, uri)
+        if args.json:
+            print(json.dumps(shown))
+            return 0
+        holders = {v: a for a, v in shown["aliases"].items()}
+        print(f"{shown['name']}")
+        for version in shown["versions"]:
+            alias = f"  @{holders[version['version']]}" if version["version"] in holders else ""
+            print(
+                f"  v{version['version']}{alias}  {format_metrics(version['metrics'])}  "
+                f"run {version['tags'].get('orch.mlflow_run_id', version['run_id'])}"
+            )
+    elif action == "promote":
+        client.promote(args.name, args.version, args.alias, uri)
+        print(f"{args.name}@{args.alias} -> version {args.version}")
+    else:
+        before, after = client.rollback(args.name, args.alias, uri)
+        print(f"{args.name}@{args.alias}: version {before} -> version {after}")
     return 0
 
 
@@ -158,7 +222,13 @@ def _cmd_ui(args) -> int:
     return 0  # not reached
 
 
-_COMMANDS = {"validate": _cmd_validate, "run": _cmd_run, "schema": _cmd_schema, "ui": _cmd_ui}
+_COMMANDS = {
+    "validate": _cmd_validate,
+    "run": _cmd_run,
+    "schema": _cmd_schema,
+    "ui": _cmd_ui,
+    "models": _cmd_models,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,12 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from orchestrator.loader import load_spec
-from orchestrator.pipeline import run_study_pipeline, run_training
+from orchestrator.pipeline import (
+    Registration,
+    run_registration,
+    run_study_pipeline,
+    run_training,
+)
 from orchestrator.spec import PipelineSpec
 from tuning.study import TrialSummary
 
@@ -54,6 +59,9 @@ class RunResult(BaseModel):
         default_factory=list, description="Epochs training resumed from after worker failures."
     )
     study: StudyReport | None = Field(None, description="The tuning study, when the spec has one.")
+    registered: Registration | None = Field(
+        None, description="The model version registered in MLflow, and whether the alias moved."
+    )
 
 
 class Client:
@@ -91,7 +99,7 @@ class Client:
         """
         pipeline = spec if isinstance(spec, PipelineSpec) else load_spec(spec)
         if pipeline.tune is not None:
-            return self._run_study(pipeline, on_event, resume)
+            return self._register(pipeline, self._run_study(pipeline, on_event, resume), on_event)
         if resume:
             from orchestrator.exceptions import SpecError
 
@@ -105,7 +113,7 @@ class Client:
             on_event=on_event,
             show_worker_logs=self.show_worker_logs,
         )
-        return RunResult(
+        outcome = RunResult(
             name=pipeline.name,
             status="succeeded",
             metrics={k: float(v) for k, v in result.metrics.items()},
@@ -115,6 +123,7 @@ class Client:
             checkpoint=result.checkpoint_path,
             resumed_from_epochs=result.resumed_from_epochs,
         )
+        return self._register(pipeline, outcome, on_event)
 
     def _run_study(self, pipeline: PipelineSpec, on_event, resume: bool) -> RunResult:
         outcome, run_id, tracking_uri, model_uri, metrics = run_study_pipeline(
@@ -147,3 +156,54 @@ class Client:
                 wall_s=outcome.wall_s,
             ),
         )
+
+    def _register(self, pipeline: PipelineSpec, result: RunResult, on_event) -> RunResult:
+        task = "classification" if "val_accuracy" in result.metrics else "regression"
+        result.registered = run_registration(
+            pipeline,
+            run_id=result.mlflow_run_id,
+            model_uri=result.model_uri,
+            tracking_uri=result.tracking_uri,
+            metrics=result.metrics,
+            task=task,
+            on_event=on_event,
+        )
+        return result
+
+    # ------------------------------------------------------------- the model registry
+
+    def _registry(self, tracking_uri: str | None):
+        from orchestrator.runtime import default_tracking_uri
+        from serve.registry import Registry
+
+        return Registry(tracking_uri or default_tracking_uri())
+
+    def list_models(self, tracking_uri: str | None = None) -> list[dict]:
+        """Registered models: name, number of versions, latest version, aliases."""
+        return self._registry(tracking_uri).models()
+
+    def show_model(self, name: str, tracking_uri: str | None = None) -> dict:
+        """A registered model's aliases and versions (metrics and lineage tags)."""
+        return _registry_call(lambda: self._registry(tracking_uri).show(name))
+
+    def promote(
+        self, name: str, version: str, alias: str = "champion", tracking_uri: str | None = None
+    ) -> None:
+        """Point ``name@alias`` at ``version`` (by hand, whatever promote_if says)."""
+        _registry_call(lambda: self._registry(tracking_uri).promote(name, str(version), alias))
+
+    def rollback(
+        self, name: str, alias: str = "champion", tracking_uri: str | None = None
+    ) -> tuple[str, str]:
+        """Move ``name@alias`` back to the version that held it before; returns (from, to)."""
+        return _registry_call(lambda: self._registry(tracking_uri).rollback(name, alias))
+
+
+def _registry_call(call):
+    from orchestrator.exceptions import OrchestratorError
+    from serve.registry import RegistryError
+
+    try:
+        return call()
+    except RegistryError as exc:
+        raise OrchestratorError(str(exc)) from None

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel, Field
 
 from jobs.data import PreparedData, prepare
 from jobs.errors import DataError, TrainingError
 from jobs.spec import ModelSpec
-from jobs.tracking import RunTracker, flatten
+from jobs.tracking import RunTracker, flatten, run_tags
 from jobs.trainer import TrainResult, fit, load_trained_model
 from orchestrator.exceptions import JobFailedError, SpecError
 from orchestrator.runtime import (
@@ -29,6 +30,7 @@ from orchestrator.runtime import (
     study_root,
 )
 from orchestrator.spec import PipelineSpec
+from serve.registry import Registry, RegistryError, decide
 from tuning.errors import TuningError
 from tuning.space import apply_values
 from tuning.spec import metric_problem
@@ -274,3 +276,65 @@ def run_study_pipeline(
         state.status = "finished"
         state.write(study_dir)
     return outcome, parent_id, tracking_uri, model_uri, metrics
+
+
+class Registration(BaseModel):
+    """What the register stage did (``RunResult.registered``)."""
+
+    model_name: str
+    version: str
+    alias: str
+    promoted: bool
+    reason: str = Field(description="Why the alias moved, or why it did not.")
+    model_uri: str = Field(description="models:/<name>/<version>")
+
+
+def run_registration(
+    spec: PipelineSpec,
+    *,
+    run_id: str,
+    model_uri: str,
+    tracking_uri: str,
+    metrics: dict,
+    task: str,
+    on_event: EventHandler | None = None,
+) -> Registration:
+    """Register the run's model with lineage tags; move the alias if promote_if holds.
+
+    Lineage comes from the run's own MLflow tags, so this stage needs only the run id.
+    """
+    emit = on_event or (lambda event: None)
+    emit({"type": "stage", "stage": "register"})
+    run = run_tags(run_id, tracking_uri)
+    lineage = {
+        "orch.pipeline": spec.name,
+        "orch.spec_hash": run.get("orch.spec_hash", spec_hash(spec)),
+        "orch.data_fingerprint": run.get("orch.data_fingerprint", ""),
+        "orch.mlflow_run_id": run_id,
+        "orch.ray_job_id": run.get("orch.ray_job_id", ""),
+        "orch.trial_id": run.get("orch.best_trial_id", ""),
+        "orch.study": run.get("orch.study", ""),
+    }
+    name, alias = spec.registered_model_name, spec.register.alias
+    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    registry = Registry(tracking_uri)
+    try:
+        version = registry.register(model_uri, name, lineage, numeric)
+        metric, mode = spec.promotion_metric(task)
+        holder = registry.alias_holder(name, alias)
+        current = (holder, registry.metric_of(name, holder, metric)) if holder else None
+        decision = decide(spec.register.promote_if, metric, mode, numeric.get(metric), current)
+        if decision.promote:
+            registry.promote(name, version, alias)
+    except RegistryError as exc:
+        raise JobFailedError(f"{spec.name}: registering the model failed: {exc}") from None
+    registration = Registration(
+        model_name=name,
+        version=version,
+        alias=alias,
+        promoted=decision.promote,
+        reason=decision.reason,
+        model_uri=f"models:/{name}/{version}",
+    )
+    emit({"type": "registered", "registration": registration})
+    return registration

@@ -16,6 +16,7 @@ _STAGES = {
     "train": "Training",
     "tune": "Tuning",
     "log_model": "Logging the model to MLflow",
+    "register": "Registering the model",
 }
 _STATE_STYLE = {
     "pending": "dim",

@@ -6,6 +6,8 @@ scheduling) slot in the same way, each from the package that runs it.
 
 from __future__ import annotations
 
+import warnings
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -16,8 +18,13 @@ from jobs.spec import (
     TrainSpec,
     check_pipeline_fits_model,
 )
+from serve.spec import RegisterSpec
 from tuning.space import check_space
-from tuning.spec import TuneSpec
+from tuning.spec import TRAINER_METRICS, TuneSpec
+
+# "register" is a field name of the user contract; pydantic warns that it shadows ABCMeta's
+# class method of that name, which instances never use.
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
 
 class PipelineSpec(BaseModel):
@@ -36,6 +43,35 @@ class PipelineSpec(BaseModel):
     tune: TuneSpec | None = Field(
         None, description="Hyperparameter search over this pipeline. null = train once."
     )
+    register: RegisterSpec = Field(
+        default_factory=RegisterSpec,
+        description="MLflow model registry: every run registers a version; the alias moves "
+        "when promote_if holds.",
+    )
+
+    @model_validator(mode="after")
+    def _promotion_metric_is_reported(self) -> PipelineSpec:
+        metric = self.register.promote_if.metric
+        if metric is not None and metric not in TRAINER_METRICS:
+            raise ValueError(
+                f"register.promote_if.metric {metric!r} is not reported by the trainer; use one "
+                "of " + ", ".join(TRAINER_METRICS)
+            )
+        return self
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.register.model_name or self.name
+
+    def promotion_metric(self, task: str) -> tuple[str, str]:
+        """(metric, mode) that promote_if compares: explicit, else the tune metric, else the
+        task's validation metric."""
+        metric = self.register.promote_if.metric or (
+            self.tune.metric
+            if self.tune is not None
+            else ("val_accuracy" if task == "classification" else "val_rmse")
+        )
+        return metric, self.register.promote_if.mode or TRAINER_METRICS[metric]
 
     @model_validator(mode="after")
     def _pipeline_fits_model(self) -> PipelineSpec:

@@ -65,7 +65,24 @@ def test_digits_example_reaches_target_and_is_tracked(ray_session):
     assert info.metadata["classes"] == list(range(10))
 
     stages = [e["stage"] for e in events if e["type"] == "stage"]
-    assert stages == ["data", "connect", "train", "log_model"]
+    assert stages == ["data", "connect", "train", "log_model", "register"]
+
+    # the run's model is registered with its lineage; the first good version takes the alias
+    registered = result.registered
+    assert (registered.model_name, registered.version, registered.promoted) == (
+        "digits-classifier",
+        "1",
+        True,
+    )
+    version = mlflow.MlflowClient(result.tracking_uri).get_model_version_by_alias(
+        "digits-classifier", "champion"
+    )
+    assert str(version.version) == "1"
+    assert version.tags["orch.mlflow_run_id"] == result.mlflow_run_id
+    assert version.tags["orch.data_fingerprint"] == run.data.tags["orch.data_fingerprint"]
+    assert float(version.tags["metric.val_accuracy"]) == pytest.approx(
+        result.metrics["val_accuracy"]
+    )
 
 
 def test_killed_worker_resumes_from_checkpoint(ray_session, tmp_path):

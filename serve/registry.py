@@ -1,0 +1,180 @@
+"""The registry side of MLflow: the only module that registers, promotes and rolls back.
+
+Every version carries lineage tags (``orch.*``) and its metrics (``metric.<name>``), so a
+promotion decision and ``orch models show`` read everything from the registry itself. The
+alias's past holders are kept as a registered-model tag (``orch.alias_history.<alias>``,
+JSON list of versions) so that ``rollback`` can move the alias back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from serve.spec import PromoteIf
+
+METRIC_TAG = "metric."
+
+
+class RegistryError(Exception):
+    """A registry request that cannot be done as asked; the message says why."""
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reason: str
+
+
+def decide(
+    policy: PromoteIf,
+    metric: str,
+    mode: str,
+    value: float | None,
+    current: tuple[str, float | None] | None,
+) -> Decision:
+    """Whether a version with ``value`` of ``metric`` takes the alias.
+
+    Args:
+        current: (version, its value) of the alias holder now, or None when none holds it.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return Decision(False, f"the model has no {metric} to judge it by")
+    if policy.min is not None and value < policy.min:
+        return Decision(False, f"{metric} {value:.4g} is below promote_if.min {policy.min:g}")
+    if policy.max is not None and value > policy.max:
+        return Decision(False, f"{metric} {value:.4g} is above promote_if.max {policy.max:g}")
+    if policy.better_than_current and current is not None:
+        version, held = current
+        if held is not None:
+            better = value > held if mode == "max" else value < held
+            if not better:
+                return Decision(
+                    False,
+                    f"{metric} {value:.4g} is not better than version {version}'s {held:.4g} "
+                    f"({mode} is better)",
+                )
+            return Decision(True, f"{metric} {value:.4g} beats version {version}'s {held:.4g}")
+    return Decision(True, f"{metric} {value:.4g} meets the policy")
+
+
+class Registry:
+    """MLflow model registry facade (same tracking URI as the runs)."""
+
+    def __init__(self, tracking_uri: str):
+        import mlflow
+
+        self.tracking_uri = tracking_uri
+        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # ----------------------------------------------------------------- writing
+
+    def register(self, model_uri: str, name: str, tags: dict[str, str], metrics: dict) -> str:
+        """A new version of ``name`` from ``model_uri``; returns its version number."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        all_tags = dict(tags) | {f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items()}
+        version = mlflow.register_model(model_uri, name, tags=all_tags)
+        return str(version.version)
+
+    def promote(self, name: str, version: str, alias: str) -> None:
+        """Point ``alias`` at ``version`` and remember it for rollback."""
+        self._version(name, version)
+        self.client.set_registered_model_alias(name, alias, version)
+        history = self._history(name, alias)
+        if not history or history[-1] != version:
+            history.append(version)
+        self.client.set_registered_model_tag(
+            name, f"orch.alias_history.{alias}", json.dumps(history)
+        )
+
+    def rollback(self, name: str, alias: str) -> tuple[str, str]:
+        """Move ``alias`` back to its previous holder; returns (from, to) versions."""
+        current = self.alias_holder(name, alias)
+        history = self._history(name, alias)
+        while history and history[-1] == current:
+            history.pop()
+        if not history:
+            raise RegistryError(
+                f"{name}@{alias}: no earlier version held this alias, nothing to roll back to"
+            )
+        previous = history[-1]
+        self.client.set_registered_model_alias(name, alias, previous)
+        self.client.set_registered_model_tag(
+            name, f"orch.alias_history.{alias}", json.dumps(history)
+        )
+        return current or "-", previous
+
+    # ----------------------------------------------------------------- reading
+
+    def alias_holder(self, name: str, alias: str) -> str | None:
+        try:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except Exception:  # MlflowException: no such alias (or model)
+            return None
+
+    def metric_of(self, name: str, version: str, metric: str) -> float | None:
+        tag = self._version(name, version).tags.get(f"{METRIC_TAG}{metric}")
+        return float(tag) if tag is not None else None
+
+    def models(self) -> list[dict]:
+        out = []
+        for model in self.client.search_registered_models(max_results=1000):
+            versions = self.client.search_model_versions(f"name='{model.name}'")
+            out.append(
+                {
+                    "name": model.name,
+                    "versions": len(versions),
+                    "latest": max((int(v.version) for v in versions), default=0),
+                    "aliases": {a: str(v) for a, v in model.aliases.items()},
+                }
+            )
+        return out
+
+    def show(self, name: str) -> dict:
+        model = self._model(name)
+        versions = sorted(
+            self.client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)
+        )
+        return {
+            "name": name,
+            "aliases": {a: str(v) for a, v in model.aliases.items()},
+            "versions": [
+                {
+                    "version": str(v.version),
+                    "run_id": v.run_id,
+                    "source": v.source,
+                    "created": v.creation_timestamp,
+                    "metrics": {
+                        k.removeprefix(METRIC_TAG): float(t)
+                        for k, t in v.tags.items()
+                        if k.startswith(METRIC_TAG)
+                    },
+                    "tags": {k: t for k, t in v.tags.items() if k.startswith("orch.")},
+                }
+                for v in versions
+            ],
+        }
+
+    def _model(self, name: str):
+        try:
+            return self.client.get_registered_model(name)
+        except Exception:
+            known = [m.name for m in self.client.search_registered_models(max_results=1000)]
+            raise RegistryError(
+                f"no registered model {name!r}; registered: {', '.join(known) or 'none yet'}"
+            ) from None
+
+    def _version(self, name: str, version: str):
+        self._model(name)
+        try:
+            return self.client.get_model_version(name, str(version))
+        except Exception:
+            raise RegistryError(f"{name} has no version {version!r}") from None
+
+    def _history(self, name: str, alias: str) -> list[str]:
+        raw = self._model(name).tags.get(f"orch.alias_history.{alias}")
+        return json.loads(raw) if raw else []
