@@ -34,7 +34,7 @@ from serve.registry import Registry, RegistryError, decide
 from tuning.errors import TuningError
 from tuning.space import apply_values
 from tuning.spec import metric_problem
-from tuning.study import StudyOutcome, StudyState, run_study, study_dirs
+from tuning.study import StudyOutcome, StudyState, run_study, studies
 from tuning.tracking import StudyTracker
 
 EventHandler = Callable[[dict], None]
@@ -149,11 +149,7 @@ def run_training(
 
 
 def _find_study_to_resume(spec: PipelineSpec, root: Path) -> tuple[Path, StudyState]:
-    unfinished = [
-        (path, StudyState.read(path))
-        for path in study_dirs(root, spec.name)
-        if StudyState.read(path).status != "finished"
-    ]
+    unfinished = [(p, s) for p, s in studies(root, spec.name) if s.status != "finished"]
     if not unfinished:
         raise SpecError(
             f"--resume: no unfinished study of pipeline {spec.name!r} under {root}; "

@@ -46,13 +46,19 @@ def _finite(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def plot_history(ordered: list, tune: TuneSpec, path: Path) -> Path:
-    """Each trial's final metric in the order trials finished, with the best so far."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (drivers have no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_history(ordered: list, tune: TuneSpec, path: Path) -> Path:
+    """Each trial's final metric in the order trials finished, with the best so far."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     colors = {"completed": "tab:blue", "stopped": "tab:orange", "failed": "tab:red"}
     best, best_line = None, []
@@ -81,11 +87,7 @@ def plot_history(ordered: list, tune: TuneSpec, path: Path) -> Path:
 
 def plot_params(trials: list, tune: TuneSpec, path: Path) -> Path:
     """The metric against each searched parameter, one panel each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     paths = list(tune.space)
     cols = min(3, len(paths))
     rows = math.ceil(len(paths) / cols)

@@ -10,7 +10,6 @@ study_started, trial_started, trial_result, trial_finished, study_finished.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -386,9 +385,10 @@ def run_study(
         )
     concurrent = min(cap, tune.max_concurrent_trials or cap, tune.planned_trials())
 
-    # Tune's experiment snapshot (what a restore sees) at most every second, so a trial
-    # that finished just before the driver died is not run again.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # Tune's experiment snapshot (what a restore sees) on every step of its loop, so a
+    # trial that finished just before the driver died is not run again (with a 1 s
+    # throttle a trial finished in that second was re-run after a kill in a test).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     # Our own table replaces Tune's console output.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Ctrl-C interrupts the study (resumable with --resume) instead of Tune's handler
@@ -501,14 +501,14 @@ def _backfill(tracker: _Tracker, grid, tune: TuneSpec, resumed: bool) -> None:
         tracker.trials[trial_id] = summary
 
 
-def study_dirs(root: Path, pipeline: str) -> list[Path]:
-    """A pipeline's studies under ``root``, oldest first."""
+def studies(root: Path, pipeline: str) -> list[tuple[Path, StudyState]]:
+    """A pipeline's studies under ``root`` with their states, oldest first."""
     found = []
     for state_file in root.glob(f"*/{STATE_FILE}"):
         try:
-            state = json.loads(state_file.read_text())
-        except (OSError, ValueError):
+            state = StudyState.read(state_file.parent)
+        except (OSError, ValueError):  # unreadable or not ours: not a study to resume
             continue
-        if state.get("pipeline") == pipeline:
-            found.append((state.get("started", 0), state_file.parent))
-    return [path for _, path in sorted(found)]
+        if state.pipeline == pipeline:
+            found.append((state_file.parent, state))
+    return sorted(found, key=lambda item: item[1].started)
