@@ -167,3 +167,55 @@ def run_tags(run_id: str, tracking_uri: str) -> dict[str, str]:
     import mlflow
 
     return dict(mlflow.MlflowClient(tracking_uri).get_run(run_id).data.tags)
+
+
+def load_inference_model(model_uri: str, tracking_uri: str) -> tuple[InferenceModel, DataInfo]:
+    """A logged model as an eager ``InferenceModel`` (weights from the registry's pt2 file).
+
+    Quantizers need the eager module (bf16 casts it; ONNX export traces it), which the pt2
+    program alone cannot give back. The architecture comes from the run's spec
+    (``best_spec.yaml`` of a study, else ``spec.yaml``) and ``data_info.json``.
+
+    Raises:
+        ValueError: the model was not logged by an orch pipeline run.
+    """
+    import tempfile
+
+    import mlflow
+    import mlflow.pytorch
+    import yaml
+
+    from jobs.spec import ModelSpec
+
+    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    run_id = _run_of(client, model_uri)
+    names = {a.path for a in client.list_artifacts(run_id)}
+    spec_file = next((f for f in ("best_spec.yaml", "spec.yaml") if f in names), None)
+    if spec_file is None or "data_info.json" not in names:
+        raise ValueError(
+            f"{model_uri} was not logged by an orch pipeline (its run {run_id} has no spec.yaml "
+            "or data_info.json); serve a model that `orch run` registered"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = yaml.safe_load(Path(client.download_artifacts(run_id, spec_file, tmp)).read_text())
+        info = DataInfo.model_validate_json(
+            Path(client.download_artifacts(run_id, "data_info.json", tmp)).read_text()
+        )
+    model = InferenceModel.build(ModelSpec.model_validate(spec["model"]), info)
+    program = mlflow.pytorch.load_model(model_uri)
+    model.load_state_dict(program.state_dict())
+    return model.eval(), info
+
+
+def _run_of(client, model_uri: str) -> str:
+    """The run that logged a models:/ or runs:/ URI."""
+    if model_uri.startswith("runs:/"):
+        return model_uri.split("/")[1]
+    name_part = model_uri.removeprefix("models:/")
+    if "@" in name_part:
+        name, alias = name_part.split("@", 1)
+        return client.get_model_version_by_alias(name, alias).run_id
+    name, version = name_part.rsplit("/", 1)
+    return client.get_model_version(name, version).run_id

@@ -44,6 +44,25 @@ def _parser() -> argparse.ArgumentParser:
         help="continue this pipeline's last unfinished tuning study (finished trials are kept)",
     )
 
+    serve = sub.add_parser(
+        "serve", help="deploy the spec's serve section: the registered model on Ray Serve"
+    )
+    serve.add_argument("spec", help="pipeline YAML file with a serve section")
+    serve.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to deploy onto and return; default: a local Ray, served in the "
+        "foreground until Ctrl-C",
+    )
+    serve.add_argument(
+        "--emit-config",
+        metavar="PATH",
+        default=None,
+        help="write a `serve deploy` config to PATH instead of deploying",
+    )
+    serve.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    serve.add_argument("--verbose", action="store_true", help="show Ray worker logs")
+
     sub.add_parser("schema", help="print the spec's JSON Schema (for editors)")
 
     models = sub.add_parser(
@@ -114,7 +133,9 @@ def _cmd_run(args) -> int:
     if display:
         display.close()
     if args.json:
-        print(result.model_dump_json())
+        print(result.model_dump_json(), flush=True)
+        if result.served is not None:
+            _wait_if_foreground(args, result.served.app)
         return 0
     if result.study is not None:
         study = result.study
@@ -149,6 +170,69 @@ def _cmd_run(args) -> int:
             print("Open the MLflow UI with: orch ui   (http://127.0.0.1:5000)")
         else:
             print(f"MLflow tracking server: {result.tracking_uri}")
+    if result.served is not None:
+        _print_served(result.served)
+        sys.stdout.flush()
+        _wait_if_foreground(args, result.served.app)
+    return 0
+
+
+def _print_served(served, stream=None) -> None:
+    out = stream or sys.stdout
+    for v in served.variants:
+        print(
+            f"{v.model_name} v{v.version} {v.quantization} ({v.runtime}): {v.metric} "
+            f"{v.value:.4f} (fp32 {v.fp32_value:.4f}), {v.size_bytes / 1e6:.2f} MB "
+            f"(fp32 {v.fp32_size_bytes / 1e6:.2f} MB), {v.latency_ms_batch_1:.2f} ms at batch 1, "
+            f"{v.latency_ms_max_batch:.2f} ms at batch {v.max_batch_size}",
+            file=out,
+        )
+    if served.endpoint is None:
+        print(
+            f"Wrote {served.config_path}; deploy it with: serve deploy {served.config_path}",
+            file=out,
+        )
+        return
+    versions = ", ".join(
+        f"{a} v{v}" if a != "model" else f"v{v}" for a, v in served.versions.items()
+    )
+    print(f"Serving {served.model_name} ({versions}) at {served.endpoint}", file=out)
+    print(
+        f'  POST {served.endpoint}/predict  {{"instances": [[...]]}}   docs: '
+        f"{served.endpoint}/docs   OIP v2: {served.v2}/models/{served.model_name}/infer",
+        file=out,
+    )
+
+
+def _wait_if_foreground(args, app: str) -> None:
+    from orchestrator.serving import in_foreground, serve_until_interrupted
+
+    if in_foreground(args.address):
+        print(f"Serving {app} until Ctrl-C ...", file=sys.stderr, flush=True)
+        serve_until_interrupted()
+        print("Serve stopped.", file=sys.stderr)
+
+
+def _cmd_serve(args) -> int:
+    err = Console(stderr=True)
+    display = None if args.json else RunDisplay(err)
+    stdout = sys.stdout
+    sys.stdout = sys.stderr
+    try:
+        served = Client(args.address, show_worker_logs=args.verbose).serve(
+            args.spec, on_event=display, emit_config=args.emit_config
+        )
+    finally:
+        sys.stdout = stdout
+        if display:
+            display.close()
+    if args.json:
+        print(served.model_dump_json(), flush=True)
+    else:
+        _print_served(served)
+        sys.stdout.flush()
+    if served.endpoint is not None:
+        _wait_if_foreground(args, served.app)
     return 0
 
 
@@ -228,6 +312,7 @@ _COMMANDS = {
     "schema": _cmd_schema,
     "ui": _cmd_ui,
     "models": _cmd_models,
+    "serve": _cmd_serve,
 }
 
 

@@ -22,6 +22,7 @@ from orchestrator.pipeline import (
     run_study_pipeline,
     run_training,
 )
+from orchestrator.serving import ServeResult, run_serving
 from orchestrator.spec import PipelineSpec
 from tuning.study import TrialSummary
 
@@ -62,6 +63,12 @@ class RunResult(BaseModel):
     registered: Registration | None = Field(
         None, description="The model version registered in MLflow, and whether the alias moved."
     )
+    served: ServeResult | None = Field(
+        None, description="The Serve application, when the spec has a serve section."
+    )
+    endpoint: str | None = Field(
+        None, description="HTTP base of the served model: POST <endpoint>/predict."
+    )
 
 
 class Client:
@@ -99,7 +106,8 @@ class Client:
         """
         pipeline = spec if isinstance(spec, PipelineSpec) else load_spec(spec)
         if pipeline.tune is not None:
-            return self._register(pipeline, self._run_study(pipeline, on_event, resume), on_event)
+            result = self._register(pipeline, self._run_study(pipeline, on_event, resume), on_event)
+            return self._serve_stage(pipeline, result, on_event)
         if resume:
             from orchestrator.exceptions import SpecError
 
@@ -123,7 +131,41 @@ class Client:
             checkpoint=result.checkpoint_path,
             resumed_from_epochs=result.resumed_from_epochs,
         )
-        return self._register(pipeline, outcome, on_event)
+        return self._serve_stage(pipeline, self._register(pipeline, outcome, on_event), on_event)
+
+    def _serve_stage(self, pipeline: PipelineSpec, result: RunResult, on_event) -> RunResult:
+        if pipeline.serve is not None:
+            result.served = self.serve(pipeline, on_event)
+            result.endpoint = result.served.endpoint
+        return result
+
+    def serve(
+        self,
+        spec: str | Path | PipelineSpec,
+        on_event: Callable[[dict], None] | None = None,
+        *,
+        emit_config: str | None = None,
+    ) -> ServeResult:
+        """Deploy the spec's serve section on Ray Serve and return where it answers.
+
+        The model is ``serve.model`` (default: the pipeline's registered alias), quantized
+        and gated on the validation split first. With ``emit_config`` nothing is deployed:
+        a ``serve deploy`` config is written there instead. Serve keeps running after this
+        returns (``serve.shutdown()`` or the end of the Ray session stops it).
+
+        Raises:
+            SpecError: no serve section, or nothing registered under the model URI.
+            JobFailedError: quantization failed or lost more than max_accuracy_drop.
+            ClusterError: the cluster cannot hold the replicas.
+        """
+        pipeline = spec if isinstance(spec, PipelineSpec) else load_spec(spec)
+        return run_serving(
+            pipeline,
+            address=self.address,
+            on_event=on_event,
+            emit_config_path=emit_config,
+            show_worker_logs=self.show_worker_logs,
+        )
 
     def _run_study(self, pipeline: PipelineSpec, on_event, resume: bool) -> RunResult:
         outcome, run_id, tracking_uri, model_uri, metrics = run_study_pipeline(

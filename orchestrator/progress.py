@@ -17,6 +17,8 @@ _STAGES = {
     "tune": "Tuning",
     "log_model": "Logging the model to MLflow",
     "register": "Registering the model",
+    "serve": "Serving on Ray Serve",
+    "quantize": "Quantizing and measuring",
 }
 _STATE_STYLE = {
     "pending": "dim",

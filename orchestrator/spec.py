@@ -18,7 +18,7 @@ from jobs.spec import (
     TrainSpec,
     check_pipeline_fits_model,
 )
-from serve.spec import RegisterSpec
+from serve.spec import RegisterSpec, ServeSpec
 from tuning.space import check_space
 from tuning.spec import TRAINER_METRICS, TuneSpec
 
@@ -47,6 +47,11 @@ class PipelineSpec(BaseModel):
         default_factory=RegisterSpec,
         description="MLflow model registry: every run registers a version; the alias moves "
         "when promote_if holds.",
+    )
+    serve: ServeSpec | None = Field(
+        None,
+        description="Ray Serve HTTP application for the registered model (quantized, batched, "
+        "autoscaled). null = do not serve.",
     )
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 
 from serve.spec import PromoteIf
@@ -65,6 +66,8 @@ class Registry:
     def __init__(self, tracking_uri: str):
         import mlflow
 
+        # Downloads print a progress bar per file otherwise (into replica logs, CLI stderr).
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.tracking_uri = tracking_uri
         self.client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
@@ -108,7 +111,41 @@ class Registry:
         )
         return current or "-", previous
 
+    def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, str(version), key, value)
+
+    def log_artifact(self, run_id: str, local_path: str, artifact_path: str) -> None:
+        self.client.log_artifact(run_id, local_path, artifact_path)
+
     # ----------------------------------------------------------------- reading
+
+    def resolve(self, model_uri: str) -> tuple[str, str]:
+        """models:/<name>@<alias> or models:/<name>/<version> -> (name, version)."""
+        rest = model_uri.removeprefix("models:/")
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            self._model(name)
+            holder = self.alias_holder(name, alias)
+            if holder is None:
+                raise RegistryError(
+                    f"{model_uri}: no version of {name} holds alias {alias!r} (aliases: "
+                    f"{', '.join(self._model(name).aliases) or 'none'}); promote one with "
+                    f"`orch models promote {name} <version> --alias {alias}`"
+                )
+            return name, holder
+        name, version = rest.rsplit("/", 1)
+        self._version(name, version)
+        return name, version
+
+    def version_run(self, name: str, version: str) -> str:
+        return self._version(name, version).run_id
+
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        return dict(self._version(name, version).tags)
+
+    def download(self, run_id: str, artifact_path: str, dst: str) -> str:
+        return self.client.download_artifacts(run_id, artifact_path, dst)
 
     def alias_holder(self, name: str, alias: str) -> str | None:
         try:

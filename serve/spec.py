@@ -57,3 +57,142 @@ class RegisterSpec(_Section):
     promote_if: PromoteIf = Field(
         default_factory=PromoteIf, description="Promotion policy for the alias."
     )
+
+
+QUANTIZATIONS = ("none", "dynamic-int8", "static-int8", "bf16")
+_MODEL_URI = r"^models:/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(@[A-Za-z][A-Za-z0-9_-]{0,63}|/[0-9]+)$"
+_ALIAS = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+
+
+class BatchingSpec(_Section):
+    """Dynamic batching of concurrent requests (``@serve.batch``)."""
+
+    max_batch_size: int = Field(
+        32, ge=1, le=4096, description="Most requests run through the model in one call."
+    )
+    batch_wait_timeout_s: float = Field(
+        0.005,
+        ge=0.0,
+        le=10.0,
+        description="How long the first request of a batch waits for others to join. "
+        "0 with max_batch_size 1 = no batching.",
+    )
+
+
+class AutoscalingSpec(_Section):
+    """Ray Serve ``autoscaling_config``: replicas follow the number of ongoing requests."""
+
+    min_replicas: int = Field(1, ge=1, description="Replicas kept even when idle.")
+    max_replicas: int = Field(2, ge=1, description="Most replicas under load.")
+    target_ongoing_requests: float = Field(
+        8, gt=0, description="Ongoing requests per replica the autoscaler aims for."
+    )
+    upscale_delay_s: float = Field(
+        10.0, ge=0, description="Load must last this long before a replica is added."
+    )
+    downscale_delay_s: float = Field(
+        60.0, ge=0, description="Idleness must last this long before a replica is removed."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class AuthSpec(_Section):
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of an environment variable holding the bearer key clients must send "
+        "(Authorization: Bearer <key>). null = no key. Only its SHA-256 reaches the cluster.",
+    )
+
+
+class ServeSpec(_Section):
+    """Ray Serve application for the pipeline's model: ``/<name>/predict`` and OIP v2."""
+
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+        description="Serve application name and HTTP route prefix (/<name>); lower case.",
+    )
+    model: str | None = Field(
+        None,
+        pattern=_MODEL_URI,
+        description="Registry URI models:/<name>@<alias> or models:/<name>/<version>. "
+        "null = models:/<register.model_name>@<register.alias>.",
+    )
+    quantization: Literal["none", "dynamic-int8", "static-int8", "bf16"] = Field(
+        "none",
+        description="none (fp32, ONNX Runtime) | dynamic-int8 | static-int8 (ONNX Runtime) | "
+        "bf16 (torch).",
+    )
+    calibration_samples: int = Field(
+        512, ge=1, description="static-int8: training rows used to calibrate activations."
+    )
+    max_accuracy_drop: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Deploy stops if the quantized model's validation accuracy is this much "
+        "below fp32's (regression: relative increase of RMSE).",
+    )
+    batching: BatchingSpec = Field(default_factory=BatchingSpec, description="Dynamic batching.")
+    autoscaling: AutoscalingSpec = Field(
+        default_factory=AutoscalingSpec, description="Replica autoscaling."
+    )
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests one replica works on at once (caps batch size too)."
+    )
+    max_queued_requests: int = Field(
+        256,
+        ge=1,
+        description="Requests waiting for a replica; beyond this clients get 503 + Retry-After.",
+    )
+    traffic: dict[str, int] | None = Field(
+        None,
+        description="Split requests between aliases of the model by percent, e.g. "
+        "{champion: 90, challenger: 10}. null = all to `model`.",
+    )
+    auth: AuthSpec = Field(default_factory=AuthSpec, description="Bearer-key authentication.")
+    host: str = Field("127.0.0.1", description="Serve HTTP bind address.")
+    port: int = Field(8000, ge=1, le=65535, description="Serve HTTP port.")
+    cpus_per_replica: float = Field(
+        1.0, gt=0, description="CPUs reserved per replica (also its inference threads)."
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted; larger gets 413."
+    )
+
+    @model_validator(mode="after")
+    def _cross_fields(self) -> ServeSpec:
+        if self.max_ongoing_requests < self.batching.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) is below "
+                f"batching.max_batch_size ({self.batching.max_batch_size}): batches could "
+                "never fill; raise max_ongoing_requests"
+            )
+        if self.traffic is not None:
+            import re
+
+            bad = [a for a in self.traffic if not re.match(_ALIAS, a)]
+            if bad:
+                raise ValueError(f"traffic: {bad[0]!r} is not an alias name")
+            if len(self.traffic) < 2:
+                raise ValueError("traffic splits between at least two aliases; null = no split")
+            if any(p < 0 for p in self.traffic.values()) or sum(self.traffic.values()) != 100:
+                raise ValueError(
+                    f"traffic percentages must be >= 0 and add up to 100, got {self.traffic}"
+                )
+            if self.model is not None and "@" not in self.model and "/" in self.model[8:]:
+                raise ValueError(
+                    "traffic splits between aliases; give model as models:/<name>@<alias> "
+                    "(or null), not a version"
+                )
+        return self
+
+    def model_uri(self, registered_name: str, alias: str) -> str:
+        return self.model or f"models:/{registered_name}@{alias}"

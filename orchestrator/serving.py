@@ -1,0 +1,232 @@
+"""The serve stage: registry URI -> measured, gated variant -> Ray Serve application.
+
+It reads only what earlier stages wrote to MLflow (the registered version, its run's spec
+and data info), so ``orch serve pipeline.yaml`` works on its own after any ``orch run``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from jobs.data import PreparedData, prepare
+from jobs.errors import DataError
+from jobs.tracking import load_inference_model
+from orchestrator.exceptions import ClusterError, JobFailedError, SpecError
+from orchestrator.runtime import connect_ray, default_tracking_uri
+from orchestrator.spec import PipelineSpec
+from serve.app import AppConfig, ServedModel
+from serve.deploy import ServeError, deployment_options, emit_config
+from serve.quantize import QuantizationError
+from serve.registry import Registry, RegistryError
+from serve.variant import GateError, VariantReport, check_gate, prepare_variant
+
+EventHandler = Callable[[dict], None]
+
+
+class ServeResult(BaseModel):
+    """What the serve stage deployed (``RunResult.served``; ``orch serve --json``)."""
+
+    app: str
+    endpoint: str | None = Field(
+        description="http://host:port/<name>; POST <endpoint>/predict. None with --emit-config."
+    )
+    v2: str | None = Field(description="Open Inference Protocol v2 base URL (…/v2).")
+    model_name: str
+    versions: dict[str, str] = Field(description="alias (or 'model') -> version served")
+    variants: list[VariantReport]
+    config_path: str | None = None
+
+
+def _served_versions(spec: PipelineSpec, registry: Registry) -> list[tuple[str | None, str]]:
+    """[(alias or None, models:/ URI)] to serve: one, or one per traffic alias."""
+    serve = spec.serve
+    uri = serve.model_uri(spec.registered_model_name, spec.register.alias)
+    if serve.traffic is None:
+        return [(None, uri)]
+    name = uri.removeprefix("models:/").split("@")[0]
+    return [(alias, f"models:/{name}@{alias}") for alias in serve.traffic]
+
+
+def _data(spec: PipelineSpec) -> PreparedData:
+    try:
+        return prepare(spec.data)
+    except DataError as exc:
+        raise SpecError(f"{exc.field}: {exc.message}") from None
+
+
+def build_app_config(
+    spec: PipelineSpec, tracking_uri: str, on_event: EventHandler
+) -> tuple[AppConfig, list[VariantReport]]:
+    """Resolve the model(s), build and gate the quantized variant(s): no Ray needed."""
+    serve = spec.serve
+    registry = Registry(tracking_uri)
+    data = _data(spec)
+    info = data.info
+    x_val = (data.x_val * info.feature_std + info.feature_mean).astype(np.float32)
+    y_val = (
+        data.y_val
+        if info.task == "classification"
+        else data.y_val * info.target_std + (info.target_mean)
+    )
+    calibration = None
+    if serve.quantization == "static-int8":
+        rows = data.x_train[: serve.calibration_samples]
+        calibration = (rows * info.feature_std + info.feature_mean).astype(np.float32)
+    served, reports = [], []
+    for alias, uri in _served_versions(spec, registry):
+        try:
+            name, version = registry.resolve(uri)
+        except RegistryError as exc:
+            raise SpecError(f"serve.model: {exc}") from None
+        trained_on = registry.version_tags(name, version).get("orch.data_fingerprint")
+        if trained_on and trained_on != info.fingerprint:
+            raise SpecError(
+                f"serve.model: {name} version {version} was trained on other data than this "
+                "pipeline's data section (fingerprints differ); the quantization gate measures "
+                "on this pipeline's validation split, so serve it from its own pipeline"
+            )
+        on_event({"type": "stage", "stage": "quantize", "model": f"{name}/{version}"})
+        try:
+            model, model_info = load_inference_model(f"models:/{name}/{version}", tracking_uri)
+            report = prepare_variant(
+                registry,
+                name,
+                version,
+                serve.quantization,
+                model=model,
+                x_val=x_val,
+                y_val=y_val,
+                task=info.task,
+                calibration=calibration,
+                max_batch_size=serve.batching.max_batch_size,
+                threads=max(1, int(serve.cpus_per_replica)),
+            )
+            check_gate(report, serve.max_accuracy_drop)
+        except (ValueError, QuantizationError) as exc:
+            raise JobFailedError(f"serve: {name} version {version}: {exc}") from None
+        except GateError as exc:
+            raise JobFailedError(str(exc)) from None
+        on_event({"type": "variant", "report": report})
+        reports.append(report)
+        served.append(
+            ServedModel(
+                alias=alias,
+                model_name=name,
+                version=version,
+                quantization=report.quantization,
+                runtime=report.runtime,
+                tracking_uri=tracking_uri,
+                run_id=report.run_id,
+                artifact_path=report.artifact_path,
+                threads=max(1, int(serve.cpus_per_replica)),
+            )
+        )
+    key_hash = None
+    if serve.auth.api_key_env:
+        key = os.environ.get(serve.auth.api_key_env)
+        if not key:
+            raise SpecError(
+                f"serve.auth.api_key_env: environment variable {serve.auth.api_key_env} is "
+                "not set; export it with the key clients will send"
+            )
+        key_hash = hashlib.sha256(key.encode()).hexdigest()
+    config = AppConfig(
+        name=serve.name,
+        model_name=served[0].model_name,
+        task=model_info.task,
+        classes=model_info.classes,
+        feature_names=model_info.feature_names,
+        models=served,
+        weights=list(serve.traffic.values()) if serve.traffic else None,
+        max_batch_size=serve.batching.max_batch_size,
+        batch_wait_timeout_s=serve.batching.batch_wait_timeout_s,
+        max_body_bytes=serve.max_body_bytes,
+        api_key_sha256=key_hash,
+        deployment=deployment_options(serve),
+    )
+    return config, reports
+
+
+def run_serving(
+    spec: PipelineSpec,
+    *,
+    address: str | None = None,
+    on_event: EventHandler | None = None,
+    emit_config_path: str | None = None,
+    show_worker_logs: bool = False,
+) -> ServeResult:
+    """Deploy the pipeline's serve section (or only write its ``serve deploy`` config).
+
+    Raises:
+        SpecError: no serve section, nothing registered under the URI, wrong data.
+        JobFailedError: quantization failed or lost more than max_accuracy_drop.
+        ClusterError: Serve cannot place the replicas.
+    """
+    if spec.serve is None:
+        raise SpecError(
+            f"{spec.name} has no serve section; add one (serve: {{name: ..., quantization: "
+            "dynamic-int8}}) to serve its registered model"
+        )
+    emit = on_event or (lambda event: None)
+    emit({"type": "stage", "stage": "serve"})
+    tracking_uri = spec.tracking.tracking_uri or default_tracking_uri()
+    config, reports = build_app_config(spec, tracking_uri, emit)
+    versions = {m.alias or "model": m.version for m in config.models}
+    if emit_config_path is not None:
+        emit_config(config, spec.serve, emit_config_path)
+        return ServeResult(
+            app=config.name,
+            endpoint=None,
+            v2=None,
+            model_name=config.model_name,
+            versions=versions,
+            variants=reports,
+            config_path=emit_config_path,
+        )
+    connect_ray(address, show_worker_logs=show_worker_logs)
+    from serve.deploy import deploy
+
+    try:
+        endpoint = deploy(config, spec.serve)
+    except ServeError as exc:
+        raise ClusterError(str(exc)) from None
+    result = ServeResult(
+        app=config.name,
+        endpoint=endpoint,
+        v2=endpoint.rsplit("/", 1)[0] + "/v2",
+        model_name=config.model_name,
+        versions=versions,
+        variants=reports,
+    )
+    emit({"type": "served", "result": result})
+    return result
+
+
+def in_foreground(address: str | None) -> bool:
+    """Serving stays in this process (embedded Ray) unless a cluster was named."""
+    return address is None and not os.environ.get("RAY_ADDRESS")
+
+
+def serve_until_interrupted() -> None:
+    """Block until Ctrl-C / SIGTERM, then take the application down and leave cleanly."""
+    import ray
+    from ray import serve
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        serve.shutdown()
+        ray.shutdown()

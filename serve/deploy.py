@@ -1,0 +1,136 @@
+"""Driver side of serving: check resources, deploy or update an application, keep the v2
+router's model map, write ``serve deploy`` configs.
+
+Re-deploying an application with the same name is how a new version rolls out: Serve
+starts replicas with the new args and retires the old ones after their in-flight requests
+finish, so clients see no failed request.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from serve.app import V2_APP, AppConfig, build_app, build_v2_app
+from serve.spec import ServeSpec
+
+
+class ServeError(Exception):
+    """Serving could not start as asked; the message says why and what to change."""
+
+
+def deployment_options(spec: ServeSpec) -> dict:
+    a = spec.autoscaling
+    return {
+        "max_ongoing_requests": spec.max_ongoing_requests,
+        "max_queued_requests": spec.max_queued_requests,
+        "backpressure_config": {"status_code": 503, "retry_after_s": 1},
+        "autoscaling_config": {
+            "min_replicas": a.min_replicas,
+            "initial_replicas": a.min_replicas,
+            "max_replicas": a.max_replicas,
+            "target_ongoing_requests": a.target_ongoing_requests,
+            "upscale_delay_s": a.upscale_delay_s,
+            "downscale_delay_s": a.downscale_delay_s,
+        },
+        "ray_actor_options": {"num_cpus": spec.cpus_per_replica},
+        "graceful_shutdown_wait_loop_s": 0.5,
+        "graceful_shutdown_timeout_s": 30,
+        "health_check_period_s": 2,
+    }
+
+
+def _replica_cpus(config: AppConfig) -> float:
+    per = config.deployment["ray_actor_options"]["num_cpus"]
+    return per * config.deployment["autoscaling_config"]["min_replicas"] * len(config.models)
+
+
+def check_resources(config: AppConfig) -> None:
+    """Serve waits forever for replicas that cannot get CPUs: say so before deploying."""
+    import ray
+
+    need = _replica_cpus(config)
+    total = ray.cluster_resources().get("CPU", 0.0)
+    if need > total:
+        raise ServeError(
+            f"serving {config.name} needs {need:g} CPUs (serve.cpus_per_replica "
+            f"{config.deployment['ray_actor_options']['num_cpus']:g} x "
+            f"autoscaling.min_replicas {config.deployment['autoscaling_config']['min_replicas']}"
+            f" x {len(config.models)} model(s)) but the Ray cluster has {total:g}; lower "
+            "serve.cpus_per_replica or min_replicas, or add nodes"
+        )
+
+
+def http_address(spec: ServeSpec) -> str:
+    """Where Serve answers: the running Serve's address, else the spec's."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        options = _get_global_client().http_config
+        host = "127.0.0.1" if options.host in ("0.0.0.0", "") else options.host
+        return f"http://{host}:{options.port}"
+    except Exception:  # Serve not running yet
+        return f"http://{spec.host}:{spec.port}"
+
+
+def deploy(config: AppConfig, spec: ServeSpec) -> str:
+    """Deploy (or update) ``config``'s application and register its model with /v2.
+
+    Returns the HTTP base URL of the application (``http://host:port/<name>``).
+    """
+    from ray import serve
+
+    check_resources(config)
+    serve.start(http_options={"host": spec.host, "port": spec.port, "location": "HeadOnly"})
+    serve.run(build_app(config.model_dump()), name=config.name, route_prefix=f"/{config.name}")
+    models = _v2_models()
+    models[config.model_name] = config.name
+    serve.run(build_v2_app({"models": models}), name=V2_APP, route_prefix="/v2")
+    return f"{http_address(spec)}/{config.name}"
+
+
+def _v2_models() -> dict[str, str]:
+    """The router's current model map, minus applications that are gone."""
+    from ray import serve
+
+    try:
+        current = serve.get_app_handle(V2_APP).models.remote().result(timeout_s=30)
+    except Exception:  # no router yet
+        return {}
+    live = set(serve.status().applications)
+    return {model: app for model, app in current.items() if app in live}
+
+
+def shutdown_app(name: str) -> None:
+    from ray import serve
+
+    serve.delete(name)
+
+
+def emit_config(config: AppConfig, spec: ServeSpec, path: str) -> dict:
+    """A ``serve deploy`` config with this application and the /v2 router.
+
+    ``serve deploy`` makes the cluster hold exactly the config's applications. The code is
+    imported from the installed ``orch-platform`` package (install it on every node);
+    no ``working_dir`` is shipped.
+    """
+    document = {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": spec.host, "port": spec.port},
+        "applications": [
+            {
+                "name": config.name,
+                "route_prefix": f"/{config.name}",
+                "import_path": "serve.app:build_app",
+                "args": config.model_dump(mode="json"),
+            },
+            {
+                "name": V2_APP,
+                "route_prefix": "/v2",
+                "import_path": "serve.app:build_v2_app",
+                "args": {"models": {config.model_name: config.name}},
+            },
+        ],
+    }
+    with open(path, "w") as f:
+        yaml.safe_dump(document, f, sort_keys=False)
+    return document
