@@ -125,6 +125,7 @@ class RunTracker:
         """Log the plain torch model; returns its ``runs:/`` URI."""
         import mlflow
         import mlflow.pytorch
+        import torch
         from mlflow.models import ModelSignature
         from mlflow.types import Schema, TensorSpec
 
@@ -143,6 +144,8 @@ class RunTracker:
                 signature=signature,
                 input_example=example.astype(np.float32),
                 serialization_format="pt2",
+                # Inferring requirements runs a subprocess that imports the model (~7 s).
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 metadata={
                     "task": info.task,
                     "classes": info.classes,

@@ -18,7 +18,7 @@ from orchestrator.spec import PipelineSpec
 from serve.registry import Registry
 
 
-def quick_fit(spec: PipelineSpec, epochs: int = 150, seed: int = 0) -> InferenceModel:
+def quick_fit(spec: PipelineSpec, epochs: int = 80, seed: int = 0) -> InferenceModel:
     """Full-batch Adam on the spec's data: a real, accurate model without Ray Train."""
     torch.manual_seed(seed)
     data = prepare(spec.data)
@@ -40,7 +40,7 @@ def quick_fit(spec: PipelineSpec, epochs: int = 150, seed: int = 0) -> Inference
 
 
 def register_quick_model(
-    spec: PipelineSpec, *, alias: str | None = "champion", epochs: int = 150, seed: int = 0
+    spec: PipelineSpec, *, alias: str | None = "champion", epochs: int = 80, seed: int = 0
 ) -> str:
     """Train, log and register like `orch run` does; returns the version number."""
     uri = os.environ["MLFLOW_TRACKING_URI"]
