@@ -43,10 +43,10 @@ def register_quick_model(
     spec: PipelineSpec, *, alias: str | None = "champion", epochs: int = 80, seed: int = 0
 ) -> str:
     """Train, log and register like `orch run` does; returns the version number."""
-    uri = os.environ["MLFLOW_TRACKING_URI"]
+    uri = spec.tracking.tracking_uri or os.environ["MLFLOW_TRACKING_URI"]
     data = prepare(spec.data)
     model = quick_fit(spec, epochs, seed)
-    tracker = RunTracker(uri, spec.experiment, artifact_root=str(Path(os.environ["ORCH_HOME"])))
+    tracker = RunTracker(uri, spec.experiment, artifact_root=str(Path(uri[10:]).parent / "art"))
     with tracker:
         tracker.start(f"{spec.name}-quick", tags={"orch.data_fingerprint": data.info.fingerprint})
         tracker.log_text(yaml.safe_dump(spec.model_dump(mode="json")), "spec.yaml")
