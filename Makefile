@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/orch run examples/digits.yaml
+	$(BIN)/python examples/full_loop.py examples/digits.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

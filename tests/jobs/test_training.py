@@ -8,6 +8,7 @@ import os
 import signal
 import textwrap
 
+import httpx
 import mlflow
 import numpy as np
 import pyarrow as pa
@@ -15,20 +16,36 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from sklearn.datasets import load_digits
 
 from jobs.data import prepare
 from orchestrator import Client, load_spec
 from orchestrator.cli import main
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, free_port
 
 pytestmark = pytest.mark.slow
 
 
 def test_digits_example_reaches_target_and_is_tracked(ray_session):
-    """The example's training on its own (its study is tested in tests/tuning)."""
-    spec = load_spec(EXAMPLES / "digits.yaml").model_copy(update={"tune": None})
+    """The example without its study (tested in tests/tuning): train, register, serve."""
+    from ray import serve
+
+    example = load_spec(EXAMPLES / "digits.yaml")
+    serving = example.serve.model_copy(update={"port": free_port(), "cpus_per_replica": 0.5})
+    spec = example.model_copy(update={"tune": None, "serve": serving})
     events = []
     result = Client().run(spec, on_event=events.append)
+    try:
+        image = load_digits().data[7]
+        reply = httpx.post(f"{result.endpoint}/predict", json={"instances": [image.tolist()]})
+    finally:
+        serve.shutdown()
+    assert result.endpoint == f"http://127.0.0.1:{serving.port}/digits"
+    assert reply.status_code == 200
+    assert reply.json()["predictions"][0]["class"] == 7
+    assert reply.json()["model"]["version"] == "1"
+    (variant,) = result.served.variants
+    assert variant.quantization == "dynamic-int8" and variant.drop <= 0.01
 
     assert result.status == "succeeded"
     assert result.metrics["val_accuracy"] >= 0.95
@@ -65,7 +82,7 @@ def test_digits_example_reaches_target_and_is_tracked(ray_session):
     assert info.metadata["classes"] == list(range(10))
 
     stages = [e["stage"] for e in events if e["type"] == "stage"]
-    assert stages == ["data", "connect", "train", "log_model", "register"]
+    assert stages == ["data", "connect", "train", "log_model", "register", "serve", "quantize"]
 
     # the run's model is registered with its lineage; the first good version takes the alias
     registered = result.registered
