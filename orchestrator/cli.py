@@ -265,6 +265,12 @@ def _cmd_models(args) -> int:
                 f"  v{version['version']}{alias}  {format_metrics(version['metrics'])}  "
                 f"run {version['tags'].get('orch.mlflow_run_id', version['run_id'])}"
             )
+            for quantization, v in version["served_variants"].items():
+                print(
+                    f"      served as {quantization}: {v['metric']} {v['value']:.4f} "
+                    f"(fp32 {v['fp32_value']:.4f}), {v['size_bytes'] / 1e6:.2f} MB, "
+                    f"{v['latency_ms_batch_1']:.2f} ms at batch 1"
+                )
     elif action == "promote":
         client.promote(args.name, args.version, args.alias, uri)
         print(f"{args.name}@{args.alias} -> version {args.version}")

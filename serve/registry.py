@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from serve.spec import PromoteIf
 
 METRIC_TAG = "metric."
+SERVED_TAG = "orch.serve."  # + quantization: the measured serving variant (serve.variant)
 
 
 class RegistryError(Exception):
@@ -190,7 +191,16 @@ class Registry:
                         for k, t in v.tags.items()
                         if k.startswith(METRIC_TAG)
                     },
-                    "tags": {k: t for k, t in v.tags.items() if k.startswith("orch.")},
+                    "tags": {
+                        k: t
+                        for k, t in v.tags.items()
+                        if k.startswith("orch.") and not k.startswith(SERVED_TAG)
+                    },
+                    "served_variants": {
+                        k.removeprefix(SERVED_TAG): json.loads(t)
+                        for k, t in v.tags.items()
+                        if k.startswith(SERVED_TAG)
+                    },
                 }
                 for v in versions
             ],

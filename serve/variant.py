@@ -17,9 +17,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from serve.quantize import build_variant, file_size, load_predictor, runtime_of
+from serve.registry import SERVED_TAG as VARIANT_TAG
 from serve.registry import Registry
-
-VARIANT_TAG = "orch.serve."
 
 
 class GateError(Exception):
@@ -110,9 +109,10 @@ def prepare_variant(
     cached = registry.version_tags(model_name, version).get(tag)
     if cached:
         report = VariantReport.model_validate_json(cached)
-        if quantization != "static-int8" or report.calibration_samples == (
+        same_calibration = quantization != "static-int8" or report.calibration_samples == (
             None if calibration is None else len(calibration)
-        ):
+        )
+        if same_calibration and report.max_batch_size == max_batch_size:
             return report
     import torch
 

@@ -186,9 +186,15 @@ def test_job_submit_with_token_auth(token_cluster, tmp_path):
 
 
 def test_orch_run_address_joins_token_cluster(token_cluster, tmp_path):
-    """`orch run --address host:port` from outside: the driver joins with the token."""
+    """`orch run --address host:port` from outside: the driver joins with the token, trains,
+    registers, deploys the serve section onto the cluster and returns with the endpoint."""
     spec = tmp_path / "p.yaml"
-    spec.write_text(SPEC.replace("name: submitted", "name: joined"))
+    port = free_port()
+    spec.write_text(
+        SPEC.replace("name: submitted", "name: joined")
+        + f"serve: {{name: joined, port: {port}, cpus_per_replica: 0.5, max_accuracy_drop: 0.2,"
+        " quantization: dynamic-int8}\n"
+    )
     home = tmp_path / "home"
     env = {**token_cluster["env"], "ORCH_HOME": str(home), "DS_ACCELERATOR": "cpu"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -206,6 +212,16 @@ def test_orch_run_address_joins_token_cluster(token_cluster, tmp_path):
     assert result["name"] == "joined"
     assert result["metrics"]["epoch"] == 3
     assert result["tracking_uri"] == f"sqlite:///{home / 'mlflow.db'}"  # the embedded store
+    # orch has returned; the model keeps serving on the cluster
+    assert result["endpoint"] == f"http://127.0.0.1:{port}/joined"
+    assert result["served"]["versions"] == {"model": "1"}
+    request = urllib.request.Request(
+        f"{result['endpoint']}/predict",
+        data=json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    reply = json.loads(urllib.request.urlopen(request, timeout=30).read())
+    assert reply["model"]["name"] == "joined" and len(reply["predictions"][0]["probabilities"]) == 3
 
     # Without the token the same call is refused with one clear line, no traceback.
     bad = {**env, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "wrong-token")}

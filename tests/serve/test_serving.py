@@ -284,3 +284,41 @@ def test_serve_deploy_accepts_the_emitted_config(store, serve_port, tmp_path, ra
     assert reply.status_code == 200 and reply.json()["predictions"][0]["class"] == 0
     champion = Registry(store).alias_holder("digits-classifier", "champion")
     assert json.loads(reply.text)["model"]["version"] == champion  # since the rollout
+
+
+def test_orch_serve_in_the_foreground_stops_cleanly_on_ctrl_c(store, tmp_path, digits_app):
+    """Without --address `orch serve` serves on its own embedded Ray until interrupted."""
+    import os
+    import signal
+
+    import yaml
+
+    port = free_port()
+    spec = spec_for(store, port, name="fg", cpus_per_replica=0.5)
+    path = tmp_path / "fg.yaml"
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True)))
+    env = {**os.environ, "ORCH_HOME": str(tmp_path / "home")}
+    env.pop("RAY_ADDRESS", None)
+    orch = str(Path(sys.executable).parent / "orch")
+    proc = subprocess.Popen(
+        [orch, "serve", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        endpoint, deadline = f"http://127.0.0.1:{port}/fg", time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"{endpoint}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        reply = httpx.post(f"{endpoint}/predict", json={"instances": DIGITS[:1].tolist()})
+        assert reply.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    champion = Registry(store).alias_holder("digits-classifier", "champion")
+    assert f"Serving digits-classifier (v{champion}) at {endpoint}" in out.decode()
+    assert "Serve stopped." in err.decode() and "Traceback" not in err.decode()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{endpoint}/healthz", timeout=2)

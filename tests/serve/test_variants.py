@@ -23,7 +23,7 @@ def write_spec(tmp_path, spec) -> str:
 
 
 @pytest.mark.parametrize("quantization", ["none", "dynamic-int8", "static-int8", "bf16"])
-def test_each_quantization_is_measured_and_logged_on_the_version(quantization):
+def test_each_quantization_is_measured_and_logged_on_the_version(quantization, capsys):
     spec = pipeline(serve={"name": "digits", "quantization": quantization})
     version = register_quick_model(spec)
     uri = os.environ["MLFLOW_TRACKING_URI"]
@@ -47,6 +47,9 @@ def test_each_quantization_is_measured_and_logged_on_the_version(quantization):
     # a second deploy of the same version reuses the measured variant
     _, (again,) = build_app_config(spec, uri, lambda event: None)
     assert again == report
+    capsys.readouterr()
+    assert main(["models", "show", "digits-classifier"]) == 0
+    assert f"served as {quantization}: val_accuracy {report.value:.4f}" in capsys.readouterr().out
 
 
 def test_gate_stops_a_deploy_that_loses_accuracy(tmp_path, capsys):
