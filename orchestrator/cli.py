@@ -113,13 +113,14 @@ def _cmd_run(args) -> int:
     err = Console(stderr=True)
     show_progress = not (args.quiet or args.json)
     display = RunDisplay(err) if show_progress else None
+    foreground = _foreground(args)
     client = Client(args.address, show_worker_logs=args.verbose)
     # stdout carries the result (the summary, or the one JSON object with --json) and
     # nothing else: whatever Ray or a library prints while the pipeline runs goes to stderr.
     stdout = sys.stdout
     sys.stdout = sys.stderr
     try:
-        result = client.run(args.spec, on_event=display, resume=args.resume)
+        result = client.run(args.spec, on_event=_arming(display, foreground), resume=args.resume)
     except OrchestratorError as exc:
         if display:
             display.close()
@@ -135,7 +136,7 @@ def _cmd_run(args) -> int:
     if args.json:
         print(result.model_dump_json(), flush=True)
         if result.served is not None:
-            _wait_if_foreground(args, result.served.app)
+            _serve_in_foreground(foreground, result.served.app)
         return 0
     if result.study is not None:
         study = result.study
@@ -173,7 +174,7 @@ def _cmd_run(args) -> int:
     if result.served is not None:
         _print_served(result.served)
         sys.stdout.flush()
-        _wait_if_foreground(args, result.served.app)
+        _serve_in_foreground(foreground, result.served.app)
     return 0
 
 
@@ -204,23 +205,42 @@ def _print_served(served, stream=None) -> None:
     )
 
 
-def _wait_if_foreground(args, app: str) -> None:
-    from orchestrator.serving import in_foreground, serve_until_interrupted
+def _foreground(args):
+    """A ForegroundServing when this command serves in its own process, else None."""
+    from orchestrator.serving import ForegroundServing, in_foreground
 
-    if in_foreground(args.address):
-        print(f"Serving {app} until Ctrl-C ...", file=sys.stderr, flush=True)
-        serve_until_interrupted()
-        print("Serve stopped.", file=sys.stderr)
+    return ForegroundServing() if in_foreground(args.address) else None
+
+
+def _arming(display, foreground):
+    """The event callback: the display, and Ctrl-C turns into a clean stop once serving starts."""
+
+    def on_event(event: dict) -> None:
+        if foreground and event.get("type") == "stage" and event.get("stage") == "serve":
+            foreground.arm()
+        if display:
+            display(event)
+
+    return on_event
+
+
+def _serve_in_foreground(foreground, app: str) -> None:
+    if foreground is None:
+        return
+    print(f"Serving {app} until Ctrl-C ...", file=sys.stderr, flush=True)
+    foreground.wait_then_shutdown()
+    print("Serve stopped.", file=sys.stderr)
 
 
 def _cmd_serve(args) -> int:
     err = Console(stderr=True)
     display = None if args.json else RunDisplay(err)
+    foreground = _foreground(args) if args.emit_config is None else None
     stdout = sys.stdout
     sys.stdout = sys.stderr
     try:
         served = Client(args.address, show_worker_logs=args.verbose).serve(
-            args.spec, on_event=display, emit_config=args.emit_config
+            args.spec, on_event=_arming(display, foreground), emit_config=args.emit_config
         )
     finally:
         sys.stdout = stdout
@@ -232,7 +252,7 @@ def _cmd_serve(args) -> int:
         _print_served(served)
         sys.stdout.flush()
     if served.endpoint is not None:
-        _wait_if_foreground(args, served.app)
+        _serve_in_foreground(foreground, served.app)
     return 0
 
 

@@ -214,19 +214,32 @@ def in_foreground(address: str | None) -> bool:
     return address is None and not os.environ.get("RAY_ADDRESS")
 
 
-def serve_until_interrupted() -> None:
-    """Block until Ctrl-C / SIGTERM, then take the application down and leave cleanly."""
-    import ray
-    from ray import serve
+class ForegroundServing:
+    """Serving in this process until Ctrl-C or SIGTERM, then a clean Serve shutdown.
 
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        serve.shutdown()
-        ray.shutdown()
+    ``arm()`` is called when the serve stage starts: from then on Ctrl-C only asks to stop,
+    so an interrupt during the deploy still ends in ``wait_then_shutdown``'s clean exit
+    instead of leaving Serve half deployed.
+    """
+
+    def __init__(self):
+        self.stop = threading.Event()
+        self._previous: dict = {}
+
+    def arm(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous.setdefault(sig, signal.signal(sig, lambda *_: self.stop.set()))
+
+    def wait_then_shutdown(self) -> None:
+        import ray
+        from ray import serve
+
+        self.arm()
+        try:
+            while not self.stop.wait(0.5):
+                pass
+        finally:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+            serve.shutdown()
+            ray.shutdown()
