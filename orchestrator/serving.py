@@ -222,8 +222,9 @@ class ForegroundServing:
     instead of leaving Serve half deployed.
     """
 
-    def __init__(self):
+    def __init__(self, *, shutdown_ray: bool = True):
         self.stop = threading.Event()
+        self.shutdown_ray = shutdown_ray
         self._previous: dict = {}
 
     def arm(self) -> None:
@@ -242,4 +243,5 @@ class ForegroundServing:
             for sig, handler in self._previous.items():
                 signal.signal(sig, handler)
             serve.shutdown()
-            ray.shutdown()
+            if self.shutdown_ray:
+                ray.shutdown()

@@ -308,6 +308,13 @@ class V2Router:
             self._meta[model] = cached
         return cached[1]
 
+    async def _served(self, model: str, version: str | None) -> dict:
+        """The model's metadata; RequestError 404 for an unknown model or version."""
+        meta = await self._metadata(model)
+        if version is not None and version not in meta["versions"]:
+            raise RequestError(404, f"{model} serves versions {meta['versions']}, not {version}")
+        return meta
+
     @v2_api.get("/")
     async def server_metadata(self) -> dict:
         return {"name": "orch", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
@@ -324,18 +331,16 @@ class V2Router:
     @v2_api.get("/models/{model}/versions/{version}/ready")
     async def model_ready(self, model: str, version: str | None = None) -> Response:
         try:
-            meta = await self._metadata(model)
+            await self._served(model, version)
         except RequestError as exc:
             return _error(exc.status, exc.message)
-        if version is not None and version not in meta["versions"]:
-            return _error(404, f"{model} serves versions {meta['versions']}, not {version}")
         return JSONResponse({"name": model, "ready": True})
 
     @v2_api.get("/models/{model}")
     @v2_api.get("/models/{model}/versions/{version}")
     async def model_metadata(self, model: str, version: str | None = None) -> Response:
         try:
-            meta = await self._metadata(model)
+            meta = await self._served(model, version)
         except RequestError as exc:
             return _error(exc.status, exc.message)
         classification = meta["task"] == "classification"
@@ -363,12 +368,8 @@ class V2Router:
     @v2_api.post("/models/{model}/versions/{version}/infer")
     async def infer(self, model: str, request: Request, version: str | None = None) -> Response:
         try:
-            meta = await self._metadata(model)
+            meta = await self._served(model, version)
             check_key(request, meta["api_key_sha256"])
-            if version is not None and version not in meta["versions"]:
-                raise RequestError(
-                    404, f"{model} serves versions {meta['versions']}, not {version}"
-                )
             body = await _body(request, 64 * 1_048_576)
             rows, doc = parse_infer(body, request.headers.get(BINARY_HEADER), meta["n_features"])
             outputs, served = await self._handle(model).infer.remote(rows)

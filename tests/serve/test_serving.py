@@ -286,39 +286,29 @@ def test_serve_deploy_accepts_the_emitted_config(store, serve_port, tmp_path, ra
     assert json.loads(reply.text)["model"]["version"] == champion  # since the rollout
 
 
-def test_orch_serve_in_the_foreground_stops_cleanly_on_ctrl_c(store, tmp_path, digits_app):
-    """Without --address `orch serve` serves on its own embedded Ray until interrupted."""
+def test_foreground_serving_turns_ctrl_c_into_a_clean_stop(store, serve_port, digits_app):
+    """What `orch serve` (and `orch run` with a serve section) does without --address: once
+    the serve stage starts, Ctrl-C only asks to stop; after the deploy Serve shuts down
+    cleanly. (make demo drives the CLI itself the same way.) Runs last: it stops Serve."""
     import os
     import signal
 
-    import yaml
+    from orchestrator.serving import ForegroundServing
 
-    port = free_port()
-    spec = spec_for(store, port, name="fg", cpus_per_replica=0.5)
-    path = tmp_path / "fg.yaml"
-    path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True)))
-    env = {**os.environ, "ORCH_HOME": str(tmp_path / "home")}
-    env.pop("RAY_ADDRESS", None)
-    orch = str(Path(sys.executable).parent / "orch")
-    proc = subprocess.Popen(
-        [orch, "serve", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        endpoint, deadline = f"http://127.0.0.1:{port}/fg", time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"{endpoint}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(1)
-        reply = httpx.post(f"{endpoint}/predict", json={"instances": DIGITS[:1].tolist()})
-        assert reply.status_code == 200
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err.decode()[-2000:]
-    champion = Registry(store).alias_holder("digits-classifier", "champion")
-    assert f"Serving digits-classifier (v{champion}) at {endpoint}" in out.decode()
-    assert "Serve stopped." in err.decode() and "Traceback" not in err.decode()
+    foreground = ForegroundServing(shutdown_ray=False)  # the test session's Ray stays up
+    events = []
+
+    def on_event(event):
+        events.append(event)
+        if event.get("stage") == "serve":
+            foreground.arm()
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C right as the deploy begins
+
+    spec = spec_for(store, serve_port, name="fg")
+    served = Client().serve(spec, on_event=on_event)  # no KeyboardInterrupt: deploy finishes
+    assert httpx.get(f"{served.endpoint}/healthz").status_code == 200
+    assert foreground.stop.is_set()
+    foreground.wait_then_shutdown()  # returns at once and takes Serve down
     with pytest.raises(httpx.HTTPError):
-        httpx.get(f"{endpoint}/healthz", timeout=2)
+        httpx.get(f"{served.endpoint}/healthz", timeout=2)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
