@@ -105,6 +105,25 @@ async def _closed_loop(url: str, body: bytes, concurrency: int, seconds: float) 
     }
 
 
+async def _scale_up(url: str, body: bytes, seconds: float) -> dict:
+    """Load at c=32 until a second replica is RUNNING (or ``seconds`` pass)."""
+    from ray import serve
+
+    def running() -> int:
+        app = serve.status().applications["autoscale"]
+        states = app.deployments["Ingress"].replica_states
+        return int(states.get("RUNNING", 0))
+
+    load = asyncio.create_task(_closed_loop(url, body, 32, seconds))
+    began, reached = time.perf_counter(), None
+    while not load.done():
+        if running() >= 2 and reached is None:
+            reached = time.perf_counter() - began
+        await asyncio.sleep(0.5)
+    point = load.result()
+    return {"seconds_to_second_replica": reached, "replicas_at_end": running(), **point}
+
+
 def _sweep(url: str, body: bytes, seconds: float) -> dict:
     out = {}
     for c in CONCURRENCY:
@@ -250,6 +269,31 @@ def run(quick: bool = False) -> dict:
             _log(f"{label}: {served.endpoint}")
             results["variants"][label] = _sweep(f"{served.endpoint}/predict", body, seconds)
             serve.delete("bench")
+
+        # autoscaling: int8 with 1..2 replicas of 0.5 CPU under c=32 for up to 40 s
+        spec = PipelineSpec.model_validate(
+            base
+            | {
+                "serve": {
+                    "name": "autoscale",
+                    "quantization": "dynamic-int8",
+                    "port": port,
+                    "cpus_per_replica": 0.5,
+                    "autoscaling": {
+                        "min_replicas": 1,
+                        "max_replicas": 2,
+                        "target_ongoing_requests": 8,
+                        "upscale_delay_s": 10,
+                    },
+                }
+            }
+        )
+        served = Client().serve(spec)
+        results["autoscaling"] = asyncio.run(
+            _scale_up(f"{served.endpoint}/predict", body, 4 if quick else 40)
+        )
+        _log(f"autoscaling: {results['autoscaling']}")
+        serve.delete("autoscale")
 
         # Serve no-op: the same ingress path (FastAPI in one replica with 1 CPU)
         noop_api = FastAPI()
@@ -449,6 +493,8 @@ def render(results: dict) -> str:
             "",
             _reading(results),
             "",
+            _autoscaling(results),
+            "",
             "### HTTP, closed loop",
             "",
             http,
@@ -504,4 +550,21 @@ def _reading(results: dict) -> str:
         "default proxy adds about 7 ms p50 at c=1; RAY_SERVE_THROUGHPUT_OPTIMIZED or "
         "RAY_SERVE_ENABLE_DIRECT_INGRESS cut the no-op path by only 1-2 ms here (measured "
         "while choosing: 5.9-6.8 ms vs 7.3-8.0 ms p50 at c=1), so the default proxy is kept."
+    )
+
+
+def _autoscaling(results: dict) -> str:
+    scale = results.get("autoscaling")
+    if not scale:
+        return "Autoscaling: not measured in this run."
+    when = scale["seconds_to_second_replica"]
+    return (
+        "Autoscaling (int8, 1..2 replicas of 0.5 CPU, target_ongoing_requests 8, "
+        "upscale_delay_s 10, load c=32): "
+        + (
+            f"the second replica was RUNNING {when:.0f} s after the load began"
+            if when is not None
+            else "no second replica within the measured window"
+        )
+        + f"; {scale['rps']:.0f} req/s over the window, {scale['errors']} errors."
     )

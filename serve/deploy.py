@@ -8,6 +8,8 @@ finish, so clients see no failed request.
 
 from __future__ import annotations
 
+import logging
+
 import yaml
 
 from serve.app import V2_APP, AppConfig, build_app, build_v2_app
@@ -79,6 +81,9 @@ def deploy(config: AppConfig, spec: ServeSpec) -> str:
     """
     from ray import serve
 
+    # Serve's driver-side INFO lines ("Started Serve", "Connecting to existing Serve app")
+    # would interleave with the CLI's own report.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     check_resources(config)
     serve.start(http_options={"host": spec.host, "port": spec.port, "location": "HeadOnly"})
     serve.run(build_app(config.model_dump()), name=config.name, route_prefix=f"/{config.name}")
