@@ -8,11 +8,39 @@ import os
 import shutil
 import sys
 
-from rich.console import Console
-
-from orchestrator.client import Client
+from orchestrator import cli_queue
 from orchestrator.exceptions import OrchestratorError
-from orchestrator.progress import RunDisplay, format_metrics, format_params
+
+
+def Client(*args, **kwargs):  # noqa: N802 - the SDK's Client, imported on first use
+    from orchestrator.client import Client as SDKClient
+
+    return SDKClient(*args, **kwargs)
+
+
+def Console(*args, **kwargs):  # noqa: N802
+    from rich.console import Console as RichConsole
+
+    return RichConsole(*args, **kwargs)
+
+
+def RunDisplay(*args, **kwargs):  # noqa: N802
+    from orchestrator.progress import RunDisplay as Display
+
+    return Display(*args, **kwargs)
+
+
+def format_metrics(metrics):
+    from orchestrator.progress import format_metrics as fmt
+
+    return fmt(metrics)
+
+
+def format_params(params):
+    from orchestrator.progress import format_params as fmt
+
+    return fmt(params)
+
 
 _TRIAL_STATES = ("completed", "stopped", "failed")
 
@@ -42,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue this pipeline's last unfinished tuning study (finished trials are kept)",
+    )
+    run.add_argument(
+        "--run-name",
+        default=None,
+        help="stable name of the training run or study: running again under the same name "
+        "resumes from its checkpoints (the queue uses this to resume preempted jobs)",
     )
 
     serve = sub.add_parser(
@@ -85,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     mrollback.add_argument("name")
     mrollback.add_argument("--alias", default="champion", help="default: champion")
 
+    cli_queue.add_commands(sub)
+
     ui = sub.add_parser("ui", help="open the MLflow UI on the embedded store")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
@@ -120,7 +156,12 @@ def _cmd_run(args) -> int:
     stdout = sys.stdout
     sys.stdout = sys.stderr
     try:
-        result = client.run(args.spec, on_event=_arming(display, foreground), resume=args.resume)
+        result = client.run(
+            args.spec,
+            on_event=_arming(display, foreground),
+            resume=args.resume,
+            run_name=args.run_name,
+        )
     except OrchestratorError as exc:
         if display:
             display.close()
@@ -339,6 +380,7 @@ _COMMANDS = {
     "ui": _cmd_ui,
     "models": _cmd_models,
     "serve": _cmd_serve,
+    **cli_queue.COMMANDS,
 }
 
 

@@ -94,11 +94,14 @@ class Client:
         on_event: Callable[[dict], None] | None = None,
         *,
         resume: bool = False,
+        run_name: str | None = None,
     ) -> RunResult:
         """Run a pipeline to the end and return its result.
 
         With a ``tune`` section this runs a study and returns the best trial; ``resume``
         continues the pipeline's last unfinished study instead of starting a new one.
+        ``run_name`` names the training run (or study): running again under the same name
+        resumes from its checkpoints (or its unfinished study).
 
         Raises:
             SpecError: invalid spec or data, or nothing to resume; nothing was started.
@@ -106,7 +109,8 @@ class Client:
         """
         pipeline = spec if isinstance(spec, PipelineSpec) else load_spec(spec)
         if pipeline.tune is not None:
-            result = self._register(pipeline, self._run_study(pipeline, on_event, resume), on_event)
+            study = self._run_study(pipeline, on_event, resume, run_name)
+            result = self._register(pipeline, study, on_event)
             return self._serve_stage(pipeline, result, on_event)
         if resume:
             from orchestrator.exceptions import SpecError
@@ -120,6 +124,7 @@ class Client:
             address=self.address,
             on_event=on_event,
             show_worker_logs=self.show_worker_logs,
+            run_name=run_name,
         )
         outcome = RunResult(
             name=pipeline.name,
@@ -167,13 +172,16 @@ class Client:
             show_worker_logs=self.show_worker_logs,
         )
 
-    def _run_study(self, pipeline: PipelineSpec, on_event, resume: bool) -> RunResult:
+    def _run_study(
+        self, pipeline: PipelineSpec, on_event, resume: bool, run_name: str | None = None
+    ) -> RunResult:
         outcome, run_id, tracking_uri, model_uri, metrics = run_study_pipeline(
             pipeline,
             address=self.address,
             on_event=on_event,
             show_worker_logs=self.show_worker_logs,
             resume=resume,
+            run_name=run_name,
         )
         best = outcome.best
         tune = pipeline.tune
@@ -211,6 +219,59 @@ class Client:
             on_event=on_event,
         )
         return result
+
+    # ------------------------------------------------------------- the job queue
+
+    @property
+    def queue_client(self):
+        """The queue of this client's cluster (``address`` = its dashboard URL, or None for
+        the embedded local head); ``orch submit/queue/list/...`` use the same object."""
+        from orchestrator.queue_client import QueueClient
+
+        if getattr(self, "_queue", None) is None:
+            self._queue = QueueClient(self.address)
+        return self._queue
+
+    def submit(
+        self,
+        spec: str | Path,
+        *,
+        priority: str | int | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        idempotency_key: str | None = None,
+    ):
+        """Queue a pipeline; returns a ``Job`` (``wait``, ``status``, ``result``, ``logs``).
+
+        The job is admitted when its whole resource demand fits the cluster, highest
+        priority first. The same ``idempotency_key`` returns the job it created first.
+
+        Raises:
+            SpecError: invalid spec, or a demand the cluster can never hold (the reason).
+        """
+        return self.queue_client.submit(
+            spec, priority=priority, name=name, queue=queue, idempotency_key=idempotency_key
+        )
+
+    def job(self, job_id: str):
+        """A handle on a submitted job."""
+        return self.queue_client.job(job_id)
+
+    def jobs(self, state: str | None = None):
+        """Every job the queue knows (optionally in one state), oldest first."""
+        return self.queue_client.jobs(state)
+
+    def queue(self):
+        """Queued jobs in admission order as (position, JobInfo); ``reason`` says why each waits."""
+        return self.queue_client.queue()
+
+    def cancel(self, job_id: str):
+        """Cancel a queued or running job (a running one's Ray job is stopped)."""
+        return self.queue_client.cancel(job_id)
+
+    def retry(self, job_id: str):
+        """Submit a failed or cancelled job again with its original spec; returns the new Job."""
+        return self.queue_client.retry(job_id)
 
     # ------------------------------------------------------------- the model registry
 

@@ -34,7 +34,7 @@ from serve.registry import Registry, RegistryError, decide
 from tuning.errors import TuningError
 from tuning.space import apply_values
 from tuning.spec import metric_problem
-from tuning.study import StudyOutcome, StudyState, run_study, studies
+from tuning.study import STATE_FILE, StudyOutcome, StudyState, run_study, studies
 from tuning.tracking import StudyTracker
 
 EventHandler = Callable[[dict], None]
@@ -99,8 +99,12 @@ def run_training(
     address: str | None = None,
     on_event: EventHandler | None = None,
     show_worker_logs: bool = True,
+    run_name: str | None = None,
 ) -> tuple[TrainResult, str, str, str]:
     """Train and track one pipeline. Returns (result, mlflow_run_id, tracking_uri, model_uri).
+
+    ``run_name`` fixes the Ray Train run's name: a run of that name under the storage path
+    resumes from its latest checkpoint (how a preempted queue job continues).
 
     Raises:
         SpecError: the data does not fit the spec (nothing was trained).
@@ -112,7 +116,7 @@ def run_training(
     connect_ray(address, show_worker_logs=show_worker_logs)
 
     tracker, tracking_uri = _tracker(spec)
-    run_name = _unique_name(spec.name)
+    run_name = run_name or _unique_name(spec.name)
     run_id = tracker.start(run_name, tags=_lineage_tags(spec, data, "train"))
     emit({"type": "stage", "stage": "train", "mlflow_run_id": run_id, "epochs": spec.train.epochs})
 
@@ -172,6 +176,7 @@ def run_study_pipeline(
     on_event: EventHandler | None = None,
     show_worker_logs: bool = False,
     resume: bool = False,
+    run_name: str | None = None,
 ) -> tuple[StudyOutcome, str, str, str, dict]:
     """Run the pipeline's tune study; log the best trial's model on the study's MLflow run.
 
@@ -184,7 +189,11 @@ def run_study_pipeline(
     assert spec.tune is not None
     emit = on_event or (lambda event: None)
     root = study_root()
-    if resume:
+    if run_name is not None and (root / run_name / STATE_FILE).exists():
+        # a named study that ran before (a preempted queue job): continue it
+        study_dir, state = root / run_name, StudyState.read(root / run_name)
+        resume = state.status != "finished"
+    elif resume:
         study_dir, state = _find_study_to_resume(spec, root)
     data = _prepare_data(spec, emit)
     problem = metric_problem(spec.tune.metric, data.info.task)
@@ -197,7 +206,7 @@ def run_study_pipeline(
         tracker.reopen(state.parent_run_id)
         state.status = "running"
     else:
-        name = _unique_name(f"{spec.name}-study")
+        name = run_name or _unique_name(f"{spec.name}-study")
         study_dir = root / name
         tracker.start(name, tags=_lineage_tags(spec, data, "tune") | {"orch.study": name})
         state = StudyState(

@@ -18,6 +18,7 @@ from jobs.spec import (
     TrainSpec,
     check_pipeline_fits_model,
 )
+from orchestrator.scheduling.spec import SchedulingSpec
 from serve.spec import RegisterSpec, ServeSpec
 from tuning.space import check_space
 from tuning.spec import TRAINER_METRICS, TuneSpec
@@ -52,6 +53,11 @@ class PipelineSpec(BaseModel):
         None,
         description="Ray Serve HTTP application for the registered model (quantized, batched, "
         "autoscaled). null = do not serve.",
+    )
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec,
+        description="Priority and queue when submitted with `orch submit` (the CLI's "
+        "--priority overrides).",
     )
 
     @model_validator(mode="after")

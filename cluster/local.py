@@ -1,0 +1,201 @@
+"""A real Ray head on this machine: ``ray start --head`` with its own ports, temp dir and token.
+
+Several Ray clusters can live on one machine (a test suite's, a user's), so every port is
+chosen here, the temp dir is our own, and the head is stopped through the process group it
+was started in: nothing we did not start is touched (no ``ray stop``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HEAD_FILE = "head.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_bin() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+@dataclass
+class LocalHead:
+    """A running head node: where it answers and how to stop it."""
+
+    pid: int
+    dashboard_url: str
+    gcs_address: str
+    token_path: str
+    temp_dir: str
+    log_path: str
+
+    @property
+    def token(self) -> str:
+        return Path(self.token_path).read_text().strip()
+
+    def env(self) -> dict[str, str]:
+        """Environment of a process that talks to this head (token auth on)."""
+        env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": self.token_path,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # as in an activated venv: a job's `python` is ours
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        env.pop("RAY_ADDRESS", None)
+        env.pop("RAY_AUTH_TOKEN", None)
+        return env
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return _answers(self.dashboard_url, self.token)
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """SIGTERM to the head's own process group, SIGKILL if it does not go."""
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            try:
+                os.killpg(self.pid, 0)
+            except ProcessLookupError:
+                break
+            _reap(self.pid)
+            time.sleep(0.2)
+        else:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _reap(self.pid)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> LocalHead | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _answers(dashboard_url: str, token: str) -> bool:
+    request = urllib.request.Request(
+        f"{dashboard_url}/api/version", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        urllib.request.urlopen(request, timeout=2)
+        return True
+    except (urllib.error.URLError, ConnectionError, OSError):
+        return False
+
+
+def start_head(
+    state_dir: str | Path | None = None,
+    *,
+    num_cpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    timeout_s: float = 120,
+) -> LocalHead:
+    """Start ``ray start --head --block`` bound to 127.0.0.1, with token auth on.
+
+    Args:
+        state_dir: where the token, the log and head.json go (default: a new temp dir).
+        num_cpus: CPUs the head offers (default: the machine's).
+        resources: custom resources, e.g. {"trainer_slot": 2}.
+
+    Raises:
+        RuntimeError: the head did not answer within ``timeout_s`` (its log tail is in it).
+    """
+    # Unix sockets under the temp dir must stay short: keep it under /tmp.
+    temp_dir = Path(tempfile.mkdtemp(prefix="orch-ray-", dir="/tmp"))
+    state = Path(state_dir) if state_dir else temp_dir
+    state.mkdir(parents=True, exist_ok=True)
+    token_path = state / "token"
+    if not token_path.exists():
+        token_path.write_text(secrets.token_hex(16))
+        token_path.chmod(0o600)
+    log_path = state / "head.log"
+    dashboard, gcs = free_port(), free_port()
+    low = random.randrange(20000, 29000, 100)
+    cmd = [_ray_bin(), "start", "--head", "--block", "--node-ip-address", "127.0.0.1"]
+    cmd += ["--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)]
+    for flag in (
+        "--node-manager-port",
+        "--object-manager-port",
+        "--ray-client-server-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+        "--metrics-export-port",
+    ):
+        cmd += [flag, str(free_port())]
+    cmd += ["--min-worker-port", str(low), "--max-worker-port", str(low + 99)]
+    cmd += ["--temp-dir", str(temp_dir / "ray"), "--disable-usage-stats"]
+    if num_cpus is not None:
+        cmd += ["--num-cpus", str(num_cpus)]
+    if resources:
+        cmd += ["--resources", json.dumps(resources)]
+    head = LocalHead(
+        pid=0,
+        dashboard_url=f"http://127.0.0.1:{dashboard}",
+        gcs_address=f"127.0.0.1:{gcs}",
+        token_path=str(token_path),
+        temp_dir=str(temp_dir),
+        log_path=str(log_path),
+    )
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            cmd, env=head.env(), start_new_session=True, stdout=log, stderr=subprocess.STDOUT
+        )
+    head.pid = process.pid
+    deadline = time.time() + timeout_s
+    while not _answers(head.dashboard_url, head.token):
+        if time.time() > deadline or process.poll() is not None:
+            head.stop()
+            raise RuntimeError(f"ray start --head did not come up: {log_path.read_text()[-2000:]}")
+        time.sleep(0.5)
+    head.save(state / HEAD_FILE)
+    return head
+
+
+def ensure_head(state_dir: str | Path, **options) -> LocalHead:
+    """The head recorded under ``state_dir`` if it still answers, else a new one."""
+    state = Path(state_dir)
+    head = LocalHead.load(state / HEAD_FILE)
+    if head is not None and head.alive():
+        return head
+    return start_head(state, **options)

@@ -1,0 +1,103 @@
+"""A job's resource demand, computed from its spec: what admission must find free at once.
+
+Training: ``train.workers x train.resources_per_worker``. Tuning: the largest trial of the
+space times the trials run at once (``tune.max_concurrent_trials``, or when null as many as
+the cluster's total holds, up to the trials planned). Serving: ``min_replicas x
+cpus_per_replica``, after training, so the job needs the larger of the two.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from orchestrator.spec import PipelineSpec
+
+EPS = 1e-9
+
+
+class Demand(BaseModel):
+    """What one job holds while it runs."""
+
+    total: dict[str, float] = Field(description="Resources the whole job needs at once.")
+    bundle: dict[str, float] = Field(
+        description="The largest single piece (one training worker or one Serve replica): "
+        "some node must hold it whole."
+    )
+    concurrent_trials: int | None = Field(
+        None, description="Trials the job runs at once (tuning jobs): fixed at admission."
+    )
+
+    def describe(self) -> str:
+        return format_resources(self.total)
+
+
+def format_resources(resources: dict[str, float]) -> str:
+    parts = [f"{name} {amount:g}" for name, amount in sorted(resources.items()) if amount > EPS]
+    return "{" + ", ".join(parts) + "}" if parts else "{}"
+
+
+def _merge_max(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {k: max(a.get(k, 0.0), b.get(k, 0.0)) for k in set(a) | set(b)}
+
+
+def job_demand(spec: PipelineSpec, cluster_total: dict[str, float]) -> Demand:
+    """The demand of ``spec`` on a cluster of ``cluster_total`` resources."""
+    train = spec.train
+    bundle = dict(train.resources_per_worker)
+    total = {k: v * train.workers for k, v in bundle.items()}
+    concurrent = None
+    if spec.tune is not None:
+        from tuning.study import concurrency_cap, trial_demand
+
+        per_trial = trial_demand(
+            spec.tune, spec.model_dump(mode="json", include={"model", "train"})
+        )
+        cap = max(1, concurrency_cap(per_trial, cluster_total))
+        concurrent = min(cap, spec.tune.max_concurrent_trials or cap, spec.tune.planned_trials())
+        total = {k: v * concurrent for k, v in per_trial.items()}
+        # a trial's largest worker: the space may vary resources_per_worker
+        workers = max(1, train.workers)
+        bundle = _merge_max(bundle, {k: v / workers for k, v in per_trial.items()})
+    if spec.serve is not None:
+        replica = {"CPU": spec.serve.cpus_per_replica}
+        bundle = _merge_max(bundle, replica)
+        total = _merge_max(
+            total, {"CPU": spec.serve.cpus_per_replica * spec.serve.autoscaling.min_replicas}
+        )
+    return Demand(total=total, bundle=bundle, concurrent_trials=concurrent)
+
+
+def fits(need: dict[str, float], free: dict[str, float]) -> bool:
+    return all(free.get(k, 0.0) + EPS >= v for k, v in need.items() if v > EPS)
+
+
+def shortfall(need: dict[str, float], free: dict[str, float]) -> dict[str, float]:
+    """What is missing from ``free`` for ``need`` (empty when it fits)."""
+    return {
+        k: v - free.get(k, 0.0) for k, v in need.items() if v > EPS and free.get(k, 0.0) + EPS < v
+    }
+
+
+def never_fits(demand: Demand, total: dict[str, float], node_max: list[dict[str, float]]) -> str:
+    """Why ``demand`` can never run on this cluster ('' when it can)."""
+    missing = shortfall(demand.total, total)
+    if missing:
+        return (
+            f"needs {format_resources(demand.total)} at once but the whole cluster has "
+            f"{format_resources({k: total.get(k, 0.0) for k in demand.total})}; lower "
+            "train.workers, train.resources_per_worker or tune.max_concurrent_trials, or add nodes"
+        )
+    if node_max and not any(fits(demand.bundle, node) for node in node_max):
+        return (
+            f"one worker needs {format_resources(demand.bundle)} but no single node has that; "
+            "lower train.resources_per_worker"
+        )
+    return ""
+
+
+def subtract(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {k: a.get(k, 0.0) - b.get(k, 0.0) for k in set(a) | set(b)}
+
+
+def add(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in set(a) | set(b)}

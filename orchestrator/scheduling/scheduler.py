@@ -1,0 +1,367 @@
+"""The queue's engine: accepts jobs, admits them as Ray Jobs, preempts, reconciles with Ray.
+
+Every state change is written to SQLite before it is acted on (write-ahead): an admitted
+job is recorded as ``starting`` with its Ray submission id before the Ray job is submitted,
+and Ray refuses a second job with that id. A restart therefore finds each job either still
+queued, or under a submission id that Ray knows (adopted, not started again) or does not
+know (submitted now, for the first time).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, Field
+
+from orchestrator.exceptions import SpecError
+from orchestrator.scheduling.demand import add, job_demand, never_fits, subtract
+from orchestrator.scheduling.policy import Plan, SchedulingPolicy
+from orchestrator.scheduling.ray_jobs import TERMINAL_RAY_STATES, RayJobs, RayUnavailable
+from orchestrator.scheduling.record import ACTIVE, JobInfo
+from orchestrator.scheduling.spec import priority_value
+from orchestrator.scheduling.store import DuplicateKey, JobStore
+
+log = logging.getLogger(__name__)
+
+# What a job takes from the submitter's environment (the rest comes from the cluster's).
+FORWARDED_ENV = ("ORCH_HOME", "MLFLOW_TRACKING_URI", "DS_ACCELERATOR")
+
+
+class SubmitRequest(BaseModel):
+    """What ``orch submit`` / ``Client.submit`` send."""
+
+    spec_text: str = Field(description="The pipeline YAML, as submitted.")
+    spec_path: str = Field(description="Where it was read from (error messages, display).")
+    cwd: str = Field(description="Directory the job runs in: relative data paths resolve there.")
+    env: dict[str, str] = Field(default_factory=dict, description="ORCH_HOME, MLflow URI...")
+    name: str | None = None
+    priority: str | int | None = Field(None, description="Overrides scheduling.priority.")
+    queue: str | None = Field(None, description="Overrides scheduling.queue.")
+    idempotency_key: str | None = Field(None, max_length=200)
+
+
+class JobConflict(Exception):
+    """The job is in a state where the action makes no sense (the message says which)."""
+
+
+class UnknownJob(Exception):
+    pass
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: JobStore,
+        ray_jobs: RayJobs,
+        policy: SchedulingPolicy,
+        state_dir: Path,
+        *,
+        poll_s: float = 1.0,
+        python: str = sys.executable,
+    ):
+        self.store = store
+        self.ray = ray_jobs
+        self.policy = policy
+        self.state_dir = Path(state_dir)
+        self.poll_s = poll_s
+        self.python = python
+        self._wake = threading.Event()
+        self._lock = threading.RLock()
+        self.last_plan = Plan()
+        self.last_free: dict[str, float] = {}
+
+    # ---------------------------------------------------------------- requests
+
+    def submit(self, request: SubmitRequest) -> tuple[JobInfo, bool]:
+        """Queue a pipeline. Returns (job, created); created is False for a known key.
+
+        Raises:
+            SpecError: the spec is invalid, or can never fit this cluster.
+            RayUnavailable: the cluster's resources could not be read.
+        """
+        if request.idempotency_key:
+            existing = self.store.by_key(request.idempotency_key)
+            if existing is not None:
+                return existing, False
+        from orchestrator.loader import parse_spec
+
+        spec, _ = parse_spec(request.spec_text, Path(request.spec_path))
+        _check_data_path(spec.data.source, request.cwd, request.spec_path)
+        try:
+            priority = priority_value(
+                request.priority if request.priority is not None else spec.scheduling.priority
+            )
+        except ValueError as exc:
+            raise SpecError(f"--priority: {exc}") from None
+        queue = request.queue or spec.scheduling.queue
+        cluster = self.ray.resources()
+        demand = job_demand(spec, cluster.total)
+        problem = never_fits(demand, cluster.total, cluster.nodes)
+        if problem:
+            raise SpecError(f"{request.spec_path}: {spec.name} can never run here: it {problem}")
+        job = JobInfo(
+            id="",
+            name=request.name or spec.name,
+            pipeline=spec.name,
+            queue=queue,
+            priority=priority,
+            preemptible=spec.scheduling.preemptible,
+            demand=demand.total,
+            bundle=demand.bundle,
+            concurrent_trials=demand.concurrent_trials,
+            spec_path=request.spec_path,
+            spec_text=request.spec_text,
+            cwd=request.cwd,
+            env={k: v for k, v in request.env.items() if k in FORWARDED_ENV},
+            idempotency_key=request.idempotency_key,
+        )
+        job.moved("queued", "submitted")
+        try:
+            job = self.store.add(job)
+        except DuplicateKey as dup:
+            return dup.job, False
+        job.run_name = f"{job.pipeline}-{job.id}"
+        self.store.save(job)
+        self.wake()
+        return job, True
+
+    def cancel(self, job_id: str) -> JobInfo:
+        with self._lock:
+            job = self._get(job_id)
+            if job.terminal:
+                raise JobConflict(f"{job_id} is already {job.state}; nothing to cancel")
+            if job.state == "queued":
+                job.moved("cancelled", "cancelled while queued")
+                job.finished_at = time.time()
+            elif job.state != "cancelling":
+                job.moved("cancelling", "cancel requested; stopping its Ray job")
+                if job.submission_id:
+                    self._stop_quietly(job.submission_id)
+            self.store.save(job)
+        self.wake()
+        return job
+
+    def retry(self, job_id: str) -> JobInfo:
+        """A new job with the original spec text of a failed or cancelled one."""
+        old = self._get(job_id)
+        if old.state not in ("failed", "cancelled"):
+            raise JobConflict(f"{job_id} is {old.state}; only failed or cancelled jobs are retried")
+        job, _ = self.submit(
+            SubmitRequest(
+                spec_text=old.spec_text,
+                spec_path=old.spec_path,
+                cwd=old.cwd,
+                env=old.env,
+                name=old.name,
+                priority=old.priority,
+                queue=old.queue,
+            )
+        )
+        job.retry_of = old.id
+        self.store.save(job)
+        return job
+
+    def get(self, job_id: str) -> JobInfo:
+        return self._get(job_id)
+
+    def logs(self, job_id: str) -> str:
+        job = self._get(job_id)
+        parts = []
+        for sid in job.submission_ids:
+            text = self.ray.logs(sid)
+            if len(job.submission_ids) > 1:
+                parts.append(f"--- attempt {sid} ---\n")
+            parts.append(text)
+        return "".join(parts)
+
+    def _get(self, job_id: str) -> JobInfo:
+        job = self.store.get(job_id)
+        if job is None:
+            raise UnknownJob(f"no job {job_id!r}; `orch list` shows the jobs")
+        return job
+
+    # ---------------------------------------------------------------- the loop
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.tick()
+            except RayUnavailable as exc:
+                log.warning("scheduler pass skipped: %s", exc)
+            except Exception:  # a bug must not end scheduling: log it and go on
+                log.exception("scheduler pass failed")
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+
+    def tick(self) -> Plan:
+        """One pass: reconcile active jobs with Ray, then plan and carry out admissions."""
+        with self._lock:
+            active = [self._reconcile(job) for job in self.store.active()]
+            active = [job for job in active if job.state in ACTIVE]
+            cluster = self.ray.resources()
+            reserved: dict[str, float] = {}
+            for job in active:
+                reserved = add(reserved, job.demand)
+            told = subtract(cluster.total, reserved)
+            free = {k: min(told.get(k, 0.0), cluster.available.get(k, 0.0)) for k in cluster.total}
+            queued = self.store.queued()
+            plan = self.policy.plan(queued, active, free, total=cluster.total)
+            by_id = {j.id: j for j in queued}
+            for job_id in plan.admit:
+                self._admit(by_id[job_id])
+            active_by_id = {j.id: j for j in active}
+            for job_id in plan.preempt:
+                self._preempt(active_by_id[job_id], plan.waiting)
+            for job_id, reason in plan.waiting.items():
+                job = by_id[job_id]
+                if job.reason != reason:
+                    job.reason = reason
+                    self.store.save(job)
+            self.last_plan, self.last_free = plan, free
+            return plan
+
+    def _admit(self, job: JobInfo) -> None:
+        job.attempt += 1
+        job.submission_id = f"orch-{job.id}-{job.attempt}"
+        job.submission_ids.append(job.submission_id)
+        job.moved("starting", f"admitted (attempt {job.attempt}); Ray job {job.submission_id}")
+        self.store.save(job)  # write-ahead: a restart adopts or submits this id
+        self._submit_to_ray(job)
+
+    def _submit_to_ray(self, job: JobInfo) -> None:
+        spec_file = self._write_spec(job)
+        command = [self.python, "-m", "orchestrator", "run", str(spec_file), "--json"]
+        command += ["--run-name", job.run_name]
+        entrypoint = f"cd {shlex.quote(job.cwd)} && exec " + shlex.join(command)
+        try:
+            self.ray.submit(
+                job.submission_id,
+                entrypoint,
+                env_vars=job.env,
+                metadata={"orch_job": job.id, "name": job.name, "attempt": job.attempt},
+            )
+        except RayUnavailable as exc:
+            log.warning("submitting %s failed (%s); retried on the next pass", job.id, exc)
+
+    def _write_spec(self, job: JobInfo) -> Path:
+        folder = self.state_dir / "jobs" / job.id
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "spec.yaml"
+        text = job.spec_text
+        if job.concurrent_trials is not None:
+            # the job runs exactly the trials it was admitted for
+            doc = yaml.safe_load(text)
+            if doc.get("tune", {}).get("max_concurrent_trials") is None:
+                doc["tune"]["max_concurrent_trials"] = job.concurrent_trials
+                text = yaml.safe_dump(doc, sort_keys=False)
+        path.write_text(text)
+        return path
+
+    def _preempt(self, job: JobInfo, waiting: dict[str, str]) -> None:
+        job.preemptions += 1
+        job.moved("preempting", "preempted for a higher-priority job; stopping its Ray job")
+        self.store.save(job)
+        self._stop_quietly(job.submission_id)
+
+    def _stop_quietly(self, submission_id: str | None) -> None:
+        if not submission_id:
+            return
+        try:
+            self.ray.stop(submission_id)
+        except RayUnavailable as exc:
+            log.warning("stopping %s failed (%s); retried on the next pass", submission_id, exc)
+
+    def _reconcile(self, job: JobInfo) -> JobInfo:
+        status, message = self.ray.status(job.submission_id) if job.submission_id else (None, "")
+        before = (job.state, job.reason)
+        if status is None:
+            if job.state == "starting":  # recorded, never reached Ray: submit it now
+                self._submit_to_ray(job)
+            elif job.state in ("cancelling", "preempting"):
+                self._finish_stop(job)
+            else:
+                job.moved("failed", f"its Ray job {job.submission_id} disappeared")
+                job.finished_at = time.time()
+        elif status in ("PENDING", "RUNNING"):
+            if job.state in ("cancelling", "preempting"):
+                self._stop_quietly(job.submission_id)
+            elif status == "RUNNING" and job.state == "starting":
+                job.started_at = job.started_at or time.time()
+                job.moved("running", f"Ray job {job.submission_id}")
+        elif status in TERMINAL_RAY_STATES:
+            if job.state in ("cancelling", "preempting"):
+                self._finish_stop(job)
+            elif status == "SUCCEEDED":
+                job.result = _result_from_logs(self.ray.logs(job.submission_id))
+                job.moved("succeeded", _summary(job.result))
+                job.finished_at = time.time()
+            elif status == "STOPPED":
+                job.moved("cancelled", f"Ray job {job.submission_id} was stopped outside orch")
+                job.finished_at = time.time()
+            else:
+                job.moved("failed", _failure(message, self.ray.logs(job.submission_id)))
+                job.finished_at = time.time()
+        if (job.state, job.reason) != before:
+            self.store.save(job)
+        return job
+
+    def _finish_stop(self, job: JobInfo) -> None:
+        if job.state == "cancelling":
+            job.moved("cancelled", "cancelled; its Ray job stopped")
+            job.finished_at = time.time()
+        else:
+            job.enqueued_at = time.time()
+            job.moved("queued", f"preempted (#{job.preemptions}); resumes from its checkpoint")
+
+
+def _check_data_path(source: str, cwd: str, spec_path: str) -> None:
+    if "://" in source and not source.startswith("file://"):
+        return
+    path = Path(source.removeprefix("file://"))
+    if not path.is_absolute():
+        path = Path(cwd) / path
+    if not path.exists():
+        raise SpecError(
+            f"{spec_path}: data.source: {source!r} does not exist (relative paths resolve from "
+            f"{cwd}, where the job runs)"
+        )
+
+
+def _result_from_logs(logs: str) -> dict | None:
+    for line in reversed(logs.splitlines()):
+        line = line.strip()
+        if line.startswith("{") and '"status"' in line:
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return None
+
+
+def _summary(result: dict | None) -> str:
+    if not result:
+        return "finished"
+    metrics = ", ".join(
+        f"{k}={v:.4g}" for k, v in result.get("metrics", {}).items() if k != "epoch"
+    )
+    return f"finished: {metrics}"
+
+
+def _failure(message: str, logs: str) -> str:
+    for line in reversed(logs.splitlines()):
+        if line.startswith("error: ") or '"error"' in line:
+            try:
+                return json.loads(line)["error"]
+            except (ValueError, KeyError, TypeError):
+                return line.removeprefix("error: ")
+    return message or "the Ray job failed (see orch logs)"

@@ -1,0 +1,216 @@
+"""``orch server``: the queue's HTTP API and its scheduler, on the cluster's head node.
+
+One server per state directory (an exclusive lock on ``server.lock``): two servers on one
+queue could admit a job twice. It binds 127.0.0.1 unless told otherwise, asks for Ray's
+bearer token when the cluster uses token auth, and writes ``server.json`` (its URL and
+PID) once it answers, which is how clients find it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hmac
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from orchestrator.exceptions import SpecError
+from orchestrator.scheduling.policy import PolicyConfig, create_policy
+from orchestrator.scheduling.ray_jobs import RayJobs, RayUnavailable
+from orchestrator.scheduling.record import JobInfo
+from orchestrator.scheduling.scheduler import JobConflict, Scheduler, SubmitRequest, UnknownJob
+from orchestrator.scheduling.store import JobStore
+from orchestrator.scheduling.token import ray_token, token_required
+
+log = logging.getLogger("orch.server")
+
+SERVER_FILE = "server.json"
+LOCK_FILE = "server.lock"
+DB_FILE = "queue.db"
+
+
+class QueueEntry(BaseModel):
+    position: int
+    job: JobInfo
+
+
+class ServerInfo(BaseModel):
+    url: str
+    pid: int
+    dashboard_url: str
+    state_dir: str
+    started_at: float
+    ray_submission_id: str | None = None
+
+
+def build_api(scheduler: Scheduler, info: ServerInfo) -> FastAPI:
+    app = FastAPI(title="orch queue", version="1")
+
+    def authorize(request: Request) -> None:
+        if not token_required():
+            return
+        expected = f"Bearer {ray_token() or ''}"
+        given = request.headers.get("authorization", "")
+        if not given:
+            raise HTTPException(401, "missing the Ray token: send Authorization: Bearer <token>")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise HTTPException(403, "invalid Ray token")
+
+    @app.exception_handler(SpecError)
+    async def _spec_error(request, exc: SpecError):
+        return JSONResponse(status_code=400, content={"detail": str(exc)})
+
+    @app.exception_handler(UnknownJob)
+    async def _unknown(request, exc: UnknownJob):
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(JobConflict)
+    async def _conflict(request, exc: JobConflict):
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+    @app.exception_handler(RayUnavailable)
+    async def _ray_down(request, exc: RayUnavailable):
+        return JSONResponse(status_code=503, content={"detail": f"Ray is not answering: {exc}"})
+
+    guarded = [Depends(authorize)]
+
+    @app.get("/healthz")
+    def healthz() -> ServerInfo:
+        return info
+
+    @app.post("/jobs", dependencies=guarded, status_code=201)
+    def submit(request: SubmitRequest) -> JSONResponse:
+        job, created = scheduler.submit(request)
+        return JSONResponse(status_code=201 if created else 200, content=job.model_dump())
+
+    @app.get("/jobs", dependencies=guarded)
+    def list_jobs(state: str | None = None, limit: int | None = None) -> list[JobInfo]:
+        jobs = scheduler.store.all(limit)
+        return [j for j in jobs if state is None or j.state == state]
+
+    @app.get("/queue", dependencies=guarded)
+    def queue() -> list[QueueEntry]:
+        queued = scheduler.store.queued()
+        ordered = scheduler.policy.order(queued, time.time())
+        return [QueueEntry(position=i + 1, job=j) for i, j in enumerate(ordered)]
+
+    @app.get("/jobs/{job_id}", dependencies=guarded)
+    def get_job(job_id: str) -> JobInfo:
+        return scheduler.get(job_id)
+
+    @app.get("/jobs/{job_id}/logs", dependencies=guarded)
+    def logs(job_id: str) -> dict:
+        job = scheduler.get(job_id)
+        return {"state": job.state, "logs": scheduler.logs(job_id)}
+
+    @app.post("/jobs/{job_id}/cancel", dependencies=guarded)
+    def cancel(job_id: str) -> JobInfo:
+        return scheduler.cancel(job_id)
+
+    @app.post("/jobs/{job_id}/retry", dependencies=guarded, status_code=201)
+    def retry(job_id: str) -> JobInfo:
+        return scheduler.retry(job_id)
+
+    @app.get("/cluster", dependencies=guarded)
+    def cluster() -> dict:
+        resources = scheduler.ray.resources()
+        return {**resources.model_dump(), "free_for_admission": scheduler.last_free}
+
+    return app
+
+
+def acquire_lock(state_dir: Path):
+    """The server lock, or None when another server holds it."""
+    handle = open(state_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def serve_forever(
+    state_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ray_address: str | None = None,
+    policy: PolicyConfig | None = None,
+    poll_s: float = 1.0,
+) -> int:
+    """Run the queue server until SIGTERM/SIGINT. Returns an exit code."""
+    import ray
+    import uvicorn
+
+    state_dir = Path(state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = acquire_lock(state_dir)
+    if lock is None:
+        print(f"another orch server already serves {state_dir}", flush=True)
+        return 0
+    context = ray.init(
+        address=ray_address or os.environ.get("RAY_ADDRESS") or "auto",
+        logging_level="WARNING",
+        log_to_driver=False,
+        namespace="orch",
+    )
+    dashboard = context.dashboard_url or ""
+    dashboard_url = dashboard if dashboard.startswith("http") else f"http://{dashboard}"
+    store = JobStore(state_dir / DB_FILE)
+    scheduler = Scheduler(
+        store, RayJobs(dashboard_url), create_policy("priority", policy), state_dir, poll_s=poll_s
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = sock.getsockname()[1]
+    info = ServerInfo(
+        url=f"http://{host}:{bound}",
+        pid=os.getpid(),
+        dashboard_url=dashboard_url,
+        state_dir=str(state_dir),
+        started_at=time.time(),
+        ray_submission_id=os.environ.get("RAY_JOB_SUBMISSION_ID")
+        or os.environ.get("RAY_SUBMISSION_ID"),
+    )
+    stop = threading.Event()
+    loop = threading.Thread(target=scheduler.run, args=(stop,), name="orch-scheduler", daemon=True)
+    loop.start()
+    config = uvicorn.Config(
+        build_api(scheduler, info), log_level="warning", access_log=False, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+
+    original_startup = server.startup
+
+    async def startup(sockets=None):
+        await original_startup(sockets=sockets)
+        tmp = state_dir / f".{SERVER_FILE}.tmp"
+        tmp.write_text(info.model_dump_json(indent=2))
+        tmp.replace(state_dir / SERVER_FILE)
+        print(f"orch server on {info.url} (queue {state_dir / DB_FILE})", flush=True)
+
+    server.startup = startup
+    try:
+        server.run(sockets=[sock])
+    finally:
+        stop.set()
+        loop.join(timeout=10)
+        store.close()
+        try:
+            current = json.loads((state_dir / SERVER_FILE).read_text())
+            if current.get("pid") == os.getpid():
+                (state_dir / SERVER_FILE).unlink()
+        except (OSError, ValueError):
+            pass
+        lock.close()
+    return 0

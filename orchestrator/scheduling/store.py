@@ -1,0 +1,143 @@
+"""Durable job records in SQLite: the queue survives the orchestrator's restarts.
+
+One row per job: the indexed columns the scheduler filters on, and the whole ``JobInfo`` as
+JSON. WAL journaling with ``synchronous=FULL``: a write the API has acknowledged survives a
+kill of the process. Ids come from an AUTOINCREMENT sequence, so they are never reused.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from orchestrator.scheduling.record import ACTIVE, JobInfo
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    state TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+"""
+
+
+class DuplicateKey(Exception):
+    """The idempotency key is taken; ``job`` is the job that holds it."""
+
+    def __init__(self, job: JobInfo):
+        super().__init__(job.id)
+        self.job = job
+
+
+class JobStore:
+    """Thread-safe access to ``queue.db`` (one connection, one lock: SQLite serialises anyway)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def add(self, job: JobInfo) -> JobInfo:
+        """Insert a new job; its id and seq come from the sequence.
+
+        Raises:
+            DuplicateKey: a job with the same idempotency key exists.
+        """
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                cursor = self._db.execute(
+                    "INSERT INTO jobs (id, state, idempotency_key, record) VALUES (?, ?, ?, '')",
+                    (f"pending-{id(job)}", job.state, job.idempotency_key),
+                )
+                job.seq = cursor.lastrowid
+                job.id = f"job-{job.seq:06d}"
+                self._db.execute(
+                    "UPDATE jobs SET id = ?, record = ? WHERE seq = ?",
+                    (job.id, job.model_dump_json(), job.seq),
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.IntegrityError:
+                self._db.execute("ROLLBACK")
+                existing = self.by_key(job.idempotency_key)
+                if existing is None:
+                    raise
+                raise DuplicateKey(existing) from None
+            return job
+
+    def add_many(self, jobs: Iterable[JobInfo]) -> int:
+        """Insert many jobs in one transaction (benchmarks, imports)."""
+        count = 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            for job in jobs:
+                cursor = self._db.execute(
+                    "INSERT INTO jobs (id, state, idempotency_key, record) VALUES (?, ?, ?, '')",
+                    (f"pending-{count}", job.state, job.idempotency_key),
+                )
+                job.seq = cursor.lastrowid
+                job.id = f"job-{job.seq:06d}"
+                self._db.execute(
+                    "UPDATE jobs SET id = ?, record = ? WHERE seq = ?",
+                    (job.id, job.model_dump_json(), job.seq),
+                )
+                count += 1
+            self._db.execute("COMMIT")
+        return count
+
+    def save(self, job: JobInfo) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET state = ?, record = ? WHERE id = ?",
+                (job.state, job.model_dump_json(), job.id),
+            )
+
+    def get(self, job_id: str) -> JobInfo | None:
+        with self._lock:
+            row = self._db.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return JobInfo.model_validate_json(row[0]) if row else None
+
+    def by_key(self, key: str | None) -> JobInfo | None:
+        if key is None:
+            return None
+        with self._lock:
+            row = self._db.execute(
+                "SELECT record FROM jobs WHERE idempotency_key = ?", (key,)
+            ).fetchone()
+        return JobInfo.model_validate_json(row[0]) if row else None
+
+    def in_states(self, states: Iterable[str]) -> list[JobInfo]:
+        states = list(states)
+        marks = ",".join("?" * len(states))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT record FROM jobs WHERE state IN ({marks}) ORDER BY seq", states
+            ).fetchall()
+        return [JobInfo.model_validate_json(r[0]) for r in rows]
+
+    def queued(self) -> list[JobInfo]:
+        return self.in_states(["queued"])
+
+    def active(self) -> list[JobInfo]:
+        return self.in_states(ACTIVE)
+
+    def all(self, limit: int | None = None) -> list[JobInfo]:
+        query = "SELECT record FROM jobs ORDER BY seq DESC"
+        if limit:
+            query += f" LIMIT {int(limit)}"
+        with self._lock:
+            rows = self._db.execute(query).fetchall()
+        return [JobInfo.model_validate_json(r[0]) for r in reversed(rows)]
