@@ -73,7 +73,7 @@ class LocalHead:
             return True
         return _answers(self.dashboard_url, self.token)
 
-    def stop(self, timeout_s: float = 30) -> None:
+    def stop(self, timeout_s: float = 10) -> None:
         """SIGTERM to the head's own process group, SIGKILL if it does not go."""
         try:
             os.killpg(self.pid, signal.SIGTERM)
@@ -81,11 +81,9 @@ class LocalHead:
             return
         deadline = time.time() + timeout_s
         while time.time() < deadline:
-            try:
-                os.killpg(self.pid, 0)
-            except ProcessLookupError:
-                break
             _reap(self.pid)
+            if not _group_alive(self.pid):
+                break
             time.sleep(0.2)
         else:
             try:
@@ -103,6 +101,18 @@ class LocalHead:
             return cls(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             return None
+
+
+def _group_alive(pgid: int) -> bool:
+    """Does a live (not zombie) process remain in process group ``pgid``?"""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _reap(pid: int) -> None:
@@ -199,3 +209,14 @@ def ensure_head(state_dir: str | Path, **options) -> LocalHead:
     if head is not None and head.alive():
         return head
     return start_head(state, **options)
+
+
+def stop_recorded(state_dir: str | Path) -> LocalHead | None:
+    """Stop the head recorded under ``state_dir`` (by its PID); None if none was recorded."""
+    path = Path(state_dir) / HEAD_FILE
+    head = LocalHead.load(path)
+    if head is None:
+        return None
+    head.stop()
+    path.unlink(missing_ok=True)
+    return head

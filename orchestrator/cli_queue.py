@@ -79,6 +79,10 @@ def add_commands(sub) -> None:
     )
     server.add_argument("--poll-s", type=float, default=1.0, help="scheduler pass interval")
 
+    cluster = sub.add_parser("cluster", help="the embedded local cluster under $ORCH_HOME")
+    csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    csub.add_parser("down", help="stop the queue server and the Ray head orch started (by PID)")
+
 
 def _queue(args):
     from orchestrator.queue_client import QueueClient
@@ -260,6 +264,30 @@ def cmd_server(args) -> int:
     )
 
 
+def cmd_cluster(args) -> int:
+    import json
+    import os
+    import signal
+
+    from cluster.local import stop_recorded
+    from orchestrator.queue_client import queue_dir
+
+    queue = queue_dir()
+    try:
+        pid = json.loads((queue / "server.json").read_text())["pid"]
+        os.kill(pid, signal.SIGTERM)
+        print(f"stopped the orch server (pid {pid})")
+    except (OSError, ValueError, KeyError):
+        pass
+    head = stop_recorded(queue.parent / "cluster")
+    print(
+        f"stopped the Ray head (pid {head.pid}, {head.dashboard_url})"
+        if head
+        else f"no Ray head recorded under {queue.parent / 'cluster'}"
+    )
+    return 0
+
+
 COMMANDS = {
     "submit": cmd_submit,
     "queue": cmd_queue,
@@ -269,6 +297,7 @@ COMMANDS = {
     "cancel": cmd_cancel,
     "retry": cmd_retry,
     "server": cmd_server,
+    "cluster": cmd_cluster,
 }
 
 __all__ = ["COMMANDS", "add_commands"]

@@ -110,21 +110,24 @@ class QueueClient:
     def _start_server(self) -> str:
         from ray.job_submission import JobSubmissionClient
 
-        ray_jobs = JobSubmissionClient(self.dashboard_url, headers=self.headers)
         submission_id = f"orch-server-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         entrypoint = (
             f"{sys.executable} -m orchestrator server --state-dir {self.state_dir} --port 0"
         )
         try:
+            ray_jobs = JobSubmissionClient(self.dashboard_url, headers=self.headers)
             ray_jobs.submit_job(
                 entrypoint=entrypoint,
                 submission_id=submission_id,
                 entrypoint_num_cpus=0,
                 metadata={"orch": "queue server"},
+                runtime_env={"env_vars": {"ORCH_SERVER_SUBMISSION_ID": submission_id}},
             )
         except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ClusterError(
-                f"cannot start the orch server on {self.dashboard_url}: {exc}"
+                f"cannot start the orch server on {self.dashboard_url}: {first} Is Ray running "
+                "there (`ray start --head`), and with token auth is RAY_AUTH_TOKEN_PATH set?"
             ) from None
         deadline = time.time() + SERVER_START_TIMEOUT_S
         while time.time() < deadline:

@@ -23,6 +23,7 @@ class Demand(BaseModel):
         description="The largest single piece (one training worker or one Serve replica): "
         "some node must hold it whole."
     )
+    bundles: int = Field(1, description="How many such pieces run at once (workers x trials).")
     concurrent_trials: int | None = Field(
         None, description="Trials the job runs at once (tuning jobs): fixed at admission."
     )
@@ -46,6 +47,7 @@ def job_demand(spec: PipelineSpec, cluster_total: dict[str, float]) -> Demand:
     bundle = dict(train.resources_per_worker)
     total = {k: v * train.workers for k, v in bundle.items()}
     concurrent = None
+    bundles = train.workers
     if spec.tune is not None:
         from tuning.study import concurrency_cap, trial_demand
 
@@ -55,6 +57,7 @@ def job_demand(spec: PipelineSpec, cluster_total: dict[str, float]) -> Demand:
         cap = max(1, concurrency_cap(per_trial, cluster_total))
         concurrent = min(cap, spec.tune.max_concurrent_trials or cap, spec.tune.planned_trials())
         total = {k: v * concurrent for k, v in per_trial.items()}
+        bundles = train.workers * concurrent
         # a trial's largest worker: the space may vary resources_per_worker
         workers = max(1, train.workers)
         bundle = _merge_max(bundle, {k: v / workers for k, v in per_trial.items()})
@@ -64,7 +67,7 @@ def job_demand(spec: PipelineSpec, cluster_total: dict[str, float]) -> Demand:
         total = _merge_max(
             total, {"CPU": spec.serve.cpus_per_replica * spec.serve.autoscaling.min_replicas}
         )
-    return Demand(total=total, bundle=bundle, concurrent_trials=concurrent)
+    return Demand(total=total, bundle=bundle, bundles=bundles, concurrent_trials=concurrent)
 
 
 def fits(need: dict[str, float], free: dict[str, float]) -> bool:
@@ -87,12 +90,19 @@ def never_fits(demand: Demand, total: dict[str, float], node_max: list[dict[str,
             f"{format_resources({k: total.get(k, 0.0) for k in demand.total})}; lower "
             "train.workers, train.resources_per_worker or tune.max_concurrent_trials, or add nodes"
         )
-    if node_max and not any(fits(demand.bundle, node) for node in node_max):
+    if node_max and sum(_pieces(demand.bundle, node) for node in node_max) < demand.bundles:
         return (
-            f"one worker needs {format_resources(demand.bundle)} but no single node has that; "
-            "lower train.resources_per_worker"
+            f"needs {demand.bundles} workers of {format_resources(demand.bundle)} and the "
+            f"nodes hold only {sum(_pieces(demand.bundle, n) for n in node_max)} of them (no "
+            "single node has that much free in all); lower train.resources_per_worker"
         )
     return ""
+
+
+def _pieces(bundle: dict[str, float], node: dict[str, float]) -> int:
+    """How many ``bundle``s one node holds."""
+    counts = [int(node.get(k, 0.0) / v + EPS) for k, v in bundle.items() if v > EPS]
+    return min(counts) if counts else 0
 
 
 def subtract(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:

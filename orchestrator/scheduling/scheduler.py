@@ -192,12 +192,20 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, ray_lost_exit_s: float = 60.0) -> None:
+        """Schedule until ``stop``, or until Ray has not answered for ``ray_lost_exit_s``
+        (the cluster is gone; a server started on its next use picks the queue up)."""
+        lost_since = None
         while not stop.is_set():
             try:
                 self.tick()
+                lost_since = None
             except RayUnavailable as exc:
                 log.warning("scheduler pass skipped: %s", exc)
+                lost_since = lost_since or time.time()
+                if time.time() - lost_since > ray_lost_exit_s:
+                    log.error("Ray has not answered for %.0f s; the server stops", ray_lost_exit_s)
+                    return
             except Exception:  # a bug must not end scheduling: log it and go on
                 log.exception("scheduler pass failed")
             self._wake.wait(self.poll_s)
@@ -224,6 +232,8 @@ class Scheduler:
                 self._preempt(active_by_id[job_id], plan.waiting)
             for job_id, reason in plan.waiting.items():
                 job = by_id[job_id]
+                if job.preemptions:
+                    reason = f"preempted {job.preemptions}x, resumes from its checkpoint; {reason}"
                 if job.reason != reason:
                     job.reason = reason
                     self.store.save(job)
@@ -232,7 +242,7 @@ class Scheduler:
 
     def _admit(self, job: JobInfo) -> None:
         job.attempt += 1
-        job.submission_id = f"orch-{job.id}-{job.attempt}"
+        job.submission_id = f"orch-{self.store.queue_id}-{job.id}-{job.attempt}"
         job.submission_ids.append(job.submission_id)
         job.moved("starting", f"admitted (attempt {job.attempt}); Ray job {job.submission_id}")
         self.store.save(job)  # write-ahead: a restart adopts or submits this id

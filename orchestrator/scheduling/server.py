@@ -179,16 +179,20 @@ def serve_forever(
         dashboard_url=dashboard_url,
         state_dir=str(state_dir),
         started_at=time.time(),
-        ray_submission_id=os.environ.get("RAY_JOB_SUBMISSION_ID")
-        or os.environ.get("RAY_SUBMISSION_ID"),
+        ray_submission_id=os.environ.get("ORCH_SERVER_SUBMISSION_ID"),
     )
     stop = threading.Event()
-    loop = threading.Thread(target=scheduler.run, args=(stop,), name="orch-scheduler", daemon=True)
-    loop.start()
     config = uvicorn.Config(
         build_api(scheduler, info), log_level="warning", access_log=False, lifespan="off"
     )
     server = uvicorn.Server(config)
+
+    def schedule() -> None:
+        scheduler.run(stop)
+        server.should_exit = True  # the scheduler gave up (Ray gone): stop serving too
+
+    loop = threading.Thread(target=schedule, name="orch-scheduler", daemon=True)
+    loop.start()
 
     original_startup = server.startup
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -45,10 +47,29 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        # This queue's id, fixed at creation: it keeps the Ray submission ids of two queues
+        # on one cluster apart (each ORCH_HOME numbers its jobs from job-000001).
+        new_id = uuid.uuid4().hex[:8]
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('queue_id', ?)", (new_id,))
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'queue_id'").fetchone()
+        self.queue_id: str = row[0]
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def _insert(self, job: JobInfo) -> None:
+        """Insert inside the caller's transaction; the id comes from the row's sequence."""
+        cursor = self._db.execute(
+            "INSERT INTO jobs (id, state, idempotency_key, record) VALUES (?, ?, ?, '')",
+            (f"pending-{uuid.uuid4().hex}", job.state, job.idempotency_key),
+        )
+        job.seq = cursor.lastrowid
+        job.id = f"job-{job.seq:06d}"
+        self._db.execute(
+            "UPDATE jobs SET id = ?, record = ? WHERE seq = ?",
+            (job.id, job.model_dump_json(), job.seq),
+        )
 
     def add(self, job: JobInfo) -> JobInfo:
         """Insert a new job; its id and seq come from the sequence.
@@ -59,16 +80,7 @@ class JobStore:
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                cursor = self._db.execute(
-                    "INSERT INTO jobs (id, state, idempotency_key, record) VALUES (?, ?, ?, '')",
-                    (f"pending-{id(job)}", job.state, job.idempotency_key),
-                )
-                job.seq = cursor.lastrowid
-                job.id = f"job-{job.seq:06d}"
-                self._db.execute(
-                    "UPDATE jobs SET id = ?, record = ? WHERE seq = ?",
-                    (job.id, job.model_dump_json(), job.seq),
-                )
+                self._insert(job)
                 self._db.execute("COMMIT")
             except sqlite3.IntegrityError:
                 self._db.execute("ROLLBACK")
@@ -84,16 +96,7 @@ class JobStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             for job in jobs:
-                cursor = self._db.execute(
-                    "INSERT INTO jobs (id, state, idempotency_key, record) VALUES (?, ?, ?, '')",
-                    (f"pending-{count}", job.state, job.idempotency_key),
-                )
-                job.seq = cursor.lastrowid
-                job.id = f"job-{job.seq:06d}"
-                self._db.execute(
-                    "UPDATE jobs SET id = ?, record = ? WHERE seq = ?",
-                    (job.id, job.model_dump_json(), job.seq),
-                )
+                self._insert(job)
                 count += 1
             self._db.execute("COMMIT")
         return count

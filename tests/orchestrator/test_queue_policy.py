@@ -1,0 +1,113 @@
+"""The admission policy, without Ray: order, aging, gang admission, strict order, preemption."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.scheduling.policy import PolicyConfig, PriorityPolicy, create_policy
+from orchestrator.scheduling.record import JobInfo
+
+NOW = 1_000_000.0
+
+
+def job(seq: int, priority: int, cpus: float, *, state="queued", waited_s=0.0, **extra) -> JobInfo:
+    return JobInfo(
+        id=f"job-{seq:06d}",
+        seq=seq,
+        name=f"j{seq}",
+        pipeline="p",
+        priority=priority,
+        state=state,
+        demand={"CPU": cpus},
+        spec_path="p.yaml",
+        cwd="/",
+        enqueued_at=NOW - waited_s,
+        submitted_at=NOW - waited_s,
+        **extra,
+    )
+
+
+def test_highest_priority_first_then_fifo():
+    queued = [job(1, 0, 1), job(2, 100, 1), job(3, 50, 1), job(4, 100, 1)]
+    plan = PriorityPolicy().plan(queued, [], {"CPU": 2}, now=NOW)
+    assert plan.order == ["job-000002", "job-000004", "job-000003", "job-000001"]
+    assert plan.admit == ["job-000002", "job-000004"]  # gang: each whole, 2 CPUs in all
+    assert set(plan.waiting) == {"job-000003", "job-000001"}
+
+
+def test_aging_lets_a_long_waiting_low_job_overtake_a_new_high_one():
+    policy = PriorityPolicy(PolicyConfig(aging_per_minute=1.0))
+    old_low = job(1, 0, 1, waited_s=101 * 60)  # 0 + 101 points of waiting
+    new_high = job(2, 100, 1)
+    assert [j.id for j in policy.order([new_high, old_low], NOW)] == ["job-000001", "job-000002"]
+    assert [j.id for j in policy.order([new_high, job(3, 0, 1, waited_s=60)], NOW)] == [
+        "job-000002",
+        "job-000003",
+    ]
+
+
+def test_gang_admission_needs_the_whole_demand_free():
+    plan = PriorityPolicy().plan([job(1, 50, 2)], [], {"CPU": 1.5}, now=NOW)
+    assert plan.admit == []
+    assert plan.waiting["job-000001"] == "needs {CPU 2}, {CPU 0.5} short"
+
+
+def test_a_smaller_later_job_does_not_jump_a_blocked_one():
+    big, small = job(1, 50, 2), job(2, 50, 1)
+    plan = PriorityPolicy().plan([big, small], [], {"CPU": 1}, now=NOW)
+    assert plan.admit == []
+    assert plan.waiting["job-000002"] == "behind job-000001 (normal), which waits for {CPU 1} more"
+
+
+def test_a_job_larger_than_the_cluster_now_does_not_hold_up_the_others():
+    plan = PriorityPolicy().plan(
+        [job(1, 100, 4), job(2, 50, 1)], [], {"CPU": 2}, now=NOW, total={"CPU": 2}
+    )
+    assert plan.admit == ["job-000002"]
+    assert "more than the whole cluster has now" in plan.waiting["job-000001"]
+
+
+def test_preemption_stops_the_fewest_lowest_priority_most_recent_jobs():
+    running = [
+        job(1, 0, 1, state="running", started_at=NOW - 300),
+        job(2, 0, 1, state="running", started_at=NOW - 10),
+        job(3, 50, 1, state="running", started_at=NOW - 5),
+    ]
+    plan = PriorityPolicy().plan([job(4, 100, 1)], running, {"CPU": 0}, now=NOW)
+    assert plan.preempt == ["job-000002"]  # one CPU needed: the newest of the lowest
+    assert plan.admit == []
+    assert plan.waiting["job-000004"].endswith("preempting job-000002")
+
+    plan = PriorityPolicy().plan([job(5, 100, 2)], running, {"CPU": 0}, now=NOW)
+    assert sorted(plan.preempt) == ["job-000001", "job-000002"]
+
+
+def test_no_preemption_of_equal_priority_non_preemptible_or_because_of_aging():
+    policy = PriorityPolicy()
+    equal = [job(1, 50, 2, state="running")]
+    assert policy.plan([job(2, 50, 2)], equal, {"CPU": 0}, now=NOW).preempt == []
+    pinned = [job(1, 0, 2, state="running", preemptible=False)]
+    assert policy.plan([job(2, 100, 2)], pinned, {"CPU": 0}, now=NOW).preempt == []
+    aged = job(2, 0, 2, waited_s=10_000 * 60)  # aged far above 50, but its priority is 0
+    assert policy.plan([aged], [job(1, 0, 2, state="running")], {"CPU": 0}, now=NOW).preempt == []
+    # freeing every lower job would still not fit: nobody is stopped for nothing
+    low = [job(1, 0, 1, state="running"), job(3, 100, 1, state="running")]
+    assert policy.plan([job(2, 100, 2)], low, {"CPU": 0}, now=NOW).preempt == []
+
+
+def test_while_a_preempted_job_stops_nothing_more_is_preempted():
+    active = [job(1, 0, 2, state="preempting"), job(3, 0, 1, state="running")]
+    plan = PriorityPolicy().plan([job(2, 100, 2)], active, {"CPU": 0}, now=NOW)
+    assert plan.preempt == []
+    assert "waiting for preempted job-000001" in plan.waiting["job-000002"]
+
+
+def test_preemption_can_be_turned_off():
+    policy = PriorityPolicy(PolicyConfig(preemption=False))
+    plan = policy.plan([job(2, 100, 1)], [job(1, 0, 1, state="running")], {"CPU": 0}, now=NOW)
+    assert plan.preempt == []
+
+
+def test_unknown_policy_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown scheduling policy 'fair'; use one of priority"):
+        create_policy("fair")
