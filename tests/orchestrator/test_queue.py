@@ -210,18 +210,37 @@ def test_priorities_preemption_restart_cancel_and_retry(client, head, orch_home)
     assert all(len(jobs[j].submission_ids) == 1 for j in (first.id, normal.id))
 
 
-def test_restart_between_recording_and_submitting_starts_the_job_once(client, head, orch_home):
-    """The write-ahead window: a job recorded as starting whose Ray job was never submitted
-    is submitted by the next server; one that was submitted is adopted, not started again."""
-    job = client.submit(write(orch_home, "tiny", IRIS.format(name="t", workers=1, priority=0)))
-    job.cancel()
+def test_restart_in_the_write_ahead_window_and_the_cli(client, head, orch_home):
+    """A job recorded as starting whose Ray job was never submitted (the orchestrator died
+    between the two steps) is submitted by the next server; once submitted it is adopted by
+    the one after, not started again. The CLI shows the same jobs as the SDK."""
+    ray_head, _ = head
+    env = {**os.environ, "RAY_AUTH_TOKEN_PATH": ray_head.token_path}
+    address = ["--address", ray_head.dashboard_url]
+
+    def orch(*args, code: int = 0) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, "-m", "orchestrator", *args, *address],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == code, proc.stderr
+        return proc
+
+    spec = write(orch_home, "tiny", IRIS.format(name="t", workers=1, priority="low"))
+    submitted = json.loads(orch("submit", str(spec), "--json", "--priority", "7").stdout)
+    assert submitted["priority"] == 7 and submitted["demand"] == {"CPU": 1.0}
+    orch("cancel", submitted["id"])
+    assert client.job(submitted["id"]).wait(timeout=60).state == "cancelled"
     server_pid = _kill_server(client.state_dir, signal.SIGKILL)
     wait_for(lambda: not _alive(server_pid), 30, "the server to die")
 
     # As if the server died right after writing the admission, before Ray heard of it.
     store = JobStore(client.state_dir / "queue.db")
     crashed = JobInfo.model_validate(
-        {**store.get(job.id).model_dump(), "id": "", "idempotency_key": None, "history": []}
+        {**store.get(submitted["id"]).model_dump(), "id": "", "history": [], "preemptions": 0}
     )
     crashed = store.add(crashed)
     crashed.run_name = f"t-{crashed.id}"
@@ -241,6 +260,17 @@ def test_restart_between_recording_and_submitting_starts_the_job_once(client, he
     assert handle.wait(timeout=300).state == "succeeded"
     assert handle.info.submission_ids == [crashed.submission_id]
 
+    status = orch("status", crashed.id).stdout
+    assert status.startswith(f"{crashed.id}  t  succeeded: finished: ")
+    assert "demand {CPU 1}" in status and f"Ray jobs: {crashed.submission_id}" in status
+    assert "Running entrypoint for job" in orch("logs", crashed.id).stdout
+    listed = orch("list", "--state", "succeeded").stdout.splitlines()
+    assert [line.split()[0] for line in listed[1:]] == [crashed.id]
+    refused = orch("retry", crashed.id, code=1)
+    assert refused.stderr.strip() == (
+        f"error: {crashed.id} is succeeded; only failed or cancelled jobs are retried"
+    )
+
 
 def _alive(pid: int | None) -> bool:
     if pid is None:
@@ -250,37 +280,3 @@ def _alive(pid: int | None) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def test_orch_cli_submit_queue_status_and_logs(client, head, orch_home):
-    """The CLI is the SDK: same jobs, same states."""
-    ray_head, _ = head
-    spec = write(orch_home, "cli", IRIS.format(name="cli", workers=1, priority="high"))
-    env = {**os.environ, "RAY_AUTH_TOKEN_PATH": ray_head.token_path}
-    orch = [sys.executable, "-m", "orchestrator"]
-    address = ["--address", ray_head.dashboard_url]
-
-    def run(*args):
-        proc = subprocess.run(
-            [*orch, *args, *address], env=env, capture_output=True, text=True, timeout=120
-        )
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
-
-    submitted = json.loads(run("submit", str(spec), "--json", "--priority", "7"))
-    assert submitted["priority"] == 7 and submitted["demand"] == {"CPU": 1.0}
-    job = client.job(submitted["id"])
-    assert job.wait(timeout=300).state == "succeeded"
-    status = run("status", job.id)
-    assert status.startswith(f"{job.id}  cli  succeeded: finished: ")
-    assert "demand {CPU 1}" in status
-    assert "Running entrypoint for job" in run("logs", job.id)
-    listing = run("list", "--state", "succeeded")
-    assert job.id in listing
-    refused = subprocess.run(
-        [*orch, "retry", job.id, *address], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert refused.returncode == 1
-    assert refused.stderr.strip() == (
-        f"error: {job.id} is succeeded; only failed or cancelled jobs are retried"
-    )
