@@ -1,0 +1,29 @@
+"""What every deployment of orch shares: image, ports, environment, entrypoint, head services.
+
+The launcher YAMLs (``cluster/launcher/``) and the KubeRay manifests (``cluster/kuberay/``)
+are written by hand for people to read and edit; ``tests/cluster/test_configs.py`` checks
+them against these values, so a port or an entrypoint cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+RAY_VERSION = "2.60.0"
+IMAGE = "ghcr.io/orch-platform/orch:0.1.0"  # built by cluster/Dockerfile
+PORTS = {"gcs": 6379, "dashboard": 8265, "serve": 8000, "mlflow": 5000}
+DATA_DIR = "/data/orch"
+# The environment of every Ray container/node: token auth on, the embedded state on the
+# head's volume, MLflow on the head (job drivers run on the head, so 127.0.0.1 reaches it).
+ENV = {
+    "RAY_AUTH_MODE": "token",
+    "ORCH_HOME": DATA_DIR,
+    "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{PORTS['mlflow']}",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+# What a pipeline job runs (as under `ray job submit --`).
+ENTRYPOINT = "python -m orchestrator run"
+# The MLflow server on the head: loopback only, one worker, no job execution (0.5 GiB).
+MLFLOW_SERVER = (
+    f"mlflow server --host 127.0.0.1 --port {PORTS['mlflow']} --workers 1 "
+    f"--backend-store-uri sqlite:///{DATA_DIR}/mlflow.db "
+    f"--artifacts-destination {DATA_DIR}/mlartifacts"
+)
