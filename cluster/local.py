@@ -75,22 +75,7 @@ class LocalHead:
 
     def stop(self, timeout_s: float = 10) -> None:
         """SIGTERM to the head's own process group, SIGKILL if it does not go."""
-        try:
-            os.killpg(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.time() + timeout_s
-        while time.time() < deadline:
-            _reap(self.pid)
-            if not _group_alive(self.pid):
-                break
-            time.sleep(0.2)
-        else:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        _reap(self.pid)
+        _stop_group(self.pid, signal.SIGTERM, timeout_s)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -133,11 +118,36 @@ def _answers(dashboard_url: str, token: str) -> bool:
         return False
 
 
+def _node_flags(temp_dir: Path, num_cpus, resources, labels) -> list[str]:
+    """Flags every node on this machine needs: its own ports, worker port range, temp dir."""
+    low = random.randrange(20000, 29000, 100)
+    flags = ["--node-ip-address", "127.0.0.1"]
+    for flag in (
+        "--node-manager-port",
+        "--object-manager-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+        "--metrics-export-port",
+    ):
+        flags += [flag, str(free_port())]
+    flags += ["--min-worker-port", str(low), "--max-worker-port", str(low + 99)]
+    flags += ["--temp-dir", str(temp_dir / "ray"), "--disable-usage-stats"]
+    if num_cpus is not None:
+        flags += ["--num-cpus", str(num_cpus)]
+    if resources:
+        flags += ["--resources", json.dumps(resources)]
+    if labels:
+        flags += ["--labels", ",".join(f"{k}={v}" for k, v in labels.items())]
+    return flags
+
+
 def start_head(
     state_dir: str | Path | None = None,
     *,
     num_cpus: float | None = None,
     resources: dict[str, float] | None = None,
+    labels: dict[str, str] | None = None,
     timeout_s: float = 120,
 ) -> LocalHead:
     """Start ``ray start --head --block`` bound to 127.0.0.1, with token auth on.
@@ -146,6 +156,7 @@ def start_head(
         state_dir: where the token, the log and head.json go (default: a new temp dir).
         num_cpus: CPUs the head offers (default: the machine's).
         resources: custom resources, e.g. {"trainer_slot": 2}.
+        labels: node labels, e.g. {"orch.node": "head"}.
 
     Raises:
         RuntimeError: the head did not answer within ``timeout_s`` (its log tail is in it).
@@ -160,25 +171,10 @@ def start_head(
         token_path.chmod(0o600)
     log_path = state / "head.log"
     dashboard, gcs = free_port(), free_port()
-    low = random.randrange(20000, 29000, 100)
-    cmd = [_ray_bin(), "start", "--head", "--block", "--node-ip-address", "127.0.0.1"]
+    cmd = [_ray_bin(), "start", "--head", "--block"]
     cmd += ["--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)]
-    for flag in (
-        "--node-manager-port",
-        "--object-manager-port",
-        "--ray-client-server-port",
-        "--dashboard-agent-listen-port",
-        "--dashboard-agent-grpc-port",
-        "--runtime-env-agent-port",
-        "--metrics-export-port",
-    ):
-        cmd += [flag, str(free_port())]
-    cmd += ["--min-worker-port", str(low), "--max-worker-port", str(low + 99)]
-    cmd += ["--temp-dir", str(temp_dir / "ray"), "--disable-usage-stats"]
-    if num_cpus is not None:
-        cmd += ["--num-cpus", str(num_cpus)]
-    if resources:
-        cmd += ["--resources", json.dumps(resources)]
+    cmd += ["--ray-client-server-port", str(free_port())]
+    cmd += _node_flags(temp_dir, num_cpus, resources, labels)
     head = LocalHead(
         pid=0,
         dashboard_url=f"http://127.0.0.1:{dashboard}",
@@ -220,3 +216,124 @@ def stop_recorded(state_dir: str | Path) -> LocalHead | None:
     head.stop()
     path.unlink(missing_ok=True)
     return head
+
+
+# ----------------------------------------------------------------- worker nodes
+
+WORKERS_FILE = "workers.json"
+
+
+@dataclass
+class LocalWorker:
+    """A worker raylet of our own: ``ray start --address <head> --block`` in its own group."""
+
+    name: str
+    pid: int
+    num_cpus: float
+    labels: dict[str, str]
+    temp_dir: str
+    log_path: str
+
+    def alive(self) -> bool:
+        _reap(self.pid)
+        return _group_alive(self.pid)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10) -> None:
+        _stop_group(self.pid, sig, timeout_s)
+
+
+def _stop_group(pgid: int, sig: int, timeout_s: float) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        _reap(pgid)
+        if not _group_alive(pgid):
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _reap(pgid)
+
+
+def start_worker(
+    head: LocalHead,
+    state_dir: str | Path,
+    name: str,
+    *,
+    num_cpus: float = 1,
+    resources: dict[str, float] | None = None,
+    labels: dict[str, str] | None = None,
+) -> LocalWorker:
+    """Add a worker node to ``head``'s cluster (returns once its process runs; the node
+    registers with the GCS a few seconds later)."""
+    temp_dir = Path(tempfile.mkdtemp(prefix=f"orch-{name}-", dir="/tmp"))
+    state = Path(state_dir)
+    log_path = state / f"{name}.log"
+    labels = {"orch.node": name, **(labels or {})}
+    cmd = [_ray_bin(), "start", "--address", head.gcs_address, "--block"]
+    cmd += _node_flags(temp_dir, num_cpus, resources, labels)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            cmd, env=head.env(), start_new_session=True, stdout=log, stderr=subprocess.STDOUT
+        )
+    return LocalWorker(name, process.pid, num_cpus, labels, str(temp_dir), str(log_path))
+
+
+def load_workers(state_dir: str | Path) -> list[LocalWorker]:
+    try:
+        return [LocalWorker(**w) for w in json.loads((Path(state_dir) / WORKERS_FILE).read_text())]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def save_workers(state_dir: str | Path, workers: list[LocalWorker]) -> None:
+    (Path(state_dir) / WORKERS_FILE).write_text(json.dumps([asdict(w) for w in workers], indent=2))
+
+
+def cluster_up(
+    state_dir: str | Path,
+    nodes: int,
+    cpus_per_node: float,
+    labels: dict[str, str] | None = None,
+    resources: dict[str, float] | None = None,
+) -> tuple[LocalHead, list[LocalWorker]]:
+    """A head and ``nodes - 1`` worker raylets on this machine, each its own Ray node.
+
+    Raises:
+        RuntimeError: a cluster is already recorded under ``state_dir`` and running.
+    """
+    state = Path(state_dir)
+    existing = LocalHead.load(state / HEAD_FILE)
+    if existing is not None and existing.alive():
+        raise RuntimeError(
+            f"a cluster is already up under {state} (head pid {existing.pid}, "
+            f"{existing.dashboard_url}); `orch cluster down` first"
+        )
+    head = start_head(
+        state,
+        num_cpus=cpus_per_node,
+        resources=resources,
+        labels={"orch.node": "head", **(labels or {})},
+    )
+    workers = [
+        start_worker(
+            head, state, f"worker-{i}", num_cpus=cpus_per_node, resources=resources, labels=labels
+        )
+        for i in range(1, nodes)
+    ]
+    save_workers(state, workers)
+    return head, workers
+
+
+def cluster_down(state_dir: str | Path) -> tuple[LocalHead | None, list[LocalWorker]]:
+    """Stop the workers, then the head, recorded under ``state_dir``: by PID, nothing else."""
+    workers = load_workers(state_dir)
+    for worker in workers:
+        worker.stop()
+    (Path(state_dir) / WORKERS_FILE).unlink(missing_ok=True)
+    return stop_recorded(state_dir), workers

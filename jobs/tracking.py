@@ -7,8 +7,11 @@ without unpickling) with its signature and an input example.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,15 @@ from jobs.data import DataInfo
 from jobs.export import InferenceModel
 
 MODEL_ARTIFACT = "model"
+
+
+def _metric_batch(metrics: dict, step: int) -> list:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [
+        Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, int | float)
+    ]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -29,6 +41,63 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
         else:
             flat[path] = json.dumps(value) if not isinstance(value, str) else value
     return flat
+
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    """Epoch metrics and tags written by a background thread, kept and retried in order while
+    the tracking server is away, so training never waits on (or fails because of) MLflow.
+    ``flush`` at the end waits for everything to land."""
+
+    def __init__(self, client, run_id: str):
+        self._client, self._run_id = client, run_id
+        self._items: collections.deque = collections.deque()
+        self._cv = threading.Condition()
+        self._busy = False
+        self.retries = 0
+        self.last_error = ""
+        threading.Thread(target=self._drain, name="orch-mlflow-outbox", daemon=True).start()
+
+    def put(self, metrics: list | None = None, tags: list | None = None) -> None:
+        with self._cv:
+            self._items.append((metrics or [], tags or []))
+            self._cv.notify()
+
+    def _drain(self) -> None:
+        delay = 0.5
+        while True:
+            with self._cv:
+                while not self._items:
+                    self._busy = False
+                    self._cv.notify_all()
+                    self._cv.wait()
+                self._busy = True
+                metrics, tags = self._items[0]
+            try:
+                self._client.log_batch(self._run_id, metrics=metrics, tags=tags)
+            except Exception as exc:  # server away: keep the item, retry with backoff
+                self.retries += 1
+                self.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                log.warning("MLflow write failed (%s); retrying in %.1f s", self.last_error, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.5
+            with self._cv:
+                self._items.popleft()
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until everything is written; False if ``timeout_s`` passed first."""
+        deadline = time.time() + timeout_s
+        with self._cv:
+            while self._items or self._busy:
+                left = deadline - time.time()
+                if left <= 0:
+                    return False
+                self._cv.wait(min(left, 1.0))
+        return True
 
 
 class RunTracker:
@@ -104,15 +173,35 @@ class RunTracker:
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: dict, step: int) -> None:
-        import time
+        self.client.log_batch(self.run_id, metrics=_metric_batch(metrics, step))
 
-        from mlflow.entities import Metric
+    def outbox(self) -> Outbox:
+        """Background writes for this run (epoch metrics during training)."""
+        if getattr(self, "_outbox", None) is None:
+            self._outbox = Outbox(self.client, self.run_id)
+        return self._outbox
 
-        now = int(time.time() * 1000)
-        batch = [
-            Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, int | float)
-        ]
-        self.client.log_batch(self.run_id, metrics=batch)
+    def log_metrics_later(self, metrics: dict, step: int) -> None:
+        """Queue epoch metrics with their time now; written in order when MLflow answers."""
+        self.outbox().put(metrics=_metric_batch(metrics, step))
+
+    def set_tags_later(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.outbox().put(tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def flush(self, timeout_s: float = 600.0) -> None:
+        """Wait for the queued writes.
+
+        Raises:
+            ConnectionError: MLflow did not take them within ``timeout_s`` (its last error).
+        """
+        box = getattr(self, "_outbox", None)
+        if box is not None and not box.flush(timeout_s):
+            raise ConnectionError(
+                f"MLflow at {self.tracking_uri} did not accept the run's metrics within "
+                f"{timeout_s:.0f} s: {box.last_error}"
+            )
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for key, value in tags.items():

@@ -35,6 +35,7 @@ class TrainResult:
     checkpoint_path: str
     history: list[dict] = field(default_factory=list)
     resumed_from_epochs: list[int] = field(default_factory=list)
+    worker_nodes: dict[int, str] = field(default_factory=dict)  # rank -> Ray node id (last start)
 
 
 def _load_model(checkpoint_dir: Path, model: ModelSpec) -> tuple[InferenceModel, DataInfo]:
@@ -125,6 +126,7 @@ def fit(
 
     history: list[dict] = []
     resumed: list[int] = []
+    nodes: dict[int, str] = {}
     diverged: list[str] = []
 
     def relay(event: dict) -> None:
@@ -132,6 +134,8 @@ def fit(
             diverged.append(event["message"])
         elif event["type"] == "epoch":
             history.append(event["metrics"])
+        if event["type"] == "worker_started" and event.get("node_id"):
+            nodes[event["rank"]] = event["node_id"]
         elif (
             event["type"] == "worker_started" and event["rank"] == 0 and event["resumed_from_epoch"]
         ):
@@ -171,6 +175,7 @@ def fit(
         checkpoint_path=result.checkpoint.path,
         history=history,
         resumed_from_epochs=resumed,
+        worker_nodes=nodes,
     )
 
 

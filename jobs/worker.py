@@ -239,6 +239,7 @@ def train_loop_per_worker(config: dict) -> None:
     emit(
         {
             "type": "worker_started",
+            "node_id": ray.get_runtime_context().get_node_id(),
             "resumed_from_epoch": resumed_from,
             "start_epoch": start_epoch,
             "epochs": train.epochs,

@@ -79,9 +79,19 @@ def add_commands(sub) -> None:
     )
     server.add_argument("--poll-s", type=float, default=1.0, help="scheduler pass interval")
 
-    cluster = sub.add_parser("cluster", help="the embedded local cluster under $ORCH_HOME")
+    cluster = sub.add_parser(
+        "cluster", help="a real multi-node Ray on this machine, under $ORCH_HOME/cluster"
+    )
     csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
-    csub.add_parser("down", help="stop the queue server and the Ray head orch started (by PID)")
+    up = csub.add_parser("up", help="start a head and worker raylets, each its own Ray node")
+    up.add_argument("--nodes", type=int, default=2, help="nodes in all, head included (2)")
+    up.add_argument("--cpus-per-node", type=float, default=1, help="CPUs each node offers (1)")
+    up.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="a label on every node"
+    )
+    status = csub.add_parser("status", help="the nodes: PIDs, alive, Ray node ids, resources")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    csub.add_parser("down", help="stop the queue server and the nodes orch started (by PID)")
 
 
 def _queue(args):
@@ -265,27 +275,9 @@ def cmd_server(args) -> int:
 
 
 def cmd_cluster(args) -> int:
-    import json
-    import os
-    import signal
+    from orchestrator.cluster_view import cluster_command
 
-    from cluster.local import stop_recorded
-    from orchestrator.queue_client import queue_dir
-
-    queue = queue_dir()
-    try:
-        pid = json.loads((queue / "server.json").read_text())["pid"]
-        os.kill(pid, signal.SIGTERM)
-        print(f"stopped the orch server (pid {pid})")
-    except (OSError, ValueError, KeyError):
-        pass
-    head = stop_recorded(queue.parent / "cluster")
-    print(
-        f"stopped the Ray head (pid {head.pid}, {head.dashboard_url})"
-        if head
-        else f"no Ray head recorded under {queue.parent / 'cluster'}"
-    )
-    return 0
+    return cluster_command(args)
 
 
 COMMANDS = {

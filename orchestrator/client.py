@@ -59,6 +59,9 @@ class RunResult(BaseModel):
     resumed_from_epochs: list[int] = Field(
         default_factory=list, description="Epochs training resumed from after worker failures."
     )
+    worker_nodes: dict[int, str] = Field(
+        default_factory=dict, description="Ray node id of each training worker (by rank)."
+    )
     study: StudyReport | None = Field(None, description="The tuning study, when the spec has one.")
     registered: Registration | None = Field(
         None, description="The model version registered in MLflow, and whether the alias moved."
@@ -135,6 +138,7 @@ class Client:
             model_uri=model_uri,
             checkpoint=result.checkpoint_path,
             resumed_from_epochs=result.resumed_from_epochs,
+            worker_nodes=result.worker_nodes,
         )
         return self._serve_stage(pipeline, self._register(pipeline, outcome, on_event), on_event)
 

@@ -123,11 +123,13 @@ def run_training(
     def track(event: dict) -> None:
         if event["type"] == "epoch":
             metrics = event["metrics"]
-            tracker.log_metrics(metrics, step=int(metrics["epoch"]))
-        elif (
-            event["type"] == "worker_started" and event["rank"] == 0 and event["resumed_from_epoch"]
-        ):
-            tracker.set_tags({"orch.resumed_from_epoch": str(event["resumed_from_epoch"])})
+            tracker.log_metrics_later(metrics, step=int(metrics["epoch"]))
+        elif event["type"] == "worker_started":
+            # where each rank runs (node ids): multi-node placement is checked against these
+            tags = {f"orch.worker_node.{event['rank']}": event.get("node_id", "")}
+            if event["rank"] == 0 and event["resumed_from_epoch"]:
+                tags["orch.resumed_from_epoch"] = str(event["resumed_from_epoch"])
+            tracker.set_tags_later(tags)
         emit(event)
 
     with tracker:
@@ -144,12 +146,24 @@ def run_training(
                 on_event=track,
             )
         except TrainingError as exc:
+            _flush_quietly(tracker)
             raise JobFailedError(f"{spec.name}: {exc} (MLflow run {run_id})") from None
+        try:
+            tracker.flush()  # the epochs logged while MLflow was away land before the model
+        except ConnectionError as exc:
+            raise JobFailedError(f"{spec.name}: trained, but {exc}") from None
         emit({"type": "stage", "stage": "log_model"})
         example = data.x_val[:5] * data.info.feature_std + data.info.feature_mean
         model_uri = tracker.log_model(result.model, data.info, example)
         tracker.set_tags({"orch.model_uri": model_uri, "orch.checkpoint": result.checkpoint_path})
     return result, run_id, tracking_uri, model_uri
+
+
+def _flush_quietly(tracker: RunTracker) -> None:
+    try:
+        tracker.flush(timeout_s=60)
+    except ConnectionError:
+        pass
 
 
 def _find_study_to_resume(spec: PipelineSpec, root: Path) -> tuple[Path, StudyState]:

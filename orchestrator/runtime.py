@@ -64,6 +64,19 @@ def init_local_ray(**options) -> None:
         del os.environ["RAY_GCS_SERVER_PORT"]
 
 
+def _recorded_cluster() -> str | None:
+    """The GCS address of the cluster ``orch cluster up`` started under this ORCH_HOME (its
+    temp dir is its own, so Ray's "auto" would not find it); its token is put in the env."""
+    from cluster.local import HEAD_FILE, LocalHead
+
+    head = LocalHead.load(orch_home() / "cluster" / HEAD_FILE)
+    if head is None or not head.alive():
+        return None
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_AUTH_TOKEN_PATH", head.token_path)
+    return head.gcs_address
+
+
 def connect_ray(address: str | None = None, *, show_worker_logs: bool = True) -> None:
     """Join a Ray cluster, or start a local one.
 
@@ -78,6 +91,8 @@ def connect_ray(address: str | None = None, *, show_worker_logs: bool = True) ->
         return
     if address is None and not os.environ.get("RAY_ADDRESS"):
         address = "local"
+    if address == "auto" and not os.environ.get("RAY_ADDRESS"):
+        address = _recorded_cluster() or address
     try:
         options = {
             "log_to_driver": show_worker_logs,

@@ -53,3 +53,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def queue_head(tmp_path_factory):
+    """A real `ray start --head` (2 CPUs, token auth on) for the queue tests; the queue
+    servers they start are stopped by their recorded PIDs, then the head by its group."""
+    import signal
+
+    from cluster.local import start_head
+    from tests.helpers import kill_server
+
+    head = start_head(tmp_path_factory.mktemp("queue-head"), num_cpus=2)
+    head.queue_dirs = []
+    yield head
+    for queue_dir in head.queue_dirs:
+        kill_server(queue_dir, signal.SIGTERM)
+    head.stop()
+
+
+@pytest.fixture
+def queue_client(queue_head, orch_home, monkeypatch):
+    """The SDK's queue client on ``queue_head``, with this test's own ORCH_HOME (own queue)."""
+    from orchestrator.queue_client import QueueClient
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", queue_head.token_path)
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    monkeypatch.chdir(orch_home)
+    client = QueueClient(queue_head.dashboard_url)
+    queue_head.queue_dirs.append(client.state_dir)
+    return client

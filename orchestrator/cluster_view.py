@@ -1,0 +1,137 @@
+"""`orch cluster up | status | down`: a real multi-node Ray on this machine.
+
+The nodes are ``ray start`` processes of our own (``cluster/local.py``), recorded with their
+PIDs under ``$ORCH_HOME/cluster/``; ``down`` stops exactly those (and the queue server of
+this ORCH_HOME), nothing else. ``orch run --address auto`` and the queue find the cluster
+through the same records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from orchestrator.exceptions import ClusterError, OrchestratorError
+
+
+def cluster_dir() -> Path:
+    from orchestrator.queue_client import queue_dir
+
+    return queue_dir().parent / "cluster"
+
+
+def ray_nodes(dashboard_url: str, token: str) -> list[dict]:
+    """Ray's view of the nodes (state API): id, state, labels, CPUs."""
+    reply = httpx.get(
+        f"{dashboard_url}/api/v0/nodes",
+        params={"limit": 100, "detail": "true"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    reply.raise_for_status()
+    nodes = reply.json()["data"]["result"]["result"]
+    return [
+        {
+            "node_id": n["node_id"],
+            "state": n["state"],
+            "is_head": n.get("is_head_node", False),
+            "labels": {k: v for k, v in (n.get("labels") or {}).items() if k.startswith("orch")},
+            "cpus": (n.get("resources_total") or {}).get("CPU", 0.0),
+        }
+        for n in nodes
+    ]
+
+
+def wait_for_nodes(dashboard_url: str, token: str, count: int, timeout_s: float = 120) -> list:
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            alive = [n for n in ray_nodes(dashboard_url, token) if n["state"] == "ALIVE"]
+        except httpx.HTTPError:
+            alive = []
+        if len(alive) >= count:
+            return alive
+        if time.time() > deadline:
+            raise ClusterError(f"only {len(alive)} of {count} nodes joined in {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def cluster_command(args) -> int:
+    from cluster.local import LocalHead, cluster_down, cluster_up, load_workers
+
+    state = cluster_dir()
+    if args.cluster_command == "up":
+        if args.nodes < 1 or args.cpus_per_node <= 0:
+            raise OrchestratorError("--nodes must be >= 1 and --cpus-per-node > 0")
+        labels = {}
+        for item in args.label:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise OrchestratorError(f"--label {item!r}: use KEY=VALUE")
+            labels[key] = value
+        try:
+            head, workers = cluster_up(state, args.nodes, args.cpus_per_node, labels)
+        except RuntimeError as exc:
+            raise ClusterError(str(exc)) from None
+        nodes = wait_for_nodes(head.dashboard_url, head.token, args.nodes)
+        print(
+            f"{len(nodes)} nodes up: head pid {head.pid}, workers "
+            + (", ".join(f"{w.name} pid {w.pid}" for w in workers) or "none")
+        )
+        print(
+            f"  Ray {head.gcs_address} (orch run --address auto), dashboard "
+            f"{head.dashboard_url}; token {head.token_path}"
+        )
+        return 0
+    if args.cluster_command == "status":
+        head = LocalHead.load(state / "head.json")
+        if head is None:
+            print(f"no cluster recorded under {state}; start one with: orch cluster up")
+            return 1
+        workers = load_workers(state)
+        up = head.alive()
+        nodes = ray_nodes(head.dashboard_url, head.token) if up else []
+        report = {
+            "head": {
+                "pid": head.pid,
+                "alive": up,
+                "dashboard_url": head.dashboard_url,
+                "gcs_address": head.gcs_address,
+            },
+            "workers": [{"name": w.name, "pid": w.pid, "alive": w.alive()} for w in workers],
+            "ray_nodes": nodes,
+        }
+        if args.json:
+            print(json.dumps(report))
+            return 0
+        print(
+            f"head  pid {head.pid}  {'alive' if up else 'DOWN'}  {head.gcs_address}  "
+            f"{head.dashboard_url}"
+        )
+        for w in report["workers"]:
+            print(f"{w['name']}  pid {w['pid']}  {'alive' if w['alive'] else 'DOWN'}")
+        for n in nodes:
+            print(
+                f"  Ray node {n['node_id'][:12]}  {n['state']}  {n['cpus']:g} CPU  "
+                f"{n['labels'].get('orch.node', '')}"
+            )
+        return 0
+    # down: the queue server of this ORCH_HOME, then the nodes, each by its recorded PID
+    from orchestrator.queue_client import queue_dir
+
+    try:
+        pid = json.loads((queue_dir() / "server.json").read_text())["pid"]
+        os.kill(pid, signal.SIGTERM)
+        print(f"stopped the orch server (pid {pid})")
+    except (OSError, ValueError, KeyError):
+        pass
+    head, workers = cluster_down(state)
+    for w in workers:
+        print(f"stopped {w.name} (pid {w.pid})")
+    print(f"stopped the head (pid {head.pid})" if head else f"no head recorded under {state}")
+    return 0

@@ -1,0 +1,70 @@
+"""Chaos: the MLflow server goes away for 30 s in the middle of a training run."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import mlflow
+import pytest
+
+from orchestrator import Client
+from tests.conftest import free_port
+from tests.helpers import start_mlflow_server, stop_process_group, wait_for, write
+
+pytestmark = pytest.mark.slow
+
+SPEC = """\
+name: outage
+data: {{source: sklearn://digits}}
+model: {{type: mlp, params: {{hidden_sizes: [64]}}}}
+train: {{epochs: {epochs}, batch_size: 64, workers: 2, resources_per_worker: {{CPU: 0.5}}}}
+tracking: {{tracking_uri: "{uri}", experiment: outage}}
+"""
+EPOCHS = 100
+OUTAGE_S = 30
+
+
+def test_training_rides_out_a_30_s_mlflow_outage(ray_session, tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_mlflow_server(tmp_path / "mlflow", port)
+    spec = write(tmp_path, "outage", SPEC.format(epochs=EPOCHS, uri=uri))
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = Client(show_worker_logs=False).run(spec)
+        except Exception as exc:  # handed to the test below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    client = mlflow.MlflowClient(uri)
+
+    def epochs_so_far() -> int:
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()], max_results=5
+        )
+        return int(max((r.data.metrics.get("epoch", 0) for r in runs), default=0))
+
+    try:
+        wait_for(lambda: epochs_so_far() >= 2, 180, "the first epochs in MLflow")
+        stop_process_group(server)
+        down_at = time.time()
+        time.sleep(OUTAGE_S)
+        up_at = time.time()
+        server = start_mlflow_server(tmp_path / "mlflow", port)
+        thread.join(timeout=600)
+    finally:
+        stop_process_group(server)
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert result.status == "succeeded" and result.metrics["epoch"] == EPOCHS
+
+    # Every epoch's metrics reached MLflow, those of the outage window included.
+    history = client.get_metric_history(result.mlflow_run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
+    in_window = [m for m in history if down_at * 1000 <= m.timestamp <= up_at * 1000]
+    assert len(in_window) >= 5, "training kept going while MLflow was away"
+    assert client.get_run(result.mlflow_run_id).info.status == "FINISHED"

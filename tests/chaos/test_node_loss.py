@@ -1,0 +1,109 @@
+"""A real 3-node Ray on this machine (`orch cluster up`): training spreads its workers over
+nodes, and a worker node killed mid-run costs the run only the epochs since its last
+checkpoint: Ray Train restarts the worker group on the nodes that remain."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from cluster.local import load_workers
+from tests.helpers import alive, wait_for, write
+
+pytestmark = pytest.mark.slow
+
+SPEC = """\
+name: spread
+data: {source: sklearn://digits}
+model: {type: mlp, params: {hidden_sizes: [64]}}
+train: {epochs: 30, batch_size: 64, workers: 2, resources_per_worker: {CPU: 1}, max_failures: 3}
+"""
+RESULTS: dict = {}
+
+
+def orch(home, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The CLI with ORCH_HOME=home (where the cluster is recorded)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, "ORCH_HOME": str(home)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """`orch cluster up --nodes 3 --cpus-per-node 1` under a module-wide ORCH_HOME."""
+    home = tmp_path_factory.mktemp("three-nodes")
+    try:
+        up = orch(home, "cluster", "up", "--nodes", "3", "--cpus-per-node", "1", timeout=180)
+        assert "3 nodes up" in up.stdout
+        status = json.loads(orch(home, "cluster", "status", "--json").stdout)
+        yield home, status
+    finally:
+        workers = load_workers(home / "cluster")
+        down = orch(home, "cluster", "down").stdout
+    assert "stopped worker-1" in down and "stopped the head" in down
+    assert not any(alive(w.pid) and w.alive() for w in workers)
+
+
+def test_cluster_status_shows_three_real_nodes(cluster):
+    _, status = cluster
+    nodes = [n for n in status["ray_nodes"] if n["state"] == "ALIVE"]
+    assert len({n["node_id"] for n in nodes}) == 3
+    assert sorted(n["labels"]["orch.node"] for n in nodes) == ["head", "worker-1", "worker-2"]
+    assert all(n["cpus"] == 1.0 for n in nodes)
+    assert status["head"]["alive"] and all(w["alive"] for w in status["workers"])
+
+
+def test_training_spreads_workers_across_nodes(cluster, tmp_path):
+    home, status = cluster
+    node_ids = {n["node_id"] for n in status["ray_nodes"]}
+    spec = write(tmp_path, "spread", SPEC)
+    result = json.loads(orch(home, "run", str(spec), "--address", "auto", "--json").stdout)
+    placed = set(result["worker_nodes"].values())
+    assert len(placed) == 2 and placed <= node_ids  # one CPU per node: two nodes
+    assert result["resumed_from_epochs"] == []
+    RESULTS["undisturbed"] = result["metrics"]["val_accuracy"]
+
+
+def test_a_worker_node_killed_mid_run_resumes_from_the_last_checkpoint(cluster, tmp_path):
+    home, status = cluster
+    label_of = {n["node_id"]: n["labels"]["orch.node"] for n in status["ray_nodes"]}
+    spec = write(tmp_path, "spread", SPEC)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "run", str(spec), "--address", "auto", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "ORCH_HOME": str(home)},
+    )  # fmt: skip
+    client = mlflow.MlflowClient()
+
+    def running_run():
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            filter_string="attributes.status = 'RUNNING'",
+        )
+        ready = [r for r in runs if r.data.metrics.get("epoch", 0) >= 5]
+        return ready[0] if ready else None
+
+    found = wait_for(running_run, 300, "5 epochs of the second run")
+    nodes = {found.data.tags[f"orch.worker_node.{rank}"] for rank in (0, 1)}
+    victim_name = next(label_of[n] for n in sorted(nodes) if label_of[n] != "head")
+    (victim,) = [w for w in load_workers(home / "cluster") if w.name == victim_name]
+    victim.stop(signal.SIGKILL)  # the node dies: its raylet and every worker on it
+
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err[-3000:]
+    result = json.loads(out)
+    assert result["metrics"]["epoch"] == 30
+    assert result["resumed_from_epochs"] and min(result["resumed_from_epochs"]) >= 4
+    assert victim_name not in {label_of.get(n) for n in result["worker_nodes"].values()}
+    undisturbed = RESULTS.get("undisturbed")
+    if undisturbed is not None:
+        assert abs(result["metrics"]["val_accuracy"] - undisturbed) <= 0.02 * undisturbed

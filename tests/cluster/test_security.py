@@ -1,0 +1,128 @@
+"""Secure defaults, checked on the running services: loopback binds, token auth, MLflow auth."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.helpers import stop_process_group
+
+pytestmark = pytest.mark.slow
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        pass
+    return inodes
+
+
+def _listening(pids: set[int]) -> list[tuple[int, str, int]]:
+    """(pid, bound address, port) of every TCP listener the given processes hold."""
+    owner = {inode: pid for pid in pids for inode in _socket_inodes(pid)}
+    found = []
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in owner:  # 0A = LISTEN
+                continue
+            host_hex, port_hex = local.split(":")
+            if width == 8:
+                host = ".".join(str(int(host_hex[i : i + 2], 16)) for i in (6, 4, 2, 0))
+            else:
+                host = "::" if int(host_hex, 16) == 0 else host_hex
+            found.append((owner[inode], host, int(port_hex, 16)))
+    return found
+
+
+def _group(pgid: int) -> set[int]:
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            pids.add(int(stat.parent.name))
+    return pids
+
+
+def test_the_head_and_the_queue_server_listen_on_loopback_only(queue_client, queue_head):
+    queue_client.server_url()  # starts the queue server on the head
+    import json
+
+    server_pid = json.loads((queue_client.state_dir / "server.json").read_text())["pid"]
+    listeners = _listening(_group(queue_head.pid) | {server_pid})
+    assert len(listeners) >= 5  # GCS, dashboard, raylet, agents, the queue server ...
+    exposed = [(pid, host, port) for pid, host, port in listeners if host != "127.0.0.1"]
+    assert exposed == []
+    # token auth is on: the dashboard and the queue server refuse a request without it
+    assert httpx.get(f"{queue_head.dashboard_url}/api/jobs/", timeout=10).status_code in (401, 403)
+    assert httpx.get(f"{queue_client.server_url()}/jobs", timeout=10).status_code == 401
+
+
+def test_mlflow_server_with_basic_auth_refuses_anonymous_calls(tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-admin-pw",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    (tmp_path / "basic_auth.ini").write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{tmp_path / 'auth.db'}\n"
+        "admin_username = admin\nadmin_password = s3cret-admin-pw\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env["MLFLOW_AUTH_CONFIG_PATH"] = str(tmp_path / "basic_auth.ini")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--app-name", "basic-auth",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        env=env, stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search"
+    try:
+        from tests.helpers import wait_for
+
+        def answers():
+            try:
+                return httpx.post(url, json={"max_results": 1}, timeout=2)
+            except httpx.HTTPError:
+                return None
+
+        anonymous = wait_for(answers, 60, "the MLflow server")
+        assert anonymous.status_code == 401
+        admin = httpx.post(
+            url, json={"max_results": 1}, auth=("admin", "s3cret-admin-pw"), timeout=10
+        )
+        assert admin.status_code == 200
+        # the tracking client authenticates from the environment, as our jobs would
+        import mlflow
+
+        os.environ["MLFLOW_TRACKING_USERNAME"] = "admin"
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = "s3cret-admin-pw"
+        try:
+            client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
+            assert client.create_experiment("secured")
+        finally:
+            del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+    finally:
+        stop_process_group(server)
