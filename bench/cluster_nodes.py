@@ -1,7 +1,8 @@
 """Ray's cross-node overhead on one machine: the same training on 1, 2 and 3 local nodes.
 
-Every configuration offers the same 2 logical CPUs in all (1 node x 2, 2 x 1, 3 x 0.67)
-and trains the same pipeline with 2 DeepSpeed workers of 0.5 CPU. A custom resource
+Every configuration offers the same 6 logical CPUs in all (1 node x 6, 2 x 3, 3 x 2; `ray
+start` takes whole CPUs, and the 2 cores are shared alike) and trains the same pipeline
+with 2 DeepSpeed workers of 1 CPU. A custom resource
 ``slot`` (one per node when there are several) puts at most one worker on a node, so with
 2 or 3 nodes the two workers always sit on different Ray nodes: their gradients and data
 shards cross between raylets. Nodes are real ``ray start`` processes (``orch cluster up``'s
@@ -26,7 +27,7 @@ from bench.common import describe_machine, md_table, result_header
 TITLE = "Cluster: training across 1, 2 and 3 local Ray nodes"
 ORDER = 50
 COMMAND = "make bench  (python -m bench --only cluster_nodes)"
-TOTAL_CPUS = 2.0
+TOTAL_CPUS = 6
 
 
 def _log(message: str) -> None:
@@ -42,7 +43,7 @@ def _spec(epochs: int) -> dict:
             "epochs": epochs,
             "batch_size": 64,
             "workers": 2,
-            "resources_per_worker": {"CPU": 0.5, "slot": 1},
+            "resources_per_worker": {"CPU": 1, "slot": 1},
             "deepspeed": {"zero_stage": 2, "precision": "fp32"},
         },
     }
@@ -57,7 +58,7 @@ def _one(nodes: int, epochs: int) -> dict:
     state = work / "home" / "cluster"
     slots = 2.0 if nodes == 1 else 1.0
     start = time.perf_counter()
-    cluster_up(state, nodes, round(TOTAL_CPUS / nodes, 4), resources={"slot": slots})
+    cluster_up(state, nodes, TOTAL_CPUS // nodes, resources={"slot": slots})
     up_s = time.perf_counter() - start
     spec = work / "spec.yaml"
     spec.write_text(yaml.safe_dump(_spec(epochs)))
@@ -80,7 +81,7 @@ def _one(nodes: int, epochs: int) -> dict:
     per_epoch = [m.value for m in sorted(history, key=lambda m: m.step)][1:]  # skip warm-up
     return {
         "nodes": nodes,
-        "cpus_per_node": round(TOTAL_CPUS / nodes, 4),
+        "cpus_per_node": TOTAL_CPUS // nodes,
         "worker_nodes": len(set(result["worker_nodes"].values())),
         "samples_per_s": statistics.median(per_epoch),
         "epochs": epochs,
@@ -135,7 +136,7 @@ def render(results: dict) -> str:
         f"- Command: `{results['command']}`, started {results['started_at']}.\n"
         f"- Machine: {describe_machine(results['machine'])}\n"
         f"- Same {TOTAL_CPUS:g} logical CPUs in every configuration; digits MLP [256, 256], "
-        "2 DeepSpeed workers (ZeRO-2, fp32) of 0.5 CPU, one per node when there are several "
+        "2 DeepSpeed workers (ZeRO-2, fp32) of 1 CPU, one per node when there are several "
         f"(custom resource `slot`); {results['configs'][0]['epochs']} epochs, the first left "
         "out of the median.\n\n"
         f"{table}\n"

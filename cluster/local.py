@@ -133,8 +133,8 @@ def _node_flags(temp_dir: Path, num_cpus, resources, labels) -> list[str]:
         flags += [flag, str(free_port())]
     flags += ["--min-worker-port", str(low), "--max-worker-port", str(low + 99)]
     flags += ["--temp-dir", str(temp_dir / "ray"), "--disable-usage-stats"]
-    if num_cpus is not None:
-        flags += ["--num-cpus", str(num_cpus)]
+    if num_cpus is not None:  # ray start takes whole CPUs only
+        flags += ["--num-cpus", str(int(num_cpus))]
     if resources:
         flags += ["--resources", json.dumps(resources)]
     if labels:

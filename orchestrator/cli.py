@@ -386,6 +386,11 @@ _COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("run", "serve"):
+        from orchestrator.runtime import resolve_address
+
+        # before anything imports Ray: a recorded local cluster's token goes into the env
+        args.address = resolve_address(args.address)
     try:
         return _COMMANDS[args.command](args)
     except OrchestratorError as exc:

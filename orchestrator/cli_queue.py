@@ -85,7 +85,7 @@ def add_commands(sub) -> None:
     csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
     up = csub.add_parser("up", help="start a head and worker raylets, each its own Ray node")
     up.add_argument("--nodes", type=int, default=2, help="nodes in all, head included (2)")
-    up.add_argument("--cpus-per-node", type=float, default=1, help="CPUs each node offers (1)")
+    up.add_argument("--cpus-per-node", type=int, default=1, help="CPUs each node offers (1)")
     up.add_argument(
         "--label", action="append", default=[], metavar="KEY=VALUE", help="a label on every node"
     )

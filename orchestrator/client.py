@@ -84,7 +84,9 @@ class Client:
     """
 
     def __init__(self, address: str | None = None, *, show_worker_logs: bool = True):
-        self.address = address
+        from orchestrator.runtime import resolve_address
+
+        self.address = resolve_address(address)
         self.show_worker_logs = show_worker_logs
 
     def validate(self, spec: str | Path, check_data: bool = True) -> PipelineSpec:

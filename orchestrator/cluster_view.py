@@ -66,8 +66,8 @@ def cluster_command(args) -> int:
 
     state = cluster_dir()
     if args.cluster_command == "up":
-        if args.nodes < 1 or args.cpus_per_node <= 0:
-            raise OrchestratorError("--nodes must be >= 1 and --cpus-per-node > 0")
+        if args.nodes < 1 or args.cpus_per_node < 1:
+            raise OrchestratorError("--nodes and --cpus-per-node must be at least 1")
         labels = {}
         for item in args.label:
             key, sep, value = item.partition("=")

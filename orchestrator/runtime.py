@@ -64,9 +64,16 @@ def init_local_ray(**options) -> None:
         del os.environ["RAY_GCS_SERVER_PORT"]
 
 
+def resolve_address(address: str | None) -> str | None:
+    """"auto" means the cluster ``orch cluster up`` recorded under this ORCH_HOME when there
+    is one (its temp dir is its own, so Ray's "auto" would not find it). Call it before Ray
+    reads its token settings (the CLI does, first thing): it puts them in the environment."""
+    if address == "auto" and not os.environ.get("RAY_ADDRESS"):
+        return _recorded_cluster() or address
+    return address
+
+
 def _recorded_cluster() -> str | None:
-    """The GCS address of the cluster ``orch cluster up`` started under this ORCH_HOME (its
-    temp dir is its own, so Ray's "auto" would not find it); its token is put in the env."""
     from cluster.local import HEAD_FILE, LocalHead
 
     head = LocalHead.load(orch_home() / "cluster" / HEAD_FILE)
@@ -91,8 +98,7 @@ def connect_ray(address: str | None = None, *, show_worker_logs: bool = True) ->
         return
     if address is None and not os.environ.get("RAY_ADDRESS"):
         address = "local"
-    if address == "auto" and not os.environ.get("RAY_ADDRESS"):
-        address = _recorded_cluster() or address
+    address = resolve_address(address)
     try:
         options = {
             "log_to_driver": show_worker_logs,

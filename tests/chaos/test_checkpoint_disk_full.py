@@ -29,9 +29,12 @@ train:
 
 
 def _checkpoint_bytes(folder: Path) -> int:
-    (run,) = [p for p in folder.iterdir() if p.is_dir()]
-    (checkpoint,) = sorted(run.glob("checkpoint_*"))
-    return sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
+    """The largest checkpoint of the one run under ``folder``."""
+    (run,) = [p for p in folder.glob("diskfull-*") if p.is_dir()]
+    return max(
+        sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
+        for checkpoint in run.glob("checkpoint_*")
+    )
 
 
 @pytest.fixture
@@ -69,7 +72,7 @@ def test_a_full_disk_mid_checkpoint_keeps_the_last_one_and_says_why(
     with pytest.raises(JobFailedError, match="No space left on device"):
         client.run(spec)
 
-    (run,) = [p for p in disk.iterdir() if p.is_dir()]
+    (run,) = [p for p in disk.glob("diskfull-*") if p.is_dir()]
     assert (run / "checkpoint_000001").is_dir()  # the last good one is still there
 
     # ... and loadable: the same run, moved to a roomy disk, resumes from it and finishes.

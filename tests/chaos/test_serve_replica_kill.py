@@ -25,7 +25,7 @@ def _replicas(app: str) -> dict[str, str]:
     return {
         a.name: a.state
         for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-        if a.class_name.startswith("ServeReplica:") and f":{app}:" in f":{a.name}:"
+        if a.class_name.startswith(f"ServeReplica:{app}:")
     }
 
 

