@@ -77,14 +77,16 @@ def test_a_worker_node_killed_mid_run_resumes_from_the_last_checkpoint(cluster, 
     home, status = cluster
     label_of = {n["node_id"]: n["labels"]["orch.node"] for n in status["ray_nodes"]}
     spec = write(tmp_path, "spread", SPEC)
-    run = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "run", str(spec), "--address", "auto", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "ORCH_HOME": str(home)},
-    )  # fmt: skip
+    out_path, err_path = tmp_path / "run.out", tmp_path / "run.err"
+    with open(out_path, "w") as out, open(err_path, "w") as err:  # files: a pipe would fill up
+        run = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "run", str(spec), "--address", "auto", "--json"],
+            stdout=out, stderr=err, env={**os.environ, "ORCH_HOME": str(home)},
+        )  # fmt: skip
     client = mlflow.MlflowClient()
 
     def running_run():
+        assert run.poll() is None, err_path.read_text()[-3000:]
         runs = client.search_runs(
             [e.experiment_id for e in client.search_experiments()],
             filter_string="attributes.status = 'RUNNING'",
@@ -98,9 +100,8 @@ def test_a_worker_node_killed_mid_run_resumes_from_the_last_checkpoint(cluster, 
     (victim,) = [w for w in load_workers(home / "cluster") if w.name == victim_name]
     victim.stop(signal.SIGKILL)  # the node dies: its raylet and every worker on it
 
-    out, err = run.communicate(timeout=600)
-    assert run.returncode == 0, err[-3000:]
-    result = json.loads(out)
+    assert run.wait(timeout=600) == 0, err_path.read_text()[-3000:]
+    result = json.loads(out_path.read_text())
     assert result["metrics"]["epoch"] == 30
     assert result["resumed_from_epochs"] and min(result["resumed_from_epochs"]) >= 4
     assert victim_name not in {label_of.get(n) for n in result["worker_nodes"].values()}
