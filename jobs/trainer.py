@@ -134,12 +134,11 @@ def fit(
             diverged.append(event["message"])
         elif event["type"] == "epoch":
             history.append(event["metrics"])
-        if event["type"] == "worker_started" and event.get("node_id"):
-            nodes[event["rank"]] = event["node_id"]
-        elif (
-            event["type"] == "worker_started" and event["rank"] == 0 and event["resumed_from_epoch"]
-        ):
-            resumed.append(event["resumed_from_epoch"])
+        elif event["type"] == "worker_started":
+            if event.get("node_id"):
+                nodes[event["rank"]] = event["node_id"]
+            if event["rank"] == 0 and event["resumed_from_epoch"]:
+                resumed.append(event["resumed_from_epoch"])
         if on_event is not None:
             on_event(event)
 
