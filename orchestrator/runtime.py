@@ -65,7 +65,7 @@ def init_local_ray(**options) -> None:
 
 
 def resolve_address(address: str | None) -> str | None:
-    """"auto" means the cluster ``orch cluster up`` recorded under this ORCH_HOME when there
+    """ "auto" means the cluster ``orch cluster up`` recorded under this ORCH_HOME when there
     is one (its temp dir is its own, so Ray's "auto" would not find it). Call it before Ray
     reads its token settings (the CLI does, first thing): it puts them in the environment."""
     if address == "auto" and not os.environ.get("RAY_ADDRESS"):
