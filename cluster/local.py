@@ -100,6 +100,26 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def _tree(pgid: int) -> set[int]:
+    """Every process of group ``pgid`` and, recursively, their children."""
+    parent_of, group = {}, set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        parent_of[pid] = int(fields[1])
+        if int(fields[2]) == pgid:
+            group.add(pid)
+    found, grew = set(group), True
+    while grew:
+        children = {pid for pid, ppid in parent_of.items() if ppid in found} - found
+        grew = bool(children)
+        found |= children
+    return found - {os.getpid()}
+
+
 def _reap(pid: int) -> None:
     try:
         os.waitpid(pid, os.WNOHANG)
@@ -239,14 +259,25 @@ class LocalWorker:
         return _group_alive(self.pid)
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10) -> None:
+        """Stop the node: its process group and every process started below it (Ray's worker
+        processes, which leave the group; with SIGKILL this is a node crash)."""
         _stop_group(self.pid, sig, timeout_s)
 
 
 def _stop_group(pgid: int, sig: int, timeout_s: float) -> None:
+    """Signal the process group we started, then whatever it started that left the group
+    (Ray's worker processes get their own): listed before the raylet dies and they are
+    re-parented, so only processes of ours are touched."""
+    below = _tree(pgid)
     try:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         return
+    for pid in below:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         _reap(pgid)

@@ -10,10 +10,12 @@ import signal
 import subprocess
 import sys
 
+import httpx
 import mlflow
 import pytest
 
 from cluster.local import load_workers
+from tests.conftest import free_port
 from tests.helpers import alive, wait_for, write
 
 pytestmark = pytest.mark.slow
@@ -62,15 +64,28 @@ def test_cluster_status_shows_three_real_nodes(cluster):
     assert status["head"]["alive"] and all(w["alive"] for w in status["workers"])
 
 
-def test_training_spreads_workers_across_nodes(cluster, tmp_path):
+def test_training_spreads_workers_across_nodes_then_serves_there(cluster, tmp_path):
+    """`orch run --address auto` joins the token-auth cluster from outside, trains with its
+    workers on two nodes, registers, deploys the serve section there and returns."""
     home, status = cluster
     node_ids = {n["node_id"] for n in status["ray_nodes"]}
-    spec = write(tmp_path, "spread", SPEC)
+    port = free_port()
+    serve = (
+        f"serve: {{name: spread, port: {port}, cpus_per_replica: 0.5, max_accuracy_drop: 0.2,"
+        " quantization: dynamic-int8}\n"
+    )
+    spec = write(tmp_path, "spread", SPEC + serve)
     result = json.loads(orch(home, "run", str(spec), "--address", "auto", "--json").stdout)
     placed = set(result["worker_nodes"].values())
     assert len(placed) == 2 and placed <= node_ids  # one CPU per node: two nodes
     assert result["resumed_from_epochs"] == []
     RESULTS["undisturbed"] = result["metrics"]["val_accuracy"]
+    # orch has returned; the model keeps serving on the cluster
+    assert result["endpoint"] == f"http://127.0.0.1:{port}/spread"
+    reply = httpx.post(
+        f"{result['endpoint']}/predict", json={"instances": [[0.0] * 64]}, timeout=30
+    )
+    assert reply.status_code == 200 and len(reply.json()["predictions"][0]["probabilities"]) == 10
 
 
 def test_a_worker_node_killed_mid_run_resumes_from_the_last_checkpoint(cluster, tmp_path):

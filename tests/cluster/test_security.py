@@ -146,3 +146,21 @@ def test_mlflow_server_with_basic_auth_refuses_anonymous_calls(tmp_path):
             del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
     finally:
         stop_process_group(server)
+
+
+def test_a_driver_with_a_wrong_token_is_refused_in_one_line(queue_head, tmp_path):
+    spec = tmp_path / "p.yaml"
+    spec.write_text(
+        "name: refused\ndata: {source: sklearn://iris}\nmodel: {type: mlp}\n"
+        "train: {epochs: 1, batch_size: 16}\n"
+    )
+    (tmp_path / "wrong-token").write_text("0" * 32)
+    env = {**queue_head.env(), "RAY_AUTH_TOKEN_PATH": str(tmp_path / "wrong-token")}
+    refused = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", str(spec), "--address",
+         queue_head.gcs_address],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: cannot connect to Ray")

@@ -185,7 +185,7 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_session, t
         tmp_path,
         "resumed-study",
         """\
-        num_samples: 4
+        num_samples: 3
         max_concurrent_trials: 2
         early_stopping: {type: none}
         space:
@@ -227,7 +227,7 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_session, t
         for r in runs
         if r.info.status == "FINISHED"
     }
-    assert 1 <= len(finished_before) < 4
+    assert 1 <= len(finished_before) < 3
     (parent_before,) = client.search_runs(
         [experiment.experiment_id], filter_string="tags.`orch.stage` = 'tune'"
     )
@@ -240,7 +240,7 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_session, t
     assert not restarted & set(finished_before), "a finished trial ran again"
     assert result.mlflow_run_id == parent_before.info.run_id
     assert result.study.study == parent_before.data.tags["orch.study"]
-    assert len(result.study.trials) == 4
+    assert len(result.study.trials) == 3
     assert all(t.status == "completed" for t in result.study.trials)
     for trial_id, (run_id, end_time) in finished_before.items():
         (run,) = client.search_runs(
