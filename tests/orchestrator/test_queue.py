@@ -32,8 +32,8 @@ scheduling: {{priority: {priority}}}
 LONG = """\
 name: long
 data: {source: sklearn://digits}
-model: {type: mlp, params: {hidden_sizes: [64]}}
-train: {epochs: 30, batch_size: 64, workers: 2, resources_per_worker: {CPU: 1}}
+model: {type: mlp, params: {hidden_sizes: [256, 256]}}
+train: {epochs: 60, batch_size: 64, workers: 2, resources_per_worker: {CPU: 1}}
 scheduling: {priority: low}
 """
 
@@ -128,7 +128,7 @@ def test_priorities_preemption_restart_cancel_and_retry(queue_client, queue_head
     # 6. long resumes from its checkpoint, not from epoch 0, and finishes.
     assert long.wait(timeout=600).state == "succeeded"
     result = long.result()
-    assert result.metrics["epoch"] == 30
+    assert result.metrics["epoch"] == 60
     assert result.resumed_from_epochs and min(result.resumed_from_epochs) >= 2
     assert result.metrics["val_accuracy"] > 0.9
     assert first.wait(timeout=60).state == "succeeded" and normal.wait(60).state == "succeeded"
