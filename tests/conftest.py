@@ -19,12 +19,18 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 @pytest.fixture(autouse=True)
 def orch_home(tmp_path, monkeypatch) -> Path:
     """Each test gets its own embedded store (ORCH_HOME) and SQLite MLflow; none stays open."""
+    import mlflow
+
     home = tmp_path / "orch-home"
+    store = f"sqlite:///{home / 'mlflow.db'}"
     monkeypatch.setenv("ORCH_HOME", str(home))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    # The process-wide URIs too: code run in-process sets them (mlflow.set_tracking_uri), and
+    # they outrank the environment, so a later test would read an earlier test's store.
+    mlflow.set_tracking_uri(store)
+    mlflow.set_registry_uri(store)
     home.mkdir()
     yield home
-    import mlflow
 
     active = mlflow.active_run()
     if active is not None:

@@ -8,15 +8,24 @@ import time
 from pathlib import Path
 
 
-def wait_for(check, timeout_s: float, what: str, poll_s: float = 0.5):
-    """The first truthy value of ``check()``; fails the test after ``timeout_s``."""
+def wait_for(check, timeout_s: float, what: str, poll_s: float = 0.5, explain=None):
+    """The first truthy value of ``check()``; fails the test after ``timeout_s``.
+
+    ``explain`` (a callable returning text) is called on timeout so that a failure in CI
+    says what the system was doing, not only that it was late."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         value = check()
         if value:
             return value
         time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    detail = ""
+    if explain is not None:
+        try:
+            detail = "\n" + str(explain())
+        except Exception as error:  # the explanation must not hide the timeout
+            detail = f"\n(explain failed: {error!r})"
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{detail}")
 
 
 def kill_server(queue_dir: Path, sig) -> int | None:

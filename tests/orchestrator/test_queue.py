@@ -56,6 +56,21 @@ def checkpoints_registered(home: Path, run_name: str) -> int:
         return 0
 
 
+def explain(client, *jobs) -> str:
+    """What the queue, the jobs and the machine were doing (printed when a wait times out)."""
+    import subprocess
+
+    lines = [f"cluster: {client.cluster()}"]
+    for job in jobs:
+        info = job.refresh()
+        lines.append(f"{info.id}: {info.state} ({info.reason}) history={info.history}")
+        lines.append(client.logs(info.id)[1][-3000:])
+    top = subprocess.run(["ps", "-eo", "pid,pgid,pcpu,etimes,args", "--sort=-pcpu"],
+                         capture_output=True, text=True).stdout  # fmt: skip
+    lines.append("busiest processes:\n" + "\n".join(top.splitlines()[:15]))
+    return "\n".join(lines)
+
+
 def admitted_at(job: JobInfo, attempt: int) -> float:
     starts = [t.at for t in job.history if t.state == "starting"]
     return starts[attempt - 1]
@@ -79,7 +94,10 @@ def test_priorities_preemption_restart_cancel_and_retry(queue_client, queue_head
     # 1. A low-priority 2-CPU job runs alone ...
     long = client.submit(write(folder, "long", LONG))
     assert long.info.demand == {"CPU": 2.0} and long.info.priority == 0
-    wait_for(lambda: epochs_logged(long.info.run_name) >= 3, 300, "long to train 3 epochs")
+    wait_for(
+        lambda: epochs_logged(long.info.run_name) >= 3, 300, "long to train 3 epochs",
+        explain=lambda: explain(client, long),
+    )  # fmt: skip
     # its checkpoints are registered a little after the epochs end: wait for one
     wait_for(lambda: checkpoints_registered(orch_home, long.info.run_name), 60, "a checkpoint")
 
