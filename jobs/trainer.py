@@ -86,7 +86,17 @@ def fit(
     # Ray Train's controller takes one report per health-check tick (2 s by default), which
     # would cap short epochs at one per 2 s. The driver's value propagates to the controller.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-    events = Queue(actor_options={"num_cpus": 0})
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # The event queue lives on this driver's node, like Ray Train's controller: a worker node
+    # that dies must not take the run's progress channel with it.
+    here = ray.get_runtime_context().get_node_id()
+    events = Queue(
+        actor_options={
+            "num_cpus": 0,
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=False),
+        }
+    )
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={

@@ -94,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="write a `serve deploy` config to PATH instead of deploying",
     )
+    serve.add_argument(
+        "--down",
+        action="store_true",
+        help="take the spec's application down instead (with --address: on that cluster)",
+    )
     serve.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     serve.add_argument("--verbose", action="store_true", help="show Ray worker logs")
 
@@ -274,6 +279,8 @@ def _serve_in_foreground(foreground, app: str) -> None:
 
 
 def _cmd_serve(args) -> int:
+    if args.down:
+        return _cmd_serve_down(args)
     err = Console(stderr=True)
     display = None if args.json else RunDisplay(err)
     foreground = _foreground(args) if args.emit_config is None else None
@@ -294,6 +301,23 @@ def _cmd_serve(args) -> int:
         sys.stdout.flush()
     if served.endpoint is not None:
         _serve_in_foreground(foreground, served.app)
+    return 0
+
+
+def _cmd_serve_down(args) -> int:
+    from orchestrator.exceptions import SpecError
+    from orchestrator.loader import load_spec
+
+    if args.emit_config is not None:
+        raise SpecError("--down and --emit-config do not go together: choose one")
+    client = Client(args.address, show_worker_logs=args.verbose)
+    spec = load_spec(args.spec)
+    stopped = client.stop_serving(spec)
+    app = spec.serve.name if spec.serve else spec.name
+    if args.json:
+        print(json.dumps({"app": app, "stopped": stopped}), flush=True)
+    else:
+        print(f"Stopped serving {app}." if stopped else f"{app} was not being served.")
     return 0
 
 

@@ -178,6 +178,17 @@ class Client:
             show_worker_logs=self.show_worker_logs,
         )
 
+    def stop_serving(self, spec: str | Path | PipelineSpec) -> bool:
+        """Take the spec's Serve application down; False when it was not running.
+
+        Raises:
+            SpecError: the spec has no serve section.
+        """
+        from orchestrator.serving import stop_serving
+
+        pipeline = spec if isinstance(spec, PipelineSpec) else load_spec(spec)
+        return stop_serving(pipeline, address=self.address)
+
     def _run_study(
         self, pipeline: PipelineSpec, on_event, resume: bool, run_name: str | None = None
     ) -> RunResult:

@@ -209,6 +209,21 @@ def run_serving(
     return result
 
 
+def stop_serving(spec: PipelineSpec, *, address: str | None = None) -> bool:
+    """Take the spec's Serve application down (its replicas free their CPUs); other
+    applications keep serving. False when it was not running.
+
+    Raises:
+        SpecError: the spec has no serve section.
+    """
+    if spec.serve is None:
+        raise SpecError(f"{spec.name} has no serve section: there is no application to stop")
+    connect_ray(address)
+    from serve.deploy import undeploy
+
+    return undeploy(spec.serve.name)
+
+
 def in_foreground(address: str | None) -> bool:
     """Serving stays in this process (embedded Ray) unless a cluster was named."""
     return address is None and not os.environ.get("RAY_ADDRESS")

@@ -105,10 +105,21 @@ def _v2_models() -> dict[str, str]:
     return {model: app for model, app in current.items() if app in live}
 
 
-def shutdown_app(name: str) -> None:
+def undeploy(name: str) -> bool:
+    """Delete application ``name`` and drop its models from /v2 (the router goes with the
+    last one). False when no such application was running; other applications stay."""
     from ray import serve
 
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    if name not in serve.status().applications:
+        return False
     serve.delete(name)
+    models = {model: app for model, app in _v2_models().items() if app != name}
+    if models:
+        serve.run(build_v2_app({"models": models}), name=V2_APP, route_prefix="/v2")
+    elif V2_APP in serve.status().applications:
+        serve.delete(V2_APP)
+    return True
 
 
 def emit_config(config: AppConfig, spec: ServeSpec, path: str) -> dict:
