@@ -38,6 +38,20 @@ def select_accelerator() -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 
 
+def skip_shared_memory_comm_op() -> None:
+    """Keep DeepSpeed's CPU backend from JIT-building its shared-memory all-reduce op.
+
+    On the CPU accelerator ``deepspeed.init_distributed`` builds ``deepspeed_shm_comm``
+    with ninja; inside Ray workers that build ran again on nearly every run (55-75 s of
+    both cores per training start, measured). The op serves only inference all-reduce
+    (tensor-parallel inference); training's collectives go through torch.distributed (gloo)
+    either way, so marking it incompatible changes no result.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def slow_bf16_warning(precision: str, device: torch.device) -> str | None:
     """A warning when bf16 runs on a CPU without native bf16 (it can be 10-100x slower)."""
     if precision != "bf16" or device.type != "cpu":
@@ -178,6 +192,8 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     stages = train.deepspeed.pipeline_stages
 
+    if device.type == "cpu":
+        skip_shared_memory_comm_op()
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     torch.manual_seed(seed)  # the same initial weights on every rank and every layout
     layers = build_layers(
