@@ -243,6 +243,7 @@ class Ingress:
     def metadata(self) -> dict:
         config = self.config
         return {
+            "model_name": config.model_name,
             "task": config.task,
             "classes": config.classes,
             "n_features": len(config.feature_names),

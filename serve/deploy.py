@@ -115,6 +115,15 @@ def undeploy(name: str) -> bool:
         return False
     serve.delete(name)
     models = {model: app for model, app in _v2_models().items() if app != name}
+    # A model name the deleted app had taken over from another app goes back to that one.
+    for app in serve.status().applications:
+        if app == V2_APP:
+            continue
+        try:
+            model = serve.get_app_handle(app).metadata.remote().result(timeout_s=30)["model_name"]
+        except Exception:  # not one of ours, or not answering: leave it out of /v2
+            continue
+        models.setdefault(model, app)
     if models:
         serve.run(build_v2_app({"models": models}), name=V2_APP, route_prefix="/v2")
     elif V2_APP in serve.status().applications:

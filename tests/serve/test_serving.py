@@ -24,6 +24,7 @@ from orchestrator import Client
 from orchestrator.exceptions import ClusterError
 from serve.registry import Registry
 from tests.conftest import free_port
+from tests.helpers import wait_for
 from tests.serve.conftest import pipeline, register_quick_model
 
 pytestmark = pytest.mark.slow
@@ -217,7 +218,19 @@ def test_traffic_splits_between_aliases_by_percent(digits_app, store, serve_port
             seen[reply.json()["model"]["version"]] += 1
     # 300 draws at p=0.3: mean 90, sd 7.9; the band is over 4 sd wide each side
     assert 55 <= seen[challenger] <= 125 and sum(seen.values()) == 300
-    serve.delete("split")
+    # /v2 routes the shared model name to the app deployed last: split, for now.
+    v2 = f"http://127.0.0.1:{serve_port}/v2/models/digits-classifier"
+    assert httpx.get(v2, timeout=30).json()["versions"] == ["1", challenger]
+
+    # Taking split down leaves digits serving, and /v2 goes back to it.
+    assert Client().stop_serving(spec) is True
+    assert "split" not in serve.status().applications
+    assert httpx.post(f"{endpoint}/predict", json={"instances": [[0.0] * 64]}).status_code == 404
+    reply = httpx.post(f"{digits_app}/predict", json={"instances": DIGITS[:1].tolist()})
+    assert reply.status_code == 200
+    # (the router caches a model's metadata for 2 s)
+    wait_for(lambda: httpx.get(v2, timeout=30).json()["versions"] == ["1"], 30, "/v2 to digits")
+    assert Client().stop_serving(spec) is False
 
 
 def test_promoting_and_serving_again_rolls_replicas_without_failing_a_request(
