@@ -547,9 +547,9 @@ def _reading(results: dict) -> str:
         + ", ".join(f"{g:.1f}x ({n})" for n, g in gain.items())
         + f" from batch 1 to {b} (one thread): a transformer over 14 feature tokens is already "
         "compute-bound at batch 1, so batched Serve cannot be 2x unbatched here. Serve's "
-        "default proxy adds about 7 ms p50 at c=1; RAY_SERVE_THROUGHPUT_OPTIMIZED or "
-        "RAY_SERVE_ENABLE_DIRECT_INGRESS cut the no-op path by only 1-2 ms here (measured "
-        "while choosing: 5.9-6.8 ms vs 7.3-8.0 ms p50 at c=1), so the default proxy is kept."
+        "default proxy adds about 7 ms p50 at c=1; direct ingress removes most of it on the "
+        "replica's own port, see the next section for the numbers and why the default proxy "
+        "is kept."
     )
 
 
