@@ -230,3 +230,17 @@ def test_run_display_prints_warnings_and_resume():
     assert "resuming from the checkpoint of epoch 3" in text
     assert "MLflow run abc" in text
     assert "val_accuracy=0.9" in text
+
+
+def test_cli_serve_down_names_what_is_missing(tmp_path, capsys):
+    no_serve = tmp_path / "train-only.yaml"
+    no_serve.write_text(
+        "name: train-only\ndata: {source: sklearn://iris}\n"
+        "model: {type: mlp, params: {hidden_sizes: [16]}}\n"
+    )
+    assert main(["serve", str(no_serve), "--down"]) == 2
+    assert "train-only has no serve section" in capsys.readouterr().err
+    both = ["serve", str(EXAMPLES / "digits.yaml"), "--down", "--emit-config", "x.yaml"]
+    assert main(both) == 2
+    assert "--down and --emit-config do not go together" in capsys.readouterr().err
+    assert not (tmp_path / "x.yaml").exists()
