@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from bench.common import describe_machine, md_table, result_header
 
@@ -32,12 +31,11 @@ def _log(message: str) -> None:
 
 def _measure(mode: str, seconds: float) -> dict:
     """In the child: start Ray and a no-op Serve app in ``mode``, load each port it answers."""
-    import httpx
     import ray
     from fastapi import FastAPI
     from ray import serve
 
-    from bench.serve_throughput import _closed_loop
+    from bench.serve_throughput import _closed_loop, _wait_http
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     api = FastAPI()
@@ -57,9 +55,7 @@ def _measure(mode: str, seconds: float) -> dict:
     out: dict = {}
     for label, port in ports.items():
         url = f"http://127.0.0.1:{port}/noop/"
-        deadline = time.time() + 60
-        while httpx.post(url, timeout=10).status_code != 200 and time.time() < deadline:
-            time.sleep(0.5)
+        _wait_http(url)
         out[label] = {
             str(c): asyncio.run(_closed_loop(url, b"{}", c, seconds)) for c in CONCURRENCY
         }

@@ -82,12 +82,11 @@ def fit(
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Empty, Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     # Ray Train's controller takes one report per health-check tick (2 s by default), which
     # would cap short epochs at one per 2 s. The driver's value propagates to the controller.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     # The event queue lives on this driver's node, like Ray Train's controller: a worker node
     # that dies must not take the run's progress channel with it.
     here = ray.get_runtime_context().get_node_id()

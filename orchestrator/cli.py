@@ -312,8 +312,8 @@ def _cmd_serve_down(args) -> int:
         raise SpecError("--down and --emit-config do not go together: choose one")
     client = Client(args.address, show_worker_logs=args.verbose)
     spec = load_spec(args.spec)
-    stopped = client.stop_serving(spec)
-    app = spec.serve.name if spec.serve else spec.name
+    stopped = client.stop_serving(spec)  # SpecError when there is no serve section
+    app = spec.serve.name
     if args.json:
         print(json.dumps({"app": app, "stopped": stopped}), flush=True)
     else:

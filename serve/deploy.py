@@ -81,9 +81,7 @@ def deploy(config: AppConfig, spec: ServeSpec) -> str:
     """
     from ray import serve
 
-    # Serve's driver-side INFO lines ("Started Serve", "Connecting to existing Serve app")
-    # would interleave with the CLI's own report.
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    _quiet_serve_logs()
     check_resources(config)
     serve.start(http_options={"host": spec.host, "port": spec.port, "location": "HeadOnly"})
     serve.run(build_app(config.model_dump()), name=config.name, route_prefix=f"/{config.name}")
@@ -91,6 +89,12 @@ def deploy(config: AppConfig, spec: ServeSpec) -> str:
     models[config.model_name] = config.name
     serve.run(build_v2_app({"models": models}), name=V2_APP, route_prefix="/v2")
     return f"{http_address(spec)}/{config.name}"
+
+
+def _quiet_serve_logs() -> None:
+    # Serve's driver-side INFO lines ("Started Serve", "Connecting to existing Serve app")
+    # would interleave with the CLI's own report.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
 def _v2_models() -> dict[str, str]:
@@ -110,23 +114,28 @@ def undeploy(name: str) -> bool:
     last one). False when no such application was running; other applications stay."""
     from ray import serve
 
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    if name not in serve.status().applications:
+    _quiet_serve_logs()
+    apps = set(serve.status().applications)
+    if name not in apps:
         return False
+    current = _v2_models()
     serve.delete(name)
-    models = {model: app for model, app in _v2_models().items() if app != name}
+    models = {model: app for model, app in current.items() if app != name}
     # A model name the deleted app had taken over from another app goes back to that one.
-    for app in serve.status().applications:
-        if app == V2_APP:
-            continue
+    orphaned = set(current) - set(models)
+    for app in sorted(apps - {name, V2_APP}):
+        if not orphaned:
+            break
         try:
             model = serve.get_app_handle(app).metadata.remote().result(timeout_s=30)["model_name"]
         except Exception:  # not one of ours, or not answering: leave it out of /v2
             continue
-        models.setdefault(model, app)
+        if model in orphaned:
+            models[model] = app
+            orphaned.discard(model)
     if models:
         serve.run(build_v2_app({"models": models}), name=V2_APP, route_prefix="/v2")
-    elif V2_APP in serve.status().applications:
+    elif V2_APP in apps:
         serve.delete(V2_APP)
     return True
 
