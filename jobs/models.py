@@ -11,8 +11,15 @@ Adding a model type is one decorated function::
 
     @register_model("tiny", TinyParams)
     def tiny(params: TinyParams, shape: DataShape) -> list[nn.Module]:
+        from torch import nn
+
         return [nn.Sequential(nn.Linear(shape.n_features, params.width), nn.ReLU()),
                 nn.Linear(params.width, shape.n_outputs)]
+
+Describing and checking models imports no torch (``orch validate`` and ``orch schema``
+answer at editor speed): the params are plain pydantic models, and builders import torch
+(and ``jobs.layers``) when they build. Whether params fit the data's shape is a torch-free
+``check`` where an entry gives one; an entry without one is built to find out.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from torch import nn
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,9 @@ class ZooEntry:
     name: str
     params_model: type[ZooParams]
     build: Callable[[ZooParams, DataShape], list[nn.Module]]
+    # Raises ValueError when the params cannot take data of a shape, without torch;
+    # None = build the layers to find out.
+    check: Callable[[ZooParams, DataShape], None] | None = None
 
 
 MODEL_ZOO: dict[str, ZooEntry] = {}
@@ -53,13 +65,25 @@ MODEL_ZOO: dict[str, ZooEntry] = {}
 _PROBE_SHAPE = DataShape(n_features=64, n_outputs=2)
 
 
-def register_model(name: str, params_model: type[ZooParams]):
-    """Decorator: add a builder to the zoo under ``name`` (the spec's ``model.type``)."""
+def register_model(
+    name: str,
+    params_model: type[ZooParams],
+    check: Callable[[ZooParams, DataShape], None] | None = None,
+):
+    """Decorator: add a builder to the zoo under ``name`` (the spec's ``model.type``).
+
+    Args:
+        name: the spec's ``model.type``.
+        params_model: validates ``model.params``.
+        check: raises ValueError when validated params cannot take data of a shape, without
+            building the model; ``orch validate`` uses it to stay torch-free. None = the
+            check builds the layers.
+    """
 
     def decorate(build):
         if name in MODEL_ZOO:
             raise ValueError(f"model type {name!r} is already registered")
-        MODEL_ZOO[name] = ZooEntry(name, params_model, build)
+        MODEL_ZOO[name] = ZooEntry(name, params_model, build, check)
         return build
 
     return decorate
@@ -80,9 +104,29 @@ def build_layers(model_type: str, params: dict, shape: DataShape) -> list[nn.Mod
     return entry.build(entry.params_model.model_validate(params), shape)
 
 
+def check_fits(model_type: str, params: dict, shape: DataShape) -> None:
+    """Raise ValueError when the model cannot take data of ``shape``.
+
+    Torch-free for entries registered with a ``check``; any other entry is built.
+    """
+    entry = get_entry(model_type)
+    validated = entry.params_model.model_validate(params)
+    if entry.check is None:
+        entry.build(validated, shape)
+    else:
+        entry.check(validated, shape)
+
+
 def count_layers(model_type: str, params: dict) -> int:
-    """How many pipeline-partitionable layers the model has (independent of the data)."""
+    """How many pipeline-partitionable layers the model has (independent of the data).
+
+    Builds the model, so it imports torch: the spec asks only when it has pipeline stages.
+    """
     return len(build_layers(model_type, params, _PROBE_SHAPE))
+
+
+def _any_shape(params: ZooParams, shape: DataShape) -> None:
+    """The entry takes any number of features and outputs."""
 
 
 # --------------------------------------------------------------------------- mlp
@@ -108,19 +152,23 @@ class MLPParams(ZooParams):
         return name
 
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+_ACTIVATIONS = ("relu", "gelu", "tanh")
 
 
-@register_model("mlp", MLPParams)
+@register_model("mlp", MLPParams, check=_any_shape)
 def mlp(params: MLPParams, shape: DataShape) -> list[nn.Module]:
     """Fully connected blocks (Linear, activation, dropout), one pipeline layer each."""
+    from torch import nn
+
+    from jobs.layers import ACTIVATIONS
+
     layers: list[nn.Module] = []
     width = shape.n_features
     for hidden in params.hidden_sizes:
         layers.append(
             nn.Sequential(
                 nn.Linear(width, hidden),
-                _ACTIVATIONS[params.activation](),
+                ACTIVATIONS[params.activation](),
                 nn.Dropout(params.dropout),
             )
         )
@@ -176,32 +224,24 @@ def image_shape_for(params: CNNParams, n_features: int) -> tuple[int, int, int]:
     return 1, side, side
 
 
-class _ConvBlock(nn.Module):
-    """Conv + ReLU + pooling; the first block also reshapes flat features into an image."""
-
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, pool: bool, reshape_to=None):
-        super().__init__()
-        self.reshape_to = reshape_to
-        self.conv = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2)
-        self.act = nn.ReLU()
-        self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.reshape_to is not None:
-            x = x.reshape(x.shape[0], *self.reshape_to)
-        return self.pool(self.act(self.conv(x)))
+def _cnn_fits(params: CNNParams, shape: DataShape) -> None:
+    image_shape_for(params, shape.n_features)
 
 
-@register_model("cnn", CNNParams)
+@register_model("cnn", CNNParams, check=_cnn_fits)
 def cnn(params: CNNParams, shape: DataShape) -> list[nn.Module]:
     """Conv blocks over image-shaped inputs, then a linear classifier."""
+    from torch import nn
+
+    from jobs.layers import ConvBlock
+
     c, h, w = image_shape_for(params, shape.n_features)
     layers: list[nn.Module] = []
     in_ch = c
     for i, out_ch in enumerate(params.channels):
         pool = min(h, w) >= 4  # pool while the image is large enough to halve
         layers.append(
-            _ConvBlock(
+            ConvBlock(
                 in_ch, out_ch, params.kernel_size, pool, reshape_to=(c, h, w) if i == 0 else None
             )
         )
@@ -233,34 +273,14 @@ class TransformerParams(ZooParams):
         return self
 
 
-class _FeatureTokenizer(nn.Module):
-    """Each scalar feature becomes a token (value * weight + bias), plus a [CLS] token."""
-
-    def __init__(self, n_features: int, d_model: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(n_features, d_model) * d_model**-0.5)
-        self.bias = nn.Parameter(torch.zeros(n_features, d_model))
-        self.cls = nn.Parameter(torch.zeros(1, 1, d_model))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = x.unsqueeze(-1) * self.weight + self.bias
-        return torch.cat([self.cls.expand(x.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
-
-
-class _ClsHead(nn.Module):
-    def __init__(self, d_model: int, n_outputs: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(d_model)
-        self.out = nn.Linear(d_model, n_outputs)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.out(self.norm(tokens[:, 0]))
-
-
-@register_model("transformer", TransformerParams)
+@register_model("transformer", TransformerParams, check=_any_shape)
 def transformer(params: TransformerParams, shape: DataShape) -> list[nn.Module]:
     """A small encoder over feature tokens (FT-Transformer style), read out at [CLS]."""
-    layers: list[nn.Module] = [_FeatureTokenizer(shape.n_features, params.d_model)]
+    from torch import nn
+
+    from jobs.layers import ClsHead, FeatureTokenizer
+
+    layers: list[nn.Module] = [FeatureTokenizer(shape.n_features, params.d_model)]
     for _ in range(params.num_layers):
         layers.append(
             nn.TransformerEncoderLayer(
@@ -272,5 +292,5 @@ def transformer(params: TransformerParams, shape: DataShape) -> list[nn.Module]:
                 norm_first=True,
             )
         )
-    layers.append(_ClsHead(params.d_model, shape.n_outputs))
+    layers.append(ClsHead(params.d_model, shape.n_outputs))
     return layers

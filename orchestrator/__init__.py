@@ -15,7 +15,7 @@ from importlib import import_module
 
 _EXPORTS = {
     "Client": "orchestrator.client",
-    "RunResult": "orchestrator.client",
+    "RunResult": "orchestrator.results",
     "ClusterError": "orchestrator.exceptions",
     "JobFailedError": "orchestrator.exceptions",
     "OrchestratorError": "orchestrator.exceptions",

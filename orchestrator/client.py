@@ -11,67 +11,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, Field
+from typing import TYPE_CHECKING
 
 from orchestrator.loader import load_spec
-from orchestrator.pipeline import (
-    Registration,
-    run_registration,
-    run_study_pipeline,
-    run_training,
-)
-from orchestrator.serving import ServeResult, run_serving
 from orchestrator.spec import PipelineSpec
-from tuning.study import TrialSummary
+
+# The stages (Ray, torch, MLflow) are imported by the methods that run them, so validating
+# a spec imports neither torch nor Ray.
+if TYPE_CHECKING:
+    from orchestrator.results import RunResult
+    from orchestrator.serving import ServeResult
+
+_RESULT_TYPES = ("RunResult", "StudyReport")
 
 
-class StudyReport(BaseModel):
-    """A tuning study's outcome (``RunResult.study``)."""
+def __getattr__(name: str):
+    """``RunResult`` and ``StudyReport`` (``orchestrator.results``), imported on first use."""
+    if name in _RESULT_TYPES:
+        from orchestrator import results
 
-    study: str = Field(description="Study name; its state is under ./.orch/studies/<study>.")
-    path: str
-    metric: str
-    mode: str
-    best_trial_id: str
-    best_params: dict = Field(description="Dotted spec path -> value of the best trial.")
-    best_metric: float
-    best_mlflow_run_id: str | None = Field(description="The best trial's child run.")
-    trials: list[TrialSummary]
-    wall_s: float
-
-
-class RunResult(BaseModel):
-    """The outcome of ``Client.run`` (``orch run --json`` prints exactly this)."""
-
-    name: str
-    status: Literal["succeeded", "failed"]
-    metrics: dict[str, float] = Field(
-        description="Final epoch's metrics (of the best trial when the pipeline tunes)."
-    )
-    mlflow_run_id: str = Field(description="The training run, or the study's parent run.")
-    tracking_uri: str
-    model_uri: str = Field(
-        description="MLflow URI of the logged torch model (the best trial's, when tuning)."
-    )
-    checkpoint: str = Field(description="Ray Train checkpoint holding the final weights.")
-    resumed_from_epochs: list[int] = Field(
-        default_factory=list, description="Epochs training resumed from after worker failures."
-    )
-    worker_nodes: dict[int, str] = Field(
-        default_factory=dict, description="Ray node id of each training worker (by rank)."
-    )
-    study: StudyReport | None = Field(None, description="The tuning study, when the spec has one.")
-    registered: Registration | None = Field(
-        None, description="The model version registered in MLflow, and whether the alias moved."
-    )
-    served: ServeResult | None = Field(
-        None, description="The Serve application, when the spec has a serve section."
-    )
-    endpoint: str | None = Field(
-        None, description="HTTP base of the served model: POST <endpoint>/predict."
-    )
+        return getattr(results, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Client:
@@ -112,6 +72,9 @@ class Client:
             SpecError: invalid spec or data, or nothing to resume; nothing was started.
             JobFailedError: a stage failed (the MLflow run is marked FAILED).
         """
+        from orchestrator.pipeline import run_training
+        from orchestrator.results import RunResult
+
         pipeline = spec if isinstance(spec, PipelineSpec) else load_spec(spec)
         if pipeline.tune is not None:
             study = self._run_study(pipeline, on_event, resume, run_name)
@@ -169,6 +132,8 @@ class Client:
             JobFailedError: quantization failed or lost more than max_accuracy_drop.
             ClusterError: the cluster cannot hold the replicas.
         """
+        from orchestrator.serving import run_serving
+
         pipeline = spec if isinstance(spec, PipelineSpec) else load_spec(spec)
         return run_serving(
             pipeline,
@@ -192,6 +157,9 @@ class Client:
     def _run_study(
         self, pipeline: PipelineSpec, on_event, resume: bool, run_name: str | None = None
     ) -> RunResult:
+        from orchestrator.pipeline import run_study_pipeline
+        from orchestrator.results import RunResult, StudyReport
+
         outcome, run_id, tracking_uri, model_uri, metrics = run_study_pipeline(
             pipeline,
             address=self.address,
@@ -225,6 +193,8 @@ class Client:
         )
 
     def _register(self, pipeline: PipelineSpec, result: RunResult, on_event) -> RunResult:
+        from orchestrator.pipeline import run_registration
+
         task = "classification" if "val_accuracy" in result.metrics else "regression"
         result.registered = run_registration(
             pipeline,

@@ -3,7 +3,8 @@
 Every problem is reported as ``file:line: field.path: what is wrong (and the fix)``; an
 unknown key gets the closest valid one ("did you mean 'epochs'?"). With ``check_data``
 the data source, its columns and the model's fit to the data are checked too (reading the
-schema only), so ``orch validate`` catches them before anything starts.
+schema only), so ``orch validate`` catches them before anything starts. Neither imports
+torch nor Ray (tests/orchestrator/test_cli_imports.py holds it to that).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from jobs import models as zoo
-from jobs.data import probe
 from jobs.errors import DataError
 from jobs.spec import ModelSpec
 from orchestrator.exceptions import SpecError
@@ -160,6 +160,8 @@ def parse_spec(text: str, path: Path) -> tuple[PipelineSpec, dict[Loc, int]]:
 
 def check_against_data(spec: PipelineSpec, path: Path, lines: dict[Loc, int]) -> None:
     """The checks that need the data's schema: source, columns, the model's fit to the shape."""
+    from jobs.data import probe  # pyarrow and numpy: only when the data is opened
+
     try:
         schema = probe(spec.data)
     except DataError as exc:
@@ -170,7 +172,7 @@ def check_against_data(spec: PipelineSpec, path: Path, lines: dict[Loc, int]) ->
             raise SpecError(_format(path, lines, ("tune", "metric"), problem))
     n_outputs = 2  # any width: only the input side can fail here
     try:
-        zoo.build_layers(
+        zoo.check_fits(
             spec.model.type, spec.model.params, zoo.DataShape(len(schema.features), n_outputs)
         )
     except ValueError as exc:

@@ -1,0 +1,64 @@
+"""What ``Client.run`` returns: the pipeline's typed result, with each stage's part.
+
+Importing this module imports the stages that define those parts (Ray, torch), so the SDK
+imports it only when it runs something: ``orch validate`` and ``orch schema`` never do.
+``from orchestrator.client import RunResult`` and ``from orchestrator import RunResult``
+still work, and import it on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from orchestrator.pipeline import Registration
+from orchestrator.serving import ServeResult
+from tuning.study import TrialSummary
+
+
+class StudyReport(BaseModel):
+    """A tuning study's outcome (``RunResult.study``)."""
+
+    study: str = Field(description="Study name; its state is under ./.orch/studies/<study>.")
+    path: str
+    metric: str
+    mode: str
+    best_trial_id: str
+    best_params: dict = Field(description="Dotted spec path -> value of the best trial.")
+    best_metric: float
+    best_mlflow_run_id: str | None = Field(description="The best trial's child run.")
+    trials: list[TrialSummary]
+    wall_s: float
+
+
+class RunResult(BaseModel):
+    """The outcome of ``Client.run`` (``orch run --json`` prints exactly this)."""
+
+    name: str
+    status: Literal["succeeded", "failed"]
+    metrics: dict[str, float] = Field(
+        description="Final epoch's metrics (of the best trial when the pipeline tunes)."
+    )
+    mlflow_run_id: str = Field(description="The training run, or the study's parent run.")
+    tracking_uri: str
+    model_uri: str = Field(
+        description="MLflow URI of the logged torch model (the best trial's, when tuning)."
+    )
+    checkpoint: str = Field(description="Ray Train checkpoint holding the final weights.")
+    resumed_from_epochs: list[int] = Field(
+        default_factory=list, description="Epochs training resumed from after worker failures."
+    )
+    worker_nodes: dict[int, str] = Field(
+        default_factory=dict, description="Ray node id of each training worker (by rank)."
+    )
+    study: StudyReport | None = Field(None, description="The tuning study, when the spec has one.")
+    registered: Registration | None = Field(
+        None, description="The model version registered in MLflow, and whether the alias moved."
+    )
+    served: ServeResult | None = Field(
+        None, description="The Serve application, when the spec has a serve section."
+    )
+    endpoint: str | None = Field(
+        None, description="HTTP base of the served model: POST <endpoint>/predict."
+    )
