@@ -45,6 +45,45 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
 
 log = logging.getLogger(__name__)
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""MLflow 3.17's UI opens an experiment without this tag on its GenAI "Overview" (traces),
+where none of our runs show; with it, the experiment opens on its training runs."""
+
+
+def ensure_experiment(client, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created if missing, tagged as model training.
+
+    Every experiment orch logs to goes through here. A kind already set (by the user, or
+    ``genai_development`` for a shared experiment) is left alone.
+
+    Args:
+        client: an ``mlflow.MlflowClient`` for the tracking URI.
+        name: the experiment's name.
+        artifact_location: where a new experiment keeps its artifacts (None: the server's
+            default); an existing experiment keeps its own.
+
+    Returns:
+        The experiment id.
+    """
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(
+                name,
+                artifact_location=artifact_location,
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
+        except MlflowException:  # another run created it since the lookup
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
+
 
 class Outbox:
     """Epoch metrics and tags written by a background thread, kept and retried in order while
@@ -109,16 +148,10 @@ class RunTracker:
         self._mlflow = mlflow
         self.client = mlflow.MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
-        existing = self.client.get_experiment_by_name(experiment)
-        if existing is not None:
-            self.experiment_id = existing.experiment_id
-        else:
-            location = (
-                f"{Path(artifact_root).resolve().as_uri()}/{experiment}" if artifact_root else None
-            )
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=location
-            )
+        location = (
+            f"{Path(artifact_root).resolve().as_uri()}/{experiment}" if artifact_root else None
+        )
+        self.experiment_id = ensure_experiment(self.client, experiment, artifact_location=location)
         self.run_id: str | None = None
 
     def start(self, run_name: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:

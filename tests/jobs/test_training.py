@@ -181,4 +181,8 @@ def test_cli_run_json_cnn_on_digits(ray_session, tmp_path, capsys):
     assert result["status"] == "succeeded"
     assert result["metrics"]["val_accuracy"] > 0.85
     assert result["metrics"]["lr"] == pytest.approx(0.05 * 0.5**2, rel=0.05)
-    assert mlflow.MlflowClient(result["tracking_uri"]).get_run(result["mlflow_run_id"])
+    client = mlflow.MlflowClient(result["tracking_uri"])
+    run = client.get_run(result["mlflow_run_id"])
+    # the MLflow UI opens this experiment on its training runs, not on the GenAI overview
+    kind = client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"]
+    assert kind == "custom_model_development"
