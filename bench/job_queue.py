@@ -23,6 +23,9 @@ from pathlib import Path
 
 from bench.common import describe_machine, fmt, md_table, result_header
 
+# The file is job_queue.py, not queue.py: scripts run with bench/ first on sys.path, where a
+# queue.py shadows the standard library's queue (torch imports it).
+NAME = "queue"
 TITLE = "Job queue: scheduling decisions and submit-to-running latency"
 ORDER = 40
 COMMAND = "make bench  (python -m bench --only queue)"
