@@ -9,6 +9,7 @@ import shutil
 import sys
 
 from orchestrator import cli_queue
+from orchestrator.address import ADDRESS_HELP
 from orchestrator.exceptions import OrchestratorError
 
 
@@ -58,9 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a pipeline to the end")
     run.add_argument("spec", help="pipeline YAML file")
     run.add_argument(
-        "--address",
-        default=None,
-        help="Ray cluster to use ('auto' or host:port); default: a local Ray",
+        "--address", default=None, help=ADDRESS_HELP.format(default="a private local Ray")
     )
     out = run.add_mutually_exclusive_group()
     out.add_argument("--quiet", action="store_true", help="print only the final summary line")
@@ -85,8 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--address",
         default=None,
-        help="Ray cluster to deploy onto and return; default: a local Ray, served in the "
-        "foreground until Ctrl-C",
+        help="deploy onto this cluster and return; "
+        + ADDRESS_HELP.format(default="a local Ray, served in the foreground until Ctrl-C"),
     )
     serve.add_argument(
         "--emit-config",
@@ -126,6 +125,16 @@ def _parser() -> argparse.ArgumentParser:
 
     cli_queue.add_commands(sub)
 
+    dashboard = sub.add_parser(
+        "dashboard", help="where the Ray dashboard is, and the file holding the token it asks for"
+    )
+    dashboard.add_argument(
+        "--address",
+        default=None,
+        help=ADDRESS_HELP.format(default="the cluster recorded under $ORCH_HOME/cluster"),
+    )
+    dashboard.add_argument("--json", action="store_true", help="print JSON")
+
     ui = sub.add_parser("ui", help="open the MLflow UI on the embedded store")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
@@ -151,15 +160,11 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    err = Console(stderr=True)
+    term = _capture("run", args)
     show_progress = not (args.quiet or args.json)
-    display = RunDisplay(err) if show_progress else None
+    display = RunDisplay(Console(file=term.err)) if show_progress else None
     foreground = _foreground(args)
     client = Client(args.address, show_worker_logs=args.verbose)
-    # stdout carries the result (the summary, or the one JSON object with --json) and
-    # nothing else: whatever Ray or a library prints while the pipeline runs goes to stderr.
-    stdout = sys.stdout
-    sys.stdout = sys.stderr
     try:
         result = client.run(
             args.spec,
@@ -168,19 +173,16 @@ def _cmd_run(args) -> int:
             run_name=args.run_name,
         )
     except OrchestratorError as exc:
-        if display:
-            display.close()
         if args.json:
-            print(
-                json.dumps({"spec": args.spec, "status": "failed", "error": str(exc)}), file=stdout
-            )
+            print(json.dumps({"spec": args.spec, "status": "failed", "error": str(exc)}),
+                  file=term.out, flush=True)  # fmt: skip
         raise
     finally:
-        sys.stdout = stdout
-    if display:
-        display.close()
+        if display:
+            display.close()
+    out = term.out
     if args.json:
-        print(result.model_dump_json(), flush=True)
+        print(result.model_dump_json(), file=out, flush=True)
         if result.served is not None:
             _serve_in_foreground(foreground, result.served.app)
         return 0
@@ -188,44 +190,60 @@ def _cmd_run(args) -> int:
         study = result.study
         print(
             f"{result.name}: best trial {study.best_trial_id}: {study.metric}="
-            f"{study.best_metric:.4g} with {format_params(study.best_params)}"
+            f"{study.best_metric:.4g} with {format_params(study.best_params)}",
+            file=out,
         )
         counts = {s: sum(t.status == s for t in study.trials) for s in _TRIAL_STATES}
         print(
             f"  {len(study.trials)} trials: "
             + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-            + f"; {sum(t.epoch for t in study.trials)} epochs in {study.wall_s:.0f} s"
+            + f"; {sum(t.epoch for t in study.trials)} epochs in {study.wall_s:.0f} s",
+            file=out,
         )
-    print(f"{result.name}: {result.status}: {format_metrics(result.metrics)}")
+    print(f"{result.name}: {result.status}: {format_metrics(result.metrics)}", file=out)
     if result.registered is not None:
         reg = result.registered
         moved = (
             f"@{reg.alias} -> version {reg.version}" if reg.promoted else f"@{reg.alias} unchanged"
         )
-        print(f"Registered {reg.model_name} version {reg.version}; {moved}: {reg.reason}")
-    if not args.quiet and result.study is not None:
-        print(
-            f"Best trial's MLflow run: {result.study.best_mlflow_run_id}  (study run: "
-            f"{result.mlflow_run_id})"
-        )
-        print(f"Model (best trial's final checkpoint): {result.model_uri}")
-        if result.tracking_uri.startswith("sqlite:"):
-            print("Open the MLflow UI with: orch ui   (http://127.0.0.1:5000)")
-    elif not args.quiet:
-        print(f"MLflow run: {result.mlflow_run_id}  model: {result.model_uri}")
-        if result.tracking_uri.startswith("sqlite:"):
-            print("Open the MLflow UI with: orch ui   (http://127.0.0.1:5000)")
-        else:
-            print(f"MLflow tracking server: {result.tracking_uri}")
+        print(f"Registered {reg.model_name} version {reg.version}; {moved}: {reg.reason}", file=out)
+    if not args.quiet:
+        _print_run_links(result, out)
     if result.served is not None:
-        _print_served(result.served)
-        sys.stdout.flush()
+        _print_served(result.served, out)
+        out.flush()
         _serve_in_foreground(foreground, result.served.app)
     return 0
 
 
+def _print_run_links(result, out) -> None:
+    if result.study is not None:
+        print(
+            f"Best trial's MLflow run: {result.study.best_mlflow_run_id}  (study run: "
+            f"{result.mlflow_run_id})",
+            file=out,
+        )
+        print(f"Model (best trial's final checkpoint): {result.model_uri}", file=out)
+    else:
+        print(f"MLflow run: {result.mlflow_run_id}  model: {result.model_uri}", file=out)
+    if result.tracking_uri.startswith("sqlite:"):
+        print("Open the MLflow UI with: orch ui   (http://127.0.0.1:5000)", file=out)
+    elif result.study is None:
+        print(f"MLflow tracking server: {result.tracking_uri}", file=out)
+
+
+def _capture(command: str, args):
+    """From here on the libraries' output goes to a log file (or stderr with --verbose)."""
+    from orchestrator.runtime import orch_home
+    from orchestrator.terminal import capture
+
+    return capture(command, verbose=args.verbose, log_dir=orch_home() / "logs")
+
+
 def _print_served(served, stream=None) -> None:
-    out = stream or sys.stdout
+    from orchestrator.terminal import current
+
+    out = stream or current().out
     for v in served.variants:
         print(
             f"{v.model_name} v{v.version} {v.quantization} ({v.runtime}): {v.metric} "
@@ -253,9 +271,10 @@ def _print_served(served, stream=None) -> None:
 
 def _foreground(args):
     """A ForegroundServing when this command serves in its own process, else None."""
+    from orchestrator.address import given_address
     from orchestrator.serving import ForegroundServing, in_foreground
 
-    return ForegroundServing() if in_foreground(args.address) else None
+    return ForegroundServing() if in_foreground(given_address(args.address)) else None
 
 
 def _arming(display, foreground):
@@ -271,34 +290,34 @@ def _arming(display, foreground):
 
 
 def _serve_in_foreground(foreground, app: str) -> None:
+    from orchestrator.terminal import current
+
     if foreground is None:
         return
-    print(f"Serving {app} until Ctrl-C ...", file=sys.stderr, flush=True)
+    err = current().err
+    print(f"Serving {app} until Ctrl-C ...", file=err, flush=True)
     foreground.wait_then_shutdown()
-    print("Serve stopped.", file=sys.stderr)
+    print("Serve stopped.", file=err, flush=True)
 
 
 def _cmd_serve(args) -> int:
     if args.down:
         return _cmd_serve_down(args)
-    err = Console(stderr=True)
-    display = None if args.json else RunDisplay(err)
+    term = _capture("serve", args)
+    display = None if args.json else RunDisplay(Console(file=term.err))
     foreground = _foreground(args) if args.emit_config is None else None
-    stdout = sys.stdout
-    sys.stdout = sys.stderr
     try:
         served = Client(args.address, show_worker_logs=args.verbose).serve(
             args.spec, on_event=_arming(display, foreground), emit_config=args.emit_config
         )
     finally:
-        sys.stdout = stdout
         if display:
             display.close()
     if args.json:
-        print(served.model_dump_json(), flush=True)
+        print(served.model_dump_json(), file=term.out, flush=True)
     else:
-        _print_served(served)
-        sys.stdout.flush()
+        _print_served(served, term.out)
+        term.out.flush()
     if served.endpoint is not None:
         _serve_in_foreground(foreground, served.app)
     return 0
@@ -310,14 +329,16 @@ def _cmd_serve_down(args) -> int:
 
     if args.emit_config is not None:
         raise SpecError("--down and --emit-config do not go together: choose one")
+    term = _capture("serve", args)
     client = Client(args.address, show_worker_logs=args.verbose)
     spec = load_spec(args.spec)
     stopped = client.stop_serving(spec)  # SpecError when there is no serve section
     app = spec.serve.name
     if args.json:
-        print(json.dumps({"app": app, "stopped": stopped}), flush=True)
+        print(json.dumps({"app": app, "stopped": stopped}), file=term.out, flush=True)
     else:
-        print(f"Stopped serving {app}." if stopped else f"{app} was not being served.")
+        print(f"Stopped serving {app}." if stopped else f"{app} was not being served.",
+              file=term.out, flush=True)  # fmt: skip
     return 0
 
 
@@ -397,7 +418,23 @@ def _cmd_ui(args) -> int:
     return 0  # not reached
 
 
+def _cmd_dashboard(args) -> int:
+    from orchestrator.cluster_view import dashboard_info
+
+    info = dashboard_info(args.address)
+    if args.json:
+        print(info.model_dump_json())
+        return 0
+    print(f"Ray dashboard: {info.dashboard_url}")
+    if info.token_path:
+        print(f"It asks for Ray's token: paste the contents of {info.token_path}")
+    elif info.token_in_env:
+        print("It asks for Ray's token: the one in $RAY_AUTH_TOKEN")
+    return 0
+
+
 _COMMANDS = {
+    "dashboard": _cmd_dashboard,
     "validate": _cmd_validate,
     "run": _cmd_run,
     "schema": _cmd_schema,
@@ -409,23 +446,39 @@ _COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command in ("run", "serve"):
-        from orchestrator.runtime import resolve_address
+    from orchestrator.terminal import current
 
-        # before anything imports Ray: a recorded local cluster's token goes into the env
-        args.address = resolve_address(args.address)
+    args = _parser().parse_args(argv)
     try:
+        if args.command in ("run", "serve"):
+            # before anything imports Ray: a malformed address stops here, and a recorded
+            # local cluster's token settings go into the environment
+            Client(args.address).address  # noqa: B018
         return _COMMANDS[args.command](args)
     except OrchestratorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        term = current()
+        print(f"error: {exc}", file=term.err, flush=True)
+        hint = term.failure_hint()
+        if hint:
+            print(hint, file=term.err, flush=True)
         return exc.exit_code
     except KeyboardInterrupt:
         resume = ""
         if args.command == "run" and not getattr(args, "json", False):
             resume = f"; a tuning study continues with: orch run {args.spec} --resume"
-        print(f"interrupted{resume}", file=sys.stderr)
+        print(f"interrupted{resume}", file=current().err, flush=True)
         return 130
+    except Exception as exc:  # a bug: the traceback goes to the log, one line to the user
+        term = current()
+        if term.log_path is None:
+            raise
+        import traceback
+
+        traceback.print_exc()  # into the log file (fd 2 points there)
+        sys.stderr.flush()
+        print(f"error: internal error: {type(exc).__name__}: {exc}", file=term.err, flush=True)
+        print(term.failure_hint() or "", file=term.err, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from orchestrator.address import ADDRESS_HELP
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.spec import priority_label
 
@@ -28,8 +29,7 @@ def add_commands(sub) -> None:
         parser.add_argument(
             "--address",
             default=None,
-            help="the cluster's dashboard URL (http://127.0.0.1:8265, as for `ray job submit`);"
-            " default: $RAY_ADDRESS if it is one, else the embedded local cluster",
+            help=ADDRESS_HELP.format(default="the embedded local cluster"),
         )
         parser.add_argument("--json", action="store_true", help="print JSON on stdout")
         return parser
@@ -67,7 +67,7 @@ def add_commands(sub) -> None:
     server.add_argument("--state-dir", default=None, help="default: $ORCH_HOME/queue")
     server.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     server.add_argument("--port", type=int, default=0, help="port (default: any free one)")
-    server.add_argument("--ray-address", default=None, help="default: $RAY_ADDRESS, else auto")
+    server.add_argument("--ray-address", default=None, help=ADDRESS_HELP.format(default="auto"))
     server.add_argument(
         "--aging-per-minute",
         type=float,
@@ -91,6 +91,11 @@ def add_commands(sub) -> None:
     )
     status = csub.add_parser("status", help="the nodes: PIDs, alive, Ray node ids, resources")
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument(
+        "--address",
+        default=None,
+        help=ADDRESS_HELP.format(default="the cluster recorded under $ORCH_HOME/cluster"),
+    )
     csub.add_parser("down", help="stop the queue server and the nodes orch started (by PID)")
 
 

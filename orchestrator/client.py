@@ -35,19 +35,37 @@ def __getattr__(name: str):
 
 
 class Client:
-    """Runs pipelines on a Ray cluster.
+    """Runs pipelines on a Ray cluster, and queues them on its job queue.
 
     Args:
-        address: Ray address ("auto", "host:port"); None = the job's cluster under
-            ``ray job submit``, else a local Ray started on demand.
+        address: the cluster, in any form Ray users have: "auto", the GCS "host:port", or
+            the dashboard URL "http://host:8265"; None = $RAY_ADDRESS when set (it is, in a
+            ``ray job submit`` driver), else a private local Ray (``run``) or the embedded
+            local head (the queue). A malformed address raises ``AddressError`` on first use.
         show_worker_logs: stream worker stdout/stderr to this process.
     """
 
     def __init__(self, address: str | None = None, *, show_worker_logs: bool = True):
-        from orchestrator.runtime import resolve_address
-
-        self.address = resolve_address(address)
+        self._address_flag = address
+        self._address = None
+        self._address_read = False
         self.show_worker_logs = show_worker_logs
+
+    @property
+    def address(self):
+        """The parsed ``RayAddress`` (None: the local default).
+
+        Raises:
+            AddressError: not one of the forms above (the message lists them).
+        """
+        if not self._address_read:
+            from orchestrator.address import given_address, recorded_head
+
+            self._address = given_address(self._address_flag)
+            if self._address is not None and self._address.kind == "auto":
+                recorded_head()  # its token settings go into the env before Ray reads them
+            self._address_read = True
+        return self._address
 
     def validate(self, spec: str | Path, check_data: bool = True) -> PipelineSpec:
         """Load and check a spec file; raises SpecError (file:line: field: fix)."""

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+from pydantic import BaseModel, Field
 
 from orchestrator.exceptions import ClusterError, OrchestratorError
 
@@ -61,6 +62,70 @@ def wait_for_nodes(dashboard_url: str, token: str, count: int, timeout_s: float 
         time.sleep(0.5)
 
 
+class DashboardInfo(BaseModel):
+    """Where a person opens the Ray dashboard, and what it will ask for (``orch dashboard``)."""
+
+    dashboard_url: str
+    auth: str = Field(description="The dashboard's authentication mode: 'token' or 'disabled'.")
+    token_path: str | None = Field(
+        description="The file whose contents the dashboard's token dialog takes (never the "
+        "token itself); None when auth is off or the token is only in $RAY_AUTH_TOKEN."
+    )
+    token_in_env: bool = Field(False, description="The token is in $RAY_AUTH_TOKEN.")
+
+
+def dashboard_info(address: str | None) -> DashboardInfo:
+    """The dashboard of the cluster at ``address`` (any form; None: $RAY_ADDRESS, else the
+    cluster recorded under ``$ORCH_HOME/cluster``).
+
+    Raises:
+        ClusterError: no such cluster answers.
+    """
+    from orchestrator.address import dashboard_url, given_address, recorded_head
+
+    given = given_address(address)
+    head = recorded_head() if given is None or given.kind == "auto" else None
+    if given is None and head is None:
+        raise ClusterError(
+            f"no cluster recorded under {cluster_dir()}: start one with `orch cluster up`, or "
+            "name one with --address or RAY_ADDRESS (`orch run` prints the dashboard of its "
+            "own local Ray while it runs)"
+        )
+    url = head.dashboard_url if head is not None else dashboard_url(given)
+    try:
+        mode = httpx.get(f"{url}/api/authentication_mode", timeout=10).json()
+        auth = str(mode.get("authentication_mode", "disabled"))
+    except (httpx.HTTPError, ValueError, AttributeError):
+        auth = "unknown"
+    if auth == "disabled":
+        return DashboardInfo(dashboard_url=url, auth=auth, token_path=None)
+    if head is not None:
+        return DashboardInfo(dashboard_url=url, auth=auth, token_path=head.token_path)
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return DashboardInfo(dashboard_url=url, auth=auth, token_path=None, token_in_env=True)
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    return DashboardInfo(dashboard_url=url, auth=auth, token_path=path)
+
+
+def _status_of(address: str, as_json: bool) -> int:
+    """``orch cluster status --address``: Ray's nodes of a cluster orch did not start."""
+    from orchestrator.address import dashboard_url, given_address
+    from orchestrator.scheduling.token import ray_token
+
+    url = dashboard_url(given_address(address))
+    try:
+        nodes = ray_nodes(url, ray_token() or "")
+    except httpx.HTTPError as exc:
+        raise ClusterError(f"the Ray dashboard at {url} did not answer: {exc}") from None
+    if as_json:
+        print(json.dumps({"dashboard_url": url, "ray_nodes": nodes}))
+        return 0
+    print(f"Ray cluster at {url}: {len(nodes)} nodes")
+    for n in nodes:
+        print(f"  Ray node {n['node_id'][:12]}  {n['state']}  {n['cpus']:g} CPU")
+    return 0
+
+
 def cluster_command(args) -> int:
     from cluster.local import LocalHead, cluster_down, cluster_up, load_workers
 
@@ -89,6 +154,8 @@ def cluster_command(args) -> int:
         )
         return 0
     if args.cluster_command == "status":
+        if args.address is not None or os.environ.get("RAY_ADDRESS"):
+            return _status_of(args.address, args.json)
         head = LocalHead.load(state / "head.json")
         if head is None:
             print(f"no cluster recorded under {state}; start one with: orch cluster up")

@@ -21,6 +21,7 @@ from jobs.errors import DataError, TrainingError
 from jobs.spec import ModelSpec
 from jobs.tracking import RunTracker, flatten, run_tags
 from jobs.trainer import TrainResult, fit, load_trained_model
+from orchestrator.address import RayAddress
 from orchestrator.exceptions import JobFailedError, SpecError
 from orchestrator.runtime import (
     artifact_root,
@@ -38,6 +39,15 @@ from tuning.study import STATE_FILE, StudyOutcome, StudyState, run_study, studie
 from tuning.tracking import StudyTracker
 
 EventHandler = Callable[[dict], None]
+
+
+def _connected(connection, emit) -> None:
+    """Say where the Ray dashboard is, and which file holds the token it asks for."""
+    emit({
+        "type": "cluster",
+        "dashboard_url": connection.dashboard_url,
+        "token_path": connection.token_path,
+    })  # fmt: skip
 
 
 def spec_hash(spec: PipelineSpec) -> str:
@@ -96,7 +106,7 @@ def _lineage_tags(spec: PipelineSpec, data: PreparedData, stage: str) -> dict[st
 def run_training(
     spec: PipelineSpec,
     *,
-    address: str | None = None,
+    address: RayAddress | None = None,
     on_event: EventHandler | None = None,
     show_worker_logs: bool = True,
     run_name: str | None = None,
@@ -113,7 +123,7 @@ def run_training(
     emit = on_event or (lambda event: None)
     data = _prepare_data(spec, emit)
     emit({"type": "stage", "stage": "connect"})
-    connect_ray(address, show_worker_logs=show_worker_logs)
+    _connected(connect_ray(address, show_worker_logs=show_worker_logs), emit)
 
     tracker, tracking_uri = _tracker(spec)
     run_name = run_name or _unique_name(spec.name)
@@ -186,7 +196,7 @@ def _find_study_to_resume(spec: PipelineSpec, root: Path) -> tuple[Path, StudySt
 def run_study_pipeline(
     spec: PipelineSpec,
     *,
-    address: str | None = None,
+    address: RayAddress | None = None,
     on_event: EventHandler | None = None,
     show_worker_logs: bool = False,
     resume: bool = False,
@@ -214,7 +224,7 @@ def run_study_pipeline(
     if problem:
         raise SpecError(f"tune.metric: {problem}")
     emit({"type": "stage", "stage": "connect"})
-    connect_ray(address, show_worker_logs=show_worker_logs)
+    _connected(connect_ray(address, show_worker_logs=show_worker_logs), emit)
     tracker, tracking_uri = _tracker(spec)
     if resume:
         tracker.reopen(state.parent_run_id)

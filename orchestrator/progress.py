@@ -73,6 +73,13 @@ class RunDisplay:
                 f"[yellow]workers restarted: resuming from the checkpoint of epoch "
                 f"{event['resumed_from_epoch']}[/]"
             )
+        elif kind == "cluster" and event.get("dashboard_url"):
+            token = event.get("token_path")
+            self.console.print(
+                f"  Ray dashboard {event['dashboard_url']}"
+                + (f" (token: {token})" if token else ""),
+                soft_wrap=True,
+            )
         elif kind == "warning":
             self.console.print(f"[yellow]warning: {event['message']}[/]")
         elif kind == "epoch" and self.progress is not None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from orchestrator.address import RayAddress
 from orchestrator.exceptions import ClusterError, JobFailedError, OrchestratorError, SpecError
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.token import ray_token
@@ -44,28 +45,29 @@ class QueueClient:
     """HTTP client of the queue server of one cluster.
 
     Args:
-        address: the cluster's dashboard URL (http://host:8265, what `ray job submit`
-            takes); None = $RAY_ADDRESS when it is such a URL, else the embedded local head.
+        address: the cluster: its dashboard URL (http://host:8265, what `ray job submit`
+            takes), "auto" or the GCS host:port; None = $RAY_ADDRESS when set, else the
+            embedded local head. Never joins the cluster as a driver.
         start: start the server (as a Ray job on the cluster) when none answers.
     """
 
-    def __init__(self, address: str | None = None, *, start: bool = True):
+    def __init__(self, address: str | RayAddress | None = None, *, start: bool = True):
+        from orchestrator.address import dashboard_url, given_address, recorded_head
+
         self.state_dir = queue_dir()
-        self._token = ray_token()
-        env_address = os.environ.get("RAY_ADDRESS", "")
-        if address is None and env_address.startswith("http"):
-            address = env_address
+        if not isinstance(address, RayAddress):
+            address = given_address(address)
         if address is None:
             from cluster.local import ensure_head
 
             head = ensure_head(self.state_dir.parent / "cluster")
-            address, self._token = head.dashboard_url, head.token
-        elif not address.startswith(("http://", "https://")):
-            raise ClusterError(
-                f"queue address {address!r}: give the cluster's dashboard URL, e.g. "
-                "http://127.0.0.1:8265 (as for `ray job submit`)"
-            )
-        self.dashboard_url = address.rstrip("/")
+            url, self._token = head.dashboard_url, head.token
+        else:
+            if address.kind == "auto":
+                recorded_head()  # its token settings go into the env first
+            self._token = ray_token()
+            url = dashboard_url(address)
+        self.dashboard_url = url.rstrip("/")
         self._start = start
         self._url: str | None = None
 

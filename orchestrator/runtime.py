@@ -6,6 +6,9 @@ import os
 import socket
 from pathlib import Path
 
+from pydantic import BaseModel, Field
+
+from orchestrator.address import RayAddress
 from orchestrator.exceptions import ClusterError
 
 
@@ -37,7 +40,7 @@ def study_root() -> Path:
     return orch_home() / "studies"
 
 
-def init_local_ray(**options) -> None:
+def init_local_ray(**options):
     """Start a private local Ray (``ray.init`` options pass through).
 
     Ray Train frees the workers' placement group of a trial that Tune stops early from a
@@ -54,7 +57,7 @@ def init_local_ray(**options) -> None:
     address = f"{ray.util.get_node_ip_address()}:{port}"
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
-        ray.init(
+        return ray.init(
             address="local",
             include_dashboard=True,
             runtime_env={"env_vars": {"RAY_ADDRESS": address}},
@@ -64,55 +67,81 @@ def init_local_ray(**options) -> None:
         del os.environ["RAY_GCS_SERVER_PORT"]
 
 
-def resolve_address(address: str | None) -> str | None:
-    """ "auto" means the cluster ``orch cluster up`` recorded under this ORCH_HOME when there
-    is one (its temp dir is its own, so Ray's "auto" would not find it). Call it before Ray
-    reads its token settings (the CLI does, first thing): it puts them in the environment."""
-    if address == "auto" and not os.environ.get("RAY_ADDRESS"):
-        return _recorded_cluster() or address
-    return address
+class RayConnection(BaseModel):
+    """The Ray this process joined or started, and where a person looks at it."""
+
+    address: str = Field(description="What ray.init was given: 'local', 'auto' or host:port.")
+    dashboard_url: str | None = Field(description="The Ray dashboard, None when it is off.")
+    token_path: str | None = Field(
+        description="The file holding the token the dashboard asks for (token auth on), "
+        "None when auth is off or the token only lives in $RAY_AUTH_TOKEN."
+    )
 
 
-def _recorded_cluster() -> str | None:
-    from cluster.local import HEAD_FILE, LocalHead
-
-    head = LocalHead.load(orch_home() / "cluster" / HEAD_FILE)
-    if head is None or not head.alive():
+def token_file() -> str | None:
+    """Where Ray reads its token from, when token auth is on and the token is in a file."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token" or os.environ.get("RAY_AUTH_TOKEN"):
         return None
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    os.environ.setdefault("RAY_AUTH_TOKEN_PATH", head.token_path)
-    return head.gcs_address
+    return os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
 
 
-def connect_ray(address: str | None = None, *, show_worker_logs: bool = True) -> None:
-    """Join a Ray cluster, or start a local one.
+def connect_ray(address: RayAddress | None = None, *, show_worker_logs: bool = True):
+    """Join a Ray cluster, or start a local one; returns the ``RayConnection``.
 
-    ``address=None`` joins the cluster of a ``ray job submit`` (RAY_ADDRESS is set there)
-    and otherwise starts a private local Ray; "auto" or "host:port" join a running cluster.
-    Reuses Ray if this process is already connected (the SDK in a notebook or a test).
+    ``address=None`` (no --address, no RAY_ADDRESS) starts a private local Ray; otherwise
+    every form ``orchestrator.address`` takes joins that cluster as a driver. Reuses Ray if
+    this process is already connected (the SDK in a notebook or a test).
+
+    Raises:
+        ClusterError: no cluster answers at the address.
     """
     import ray
     import ray.exceptions
 
+    from orchestrator.address import gcs_address
+
     if ray.is_initialized():
-        return
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        address = "local"
-    address = resolve_address(address)
+        return _connection(ray, "connected")
+    target = "local" if address is None else gcs_address(address)
+    if target != "local":
+        # Ray reads RAY_ADDRESS itself (ray.init, the state API Train uses): it must name
+        # the same cluster in a form Ray takes, never the dashboard URL a user exported.
+        os.environ["RAY_ADDRESS"] = target
+    options = {
+        "log_to_driver": show_worker_logs,
+        "logging_level": "WARNING",
+        "configure_logging": True,
+    }
     try:
-        options = {
-            "log_to_driver": show_worker_logs,
-            "logging_level": "WARNING",
-            "configure_logging": True,
-        }
-        if address == "local":
-            init_local_ray(**options)
+        if target == "local":
+            context = init_local_ray(**options)
         else:
-            ray.init(address=address, **options)
-    except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+            context = ray.init(address=target, **options)
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        given = "a local Ray" if address is None else address.describe()
         raise ClusterError(
-            f"cannot connect to Ray at {address!r}: {first_line}. Start one with `ray start "
-            "--head`, leave out --address to run on a local Ray, and with token auth set "
+            f"cannot connect to Ray at {given} ({target}): {first_line}. Start one with `ray "
+            "start --head`, leave out --address to run on a local Ray, and with token auth set "
             "RAY_AUTH_MODE=token (token from ~/.ray/auth_token or RAY_AUTH_TOKEN_PATH)"
         ) from None
+    return RayConnection(
+        address=target,
+        dashboard_url=_url(context.dashboard_url),
+        token_path=token_file(),
+    )
+
+
+def _url(dashboard: str | None) -> str | None:
+    if not dashboard:
+        return None
+    return dashboard if "://" in dashboard else f"http://{dashboard}"
+
+
+def _connection(ray, address: str) -> RayConnection:
+    try:
+        context = ray.get_runtime_context()
+        gcs = context.gcs_address
+    except Exception:
+        gcs = address
+    return RayConnection(address=gcs, dashboard_url=None, token_path=token_file())

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from jobs.data import PreparedData, prepare
 from jobs.errors import DataError
 from jobs.tracking import load_inference_model
+from orchestrator.address import RayAddress
 from orchestrator.exceptions import ClusterError, JobFailedError, SpecError
 from orchestrator.runtime import connect_ray, default_tracking_uri
 from orchestrator.spec import PipelineSpec
@@ -157,7 +158,7 @@ def build_app_config(
 def run_serving(
     spec: PipelineSpec,
     *,
-    address: str | None = None,
+    address: RayAddress | None = None,
     on_event: EventHandler | None = None,
     emit_config_path: str | None = None,
     show_worker_logs: bool = False,
@@ -190,7 +191,12 @@ def run_serving(
             variants=reports,
             config_path=emit_config_path,
         )
-    connect_ray(address, show_worker_logs=show_worker_logs)
+    connection = connect_ray(address, show_worker_logs=show_worker_logs)
+    emit({
+        "type": "cluster",
+        "dashboard_url": connection.dashboard_url,
+        "token_path": connection.token_path,
+    })  # fmt: skip
     from serve.deploy import deploy
 
     try:
@@ -209,7 +215,7 @@ def run_serving(
     return result
 
 
-def stop_serving(spec: PipelineSpec, *, address: str | None = None) -> bool:
+def stop_serving(spec: PipelineSpec, *, address: RayAddress | None = None) -> bool:
     """Take the spec's Serve application down (its replicas free their CPUs); other
     applications keep serving. False when it was not running.
 
@@ -224,9 +230,10 @@ def stop_serving(spec: PipelineSpec, *, address: str | None = None) -> bool:
     return undeploy(spec.serve.name)
 
 
-def in_foreground(address: str | None) -> bool:
-    """Serving stays in this process (embedded Ray) unless a cluster was named."""
-    return address is None and not os.environ.get("RAY_ADDRESS")
+def in_foreground(address: RayAddress | None) -> bool:
+    """Serving stays in this process (embedded Ray) unless a cluster was named
+    (``address`` already reads RAY_ADDRESS: see ``orchestrator.address.given_address``)."""
+    return address is None
 
 
 class ForegroundServing:

@@ -122,9 +122,23 @@ def build_api(scheduler: Scheduler, info: ServerInfo) -> FastAPI:
     @app.get("/cluster", dependencies=guarded)
     def cluster() -> dict:
         resources = scheduler.ray.resources()
-        return {**resources.model_dump(), "free_for_admission": scheduler.last_free}
+        return {
+            **resources.model_dump(),
+            "free_for_admission": scheduler.last_free,
+            "last_pass_at": scheduler.last_pass_at,
+            "last_pass_error": scheduler.last_pass_error,
+            "pass_running_since": scheduler.pass_started_at,
+            "ray_jobs_running": _running_or_error(scheduler),
+        }
 
     return app
+
+
+def _running_or_error(scheduler: Scheduler) -> list[dict] | str:
+    try:
+        return scheduler.ray.running()
+    except RayUnavailable as exc:
+        return f"unknown: {exc}"
 
 
 def acquire_lock(state_dir: Path):
@@ -157,8 +171,13 @@ def serve_forever(
     if lock is None:
         print(f"another orch server already serves {state_dir}", flush=True)
         return 0
+    from orchestrator.address import gcs_address, given_address, parse_address
+
+    target = gcs_address(given_address(ray_address) or parse_address("auto", "--address"))
+    if target != "auto":
+        os.environ["RAY_ADDRESS"] = target  # Ray reads it too: never a dashboard URL
     context = ray.init(
-        address=ray_address or os.environ.get("RAY_ADDRESS") or "auto",
+        address=target,
         logging_level="WARNING",
         log_to_driver=False,
         namespace="orch",
