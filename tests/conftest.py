@@ -88,4 +88,24 @@ def queue_client(queue_head, orch_home, monkeypatch):
     monkeypatch.chdir(orch_home)
     client = QueueClient(queue_head.dashboard_url)
     queue_head.queue_dirs.append(client.state_dir)
-    return client
+    yield client
+    assert_head_left_idle(queue_head)
+
+
+def assert_head_left_idle(head, timeout_s: float = 120) -> None:
+    """A test that shares a head leaves it idle: no Ray job running but the queue servers,
+    every CPU free, no live placement group. Jobs a failed test left behind are stopped (we
+    started them) so the next test still starts clean, and this one fails saying what was
+    left."""
+    from tests.helpers import head_idle_problems, stop_orch_jobs, wait_for
+
+    try:
+        wait_for(
+            lambda: not head_idle_problems(head.dashboard_url, head.token),
+            timeout_s,
+            "the shared head to be idle",
+            explain=lambda: "\n".join(head_idle_problems(head.dashboard_url, head.token)),
+        )
+    except AssertionError as error:
+        stopped = stop_orch_jobs(head.dashboard_url, head.token)
+        pytest.fail(f"the test left the shared head busy: {error}\n(stopped: {stopped})")

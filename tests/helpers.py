@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -105,3 +106,86 @@ def stop_process_group(process, timeout_s: float = 20) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def explain_queue(client, *jobs) -> str:
+    """What the queue, the jobs, Ray and the machine were doing (printed when a wait times
+    out): every job with its reason, Ray's free resources and running jobs, the scheduler's
+    last completed pass and its last error, the server's log tail, the busiest processes."""
+    import subprocess
+    import time
+
+    from ray.job_submission import JobSubmissionClient
+
+    cluster = client.cluster()
+    now = time.time()
+    last = cluster.get("last_pass_at")
+    lines = [
+        f"Ray available: {cluster['available']} of {cluster['total']}; free for admission: "
+        f"{cluster['free_for_admission']}",
+        f"last completed scheduling pass: {f'{now - last:.1f} s ago' if last else 'never'}; "
+        f"last pass error: {cluster.get('last_pass_error')}; pass running since: "
+        f"{cluster.get('pass_running_since')}",
+        f"Ray jobs not ended: {cluster.get('ray_jobs_running')}",
+    ]
+    for info in client.jobs():
+        lines.append(f"{info.id} {info.name}: {info.state} ({info.reason}) history={info.history}")
+    for job in jobs:
+        lines.append(f"--- logs of {job.id}:\n" + client.logs(job.id)[1][-3000:])
+    import httpx
+
+    server = httpx.get(f"{client.server_url()}/healthz", timeout=10).json()
+    if server.get("ray_submission_id"):
+        ray_jobs = JobSubmissionClient(client.dashboard_url, headers=client.headers)
+        tail = ray_jobs.get_job_logs(server["ray_submission_id"])[-4000:]
+        lines.append(f"--- the queue server's log tail:\n{tail}")
+    top = subprocess.run(["ps", "-eo", "pid,pgid,pcpu,etimes,args", "--sort=-pcpu"],
+                         capture_output=True, text=True).stdout  # fmt: skip
+    lines.append("busiest processes:\n" + "\n".join(top.splitlines()[:15]))
+    return "\n".join(lines)
+
+
+def head_idle_problems(dashboard_url: str, token: str) -> list[str]:
+    """Why a shared head is not idle: Ray jobs still running (other than queue servers),
+    CPUs in use, live placement groups. Empty when the next test can start on it clean."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"}
+    problems = []
+    jobs = httpx.get(f"{dashboard_url}/api/jobs/", headers=headers, timeout=30).json()
+    for job in jobs:
+        if (
+            job["status"] in ("PENDING", "RUNNING")
+            and (job.get("metadata") or {}).get("orch") != "queue server"
+        ):
+            problems.append(f"Ray job {job['submission_id']} is {job['status']}")
+    groups = httpx.get(
+        f"{dashboard_url}/api/v0/placement_groups",
+        params={"detail": "true", "limit": 1000},
+        headers=headers,
+        timeout=30,
+    ).json()["data"]["result"]["result"]
+    for group in groups:
+        if group["state"] != "REMOVED":
+            problems.append(f"placement group {group['placement_group_id']} is {group['state']}")
+    status = httpx.get(f"{dashboard_url}/api/cluster_status", headers=headers, timeout=30).json()
+    usage = status["data"]["autoscalingStatus"] or ""
+    for used, total in re.findall(r"([\d.]+)/([\d.]+) CPU", usage)[:1]:
+        if float(used) > 0:
+            problems.append(f"{used} of {total} CPUs in use")
+    return problems
+
+
+def stop_orch_jobs(dashboard_url: str, token: str) -> list[str]:
+    """Stop the queue's Ray jobs (metadata ``orch_job``) a failed test left running."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"}
+    stopped = []
+    for job in httpx.get(f"{dashboard_url}/api/jobs/", headers=headers, timeout=30).json():
+        if job["status"] in ("PENDING", "RUNNING") and "orch_job" in (job.get("metadata") or {}):
+            httpx.post(
+                f"{dashboard_url}/api/jobs/{job['submission_id']}/stop", headers=headers, timeout=30
+            )
+            stopped.append(job["submission_id"])
+    return stopped

@@ -21,7 +21,14 @@ import yaml
 from pydantic import BaseModel, Field
 
 from orchestrator.exceptions import SpecError
-from orchestrator.scheduling.demand import add, job_demand, never_fits, subtract
+from orchestrator.scheduling.demand import (
+    add,
+    fits,
+    format_resources,
+    job_demand,
+    never_fits,
+    subtract,
+)
 from orchestrator.scheduling.policy import Plan, SchedulingPolicy
 from orchestrator.scheduling.ray_jobs import TERMINAL_RAY_STATES, RayJobs, RayUnavailable
 from orchestrator.scheduling.record import ACTIVE, JobInfo
@@ -76,6 +83,9 @@ class Scheduler:
         self._lock = threading.RLock()
         self.last_plan = Plan()
         self.last_free: dict[str, float] = {}
+        self.last_pass_at: float | None = None  # when the last pass completed
+        self.last_pass_error: str | None = None  # why the latest pass failed, if it did
+        self.pass_started_at: float | None = None  # set while a pass runs
 
     # ---------------------------------------------------------------- requests
 
@@ -123,12 +133,15 @@ class Scheduler:
             idempotency_key=request.idempotency_key,
         )
         job.moved("queued", "submitted")
-        try:
-            job = self.store.add(job)
-        except DuplicateKey as dup:
-            return dup.job, False
-        job.run_name = f"{job.pipeline}-{job.id}"
-        self.store.save(job)
+        # Under the scheduler's lock: a pass that read the job between its insert and this
+        # save would otherwise have its decision (the reason, a preemption) overwritten.
+        with self._lock:
+            try:
+                job = self.store.add(job)
+            except DuplicateKey as dup:
+                return dup.job, False
+            job.run_name = f"{job.pipeline}-{job.id}"
+            self.store.save(job)
         self.wake()
         return job, True
 
@@ -200,20 +213,26 @@ class Scheduler:
             try:
                 self.tick()
                 lost_since = None
+                self.last_pass_error = None
             except RayUnavailable as exc:
                 log.warning("scheduler pass skipped: %s", exc)
+                self.last_pass_error = f"Ray did not answer: {exc}"
                 lost_since = lost_since or time.time()
                 if time.time() - lost_since > ray_lost_exit_s:
                     log.error("Ray has not answered for %.0f s; the server stops", ray_lost_exit_s)
                     return
-            except Exception:  # a bug must not end scheduling: log it and go on
+            except Exception as exc:  # a bug must not end scheduling: log it and go on
                 log.exception("scheduler pass failed")
+                self.last_pass_error = f"{type(exc).__name__}: {exc}"
+            finally:
+                self.pass_started_at = None
             self._wake.wait(self.poll_s)
             self._wake.clear()
 
     def tick(self) -> Plan:
         """One pass: reconcile active jobs with Ray, then plan and carry out admissions."""
         with self._lock:
+            self.pass_started_at = time.time()
             active = [self._reconcile(job) for job in self.store.active()]
             active = [job for job in active if job.state in ACTIVE]
             cluster = self.ray.resources()
@@ -230,14 +249,22 @@ class Scheduler:
             active_by_id = {j.id: j for j in active}
             for job_id in plan.preempt:
                 self._preempt(active_by_id[job_id], plan.waiting)
+            held = _held_outside(told, cluster.available)
             for job_id, reason in plan.waiting.items():
                 job = by_id[job_id]
                 if job.preemptions:
                     reason = f"preempted {job.preemptions}x, resumes from its checkpoint; {reason}"
+                if held and not reason.startswith("behind") and fits(job.demand, told):
+                    # it would fit what orch's own jobs leave free: something else holds it
+                    reason += (
+                        f"; Ray reports {format_resources(held)} in use beyond orch's running "
+                        "jobs (a stopped job's workers still exiting, or work outside the queue)"
+                    )
                 if job.reason != reason:
                     job.reason = reason
                     self.store.save(job)
             self.last_plan, self.last_free = plan, free
+            self.last_pass_at = time.time()
             return plan
 
     def _admit(self, job: JobInfo) -> None:
@@ -332,6 +359,12 @@ class Scheduler:
         else:
             job.enqueued_at = time.time()
             job.moved("queued", f"preempted (#{job.preemptions}); resumes from its checkpoint")
+
+
+def _held_outside(told: dict[str, float], available: dict[str, float]) -> dict[str, float]:
+    """What Ray reports in use beyond what orch's active jobs were granted."""
+    gaps = {k: v - available.get(k, 0.0) for k, v in told.items()}
+    return {k: gap for k, gap in gaps.items() if gap > 1e-6}
 
 
 def _check_data_path(source: str, cwd: str, spec_path: str) -> None:

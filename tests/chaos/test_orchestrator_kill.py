@@ -16,7 +16,7 @@ import pytest
 
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.store import JobStore
-from tests.helpers import alive, kill_server, wait_for, write
+from tests.helpers import alive, explain_queue, kill_server, wait_for, write
 
 pytestmark = pytest.mark.slow
 
@@ -48,11 +48,16 @@ def test_restart_in_the_write_ahead_window_and_the_cli(queue_client, queue_head,
         assert proc.returncode == code, proc.stderr
         return proc
 
+    def wait(check, timeout_s: float, what: str, *jobs):
+        return wait_for(check, timeout_s, what, explain=lambda: explain_queue(client, *jobs))
+
     spec = write(orch_home, "tiny", IRIS)
     submitted = json.loads(orch("submit", str(spec), "--json", "--priority", "7").stdout)
     assert submitted["priority"] == 7 and submitted["demand"] == {"CPU": 1.0}
     orch("cancel", submitted["id"])
-    assert client.job(submitted["id"]).wait(timeout=60).state == "cancelled"
+    cancelled = client.job(submitted["id"])
+    wait(lambda: cancelled.refresh().terminal, 60, "the job to be cancelled", cancelled)
+    assert cancelled.info.state == "cancelled"
     server_pid = kill_server(client.state_dir, signal.SIGKILL)
     wait_for(lambda: not alive(server_pid), 30, "the server to die")
 
@@ -72,11 +77,12 @@ def test_restart_in_the_write_ahead_window_and_the_cli(queue_client, queue_head,
 
     client._url = None
     handle = client.job(crashed.id)  # starts a new server, which reconciles
-    wait_for(lambda: handle.refresh().state == "running", 120, "the recorded job to run")
+    wait(lambda: handle.refresh().state == "running", 120, "the recorded job to run", handle)
     kill_server(client.state_dir, signal.SIGKILL)
     client._url = None
     assert handle.refresh().state in ("running", "succeeded")  # adopted by the third server
-    assert handle.wait(timeout=300).state == "succeeded"
+    wait(lambda: handle.refresh().terminal, 300, "the recorded job to finish", handle)
+    assert handle.info.state == "succeeded"
     assert handle.info.submission_ids == [crashed.submission_id]
 
     status = orch("status", crashed.id).stdout

@@ -18,6 +18,7 @@ import pytest
 
 from orchestrator.exceptions import SpecError
 from orchestrator.scheduling.record import JobInfo
+from tests.helpers import explain_queue as explain
 from tests.helpers import kill_server, wait_for, write
 
 pytestmark = pytest.mark.slow
@@ -56,21 +57,6 @@ def checkpoints_registered(home: Path, run_name: str) -> int:
         return 0
 
 
-def explain(client, *jobs) -> str:
-    """What the queue, the jobs and the machine were doing (printed when a wait times out)."""
-    import subprocess
-
-    lines = [f"cluster: {client.cluster()}"]
-    for job in jobs:
-        info = job.refresh()
-        lines.append(f"{info.id}: {info.state} ({info.reason}) history={info.history}")
-        lines.append(client.logs(info.id)[1][-3000:])
-    top = subprocess.run(["ps", "-eo", "pid,pgid,pcpu,etimes,args", "--sort=-pcpu"],
-                         capture_output=True, text=True).stdout  # fmt: skip
-    lines.append("busiest processes:\n" + "\n".join(top.splitlines()[:15]))
-    return "\n".join(lines)
-
-
 def admitted_at(job: JobInfo, attempt: int) -> float:
     starts = [t.at for t in job.history if t.state == "starting"]
     return starts[attempt - 1]
@@ -94,20 +80,21 @@ def test_priorities_preemption_restart_cancel_and_retry(queue_client, queue_head
     # 1. A low-priority 2-CPU job runs alone ...
     long = client.submit(write(folder, "long", LONG))
     assert long.info.demand == {"CPU": 2.0} and long.info.priority == 0
-    wait_for(
-        lambda: epochs_logged(long.info.run_name) >= 3, 300, "long to train 3 epochs",
-        explain=lambda: explain(client, long),
-    )  # fmt: skip
+
+    def wait(check, timeout_s: float, what: str, *jobs):
+        return wait_for(check, timeout_s, what, explain=lambda: explain(client, *jobs))
+
+    wait(lambda: epochs_logged(long.info.run_name) >= 3, 300, "long to train 3 epochs", long)
     # its checkpoints are registered a little after the epochs end: wait for one
-    wait_for(lambda: checkpoints_registered(orch_home, long.info.run_name), 60, "a checkpoint")
+    wait(lambda: checkpoints_registered(orch_home, long.info.run_name), 60, "a checkpoint", long)
 
     # 2. ... until a high one arrives: it is preempted (requeued, not failed).
     first = client.submit(urgent, idempotency_key="urgent-1")
     again = client.submit(urgent, idempotency_key="urgent-1")
     assert again.id == first.id  # one key, one job
-    wait_for(lambda: long.refresh().state == "queued", 60, "long to be preempted and requeued")
+    wait(lambda: long.refresh().state == "queued", 60, "long to be preempted and requeued", long)
     assert long.info.preemptions == 1 and "preempted" in long.info.reason
-    wait_for(lambda: first.refresh().state == "running", 60, "urgent to run")
+    wait(lambda: first.refresh().state == "running", 120, "urgent to run", first, long)
 
     # 3. While urgent runs on 1 CPU: a normal 1-CPU job (it fits the other CPU and starts:
     # it outranks long, which needs both), and a low 1-CPU one submitted after long.
@@ -117,7 +104,7 @@ def test_priorities_preemption_restart_cancel_and_retry(queue_client, queue_head
     assert client.cancel(cancelled_queued.id).state == "cancelled"
     assert cancelled_queued.refresh().submission_ids == []  # never reached Ray
 
-    wait_for(lambda: normal.refresh().state == "running", 300, "normal to run beside urgent")
+    wait(lambda: normal.refresh().state == "running", 300, "normal to run beside urgent", normal)
     order = [job.id for _, job in client.queue()]
     assert order == [long.id, late_low.id]  # FIFO among the lows
 
@@ -131,25 +118,27 @@ def test_priorities_preemption_restart_cancel_and_retry(queue_client, queue_head
     assert new_pid != killed
 
     # 5. The small low job waits behind long (which needs both CPUs) instead of jumping it.
-    wait_for(lambda: first.refresh().state == "succeeded", 300, "urgent to finish")
+    wait(lambda: first.refresh().state == "succeeded", 300, "urgent to finish", first)
 
     def reason_of(job_id: str) -> str:
         return next((j.reason for _, j in client.queue() if j.id == job_id), "")
 
     # while normal runs, one CPU is free and late_low needs one, but long is ahead of it
     if normal.refresh().state == "running":
-        assert wait_for(
+        assert wait(
             lambda: reason_of(late_low.id).startswith(f"behind {long.id} (low)"), 30, "reason"
         )
         assert late_low.refresh().state == "queued"
 
     # 6. long resumes from its checkpoint, not from epoch 0, and finishes.
-    assert long.wait(timeout=600).state == "succeeded"
+    wait(lambda: long.refresh().terminal, 600, "long to finish", long)
+    assert long.info.state == "succeeded", explain(client, long)
     result = long.result()
     assert result.metrics["epoch"] == 60
     assert result.resumed_from_epochs and min(result.resumed_from_epochs) >= 2
     assert result.metrics["val_accuracy"] > 0.9
-    assert first.wait(timeout=60).state == "succeeded" and normal.wait(60).state == "succeeded"
+    wait(lambda: first.refresh().terminal and normal.refresh().terminal, 60, "urgent, normal")
+    assert first.info.state == normal.info.state == "succeeded"
 
     # Admission order: long, urgent (preempting long), normal, long again, then late_low.
     jobs = {j.id: j for j in client.jobs()}
@@ -162,17 +151,19 @@ def test_priorities_preemption_restart_cancel_and_retry(queue_client, queue_head
     )
 
     # 7. Cancel a running job: its Ray job stops and its CPU is free again.
-    wait_for(lambda: late_low.refresh().state == "running", 120, "late_low to run")
+    wait(lambda: late_low.refresh().state == "running", 120, "late_low to run", late_low)
     client.cancel(late_low.id)
-    assert late_low.wait(timeout=60).state == "cancelled"
-    wait_for(lambda: client.cluster()["available"].get("CPU", 0) >= 2.0, 60, "the CPUs to be free")
+    wait(lambda: late_low.refresh().terminal, 60, "late_low to be cancelled", late_low)
+    assert late_low.info.state == "cancelled"
+    wait(lambda: client.cluster()["available"].get("CPU", 0) >= 2.0, 60, "the CPUs to be free")
 
     # 8. Retry resubmits the original spec as a new job.
     retried = late_low.retry()
     assert retried.info.retry_of == late_low.id and retried.id != late_low.id
     assert retried.info.spec_text == tiny.read_text()
     client.cancel(retried.id)
-    assert retried.wait(timeout=60).state == "cancelled"
+    wait(lambda: retried.refresh().terminal, 60, "the retried job to be cancelled", retried)
+    assert retried.info.state == "cancelled"
 
     # Nothing ran twice: Ray has exactly the submissions each job recorded.
     from ray.job_submission import JobSubmissionClient
