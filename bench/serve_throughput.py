@@ -31,6 +31,9 @@ COMMAND = "make bench  (python -m bench --only serve_throughput)"
 QUICK_COMMAND = "python -m bench --only serve_throughput --quick"
 CONCURRENCY = (1, 8, 32, 64)
 MAX_BATCH = 32
+# --quick trains its transformer for 2 epochs: int8 can flip one of wine's 36 validation
+# samples (a 0.028 drop), and the smoke test measures serving, not the quantization gate.
+QUICK_MAX_ACCURACY_DROP = 0.1
 
 
 def _log(message: str) -> None:
@@ -227,6 +230,7 @@ def run(quick: bool = False) -> dict:
     init_local_ray(num_cpus=2, log_to_driver=False)
     try:
         base = _spec(tracking_uri, quick)
+        gate = {"max_accuracy_drop": QUICK_MAX_ACCURACY_DROP} if quick else {}
         _log("training and registering the model (real pipeline)")
         trained = Client().run(PipelineSpec.model_validate(base))
         results["model"] = {
@@ -260,6 +264,7 @@ def run(quick: bool = False) -> dict:
                         "autoscaling": {"min_replicas": 1, "max_replicas": 1},
                         "max_ongoing_requests": 128,
                         "max_queued_requests": 1024,
+                        **gate,
                     }
                 }
             )
@@ -285,6 +290,7 @@ def run(quick: bool = False) -> dict:
                         "target_ongoing_requests": 8,
                         "upscale_delay_s": 10,
                     },
+                    **gate,
                 }
             }
         )
