@@ -457,10 +457,10 @@ def main(argv: list[str] | None = None) -> int:
         return _COMMANDS[args.command](args)
     except OrchestratorError as exc:
         term = current()
-        print(f"error: {exc}", file=term.err, flush=True)
         hint = term.failure_hint()
         if hint:
             print(hint, file=term.err, flush=True)
+        print(f"error: {exc}", file=term.err, flush=True)
         return exc.exit_code
     except KeyboardInterrupt:
         resume = ""
@@ -476,8 +476,8 @@ def main(argv: list[str] | None = None) -> int:
 
         traceback.print_exc()  # into the log file (fd 2 points there)
         sys.stderr.flush()
-        print(f"error: internal error: {type(exc).__name__}: {exc}", file=term.err, flush=True)
         print(term.failure_hint() or "", file=term.err, flush=True)
+        print(f"error: internal error: {type(exc).__name__}: {exc}", file=term.err, flush=True)
         return 1
 
 

@@ -11,7 +11,8 @@ So the redirection is done on the file descriptors, once per command, and never 
 - our own lines (stages, progress, warnings, errors) go to the terminal through
   ``Terminal.err``, a handle on the original stderr.
 
-When a command fails, the CLI prints the log's path (``Terminal.failure_hint``).
+When a command fails, the CLI prints the log's path (``Terminal.failure_hint``) just above
+its one error line.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ class Terminal:
 
     def failure_hint(self) -> str | None:
         """The line that says where the full log of a failed command is, if there is one."""
-        if self.log_path is None or not self.log_path.exists():
+        try:
+            if self.log_path is None or self.log_path.stat().st_size == 0:
+                return None  # nothing was logged (a spec error before anything started)
+        except OSError:
             return None
         return f"full log: {self.log_path}"
 

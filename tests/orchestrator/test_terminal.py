@@ -76,8 +76,8 @@ def test_a_failure_prints_where_the_full_log_is(orch_home, tmp_path):
     done = orch(["serve", str(spec)], tmp_path)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert lines[-2].startswith("error: ") and "nothing-registered" in lines[-2]
+    assert lines[-1].startswith("error: ") and "nothing-registered" in lines[-1]
     (log,) = (orch_home / "logs").glob("serve-*.log")
-    assert lines[-1] == f"full log: {log}"
+    assert lines[-2] == f"full log: {log}" and log.read_text().strip()
     assert not [line for line in lines if LIBRARY_LINE.search(line)]
     assert "Traceback" not in done.stderr
