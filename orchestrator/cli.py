@@ -233,10 +233,15 @@ def _print_run_links(result, out) -> None:
 
 
 def _capture(command: str, args):
-    """From here on the libraries' output goes to a log file (or stderr with --verbose)."""
-    from orchestrator.runtime import orch_home
-    from orchestrator.terminal import capture
+    """From here on the libraries' output goes to a log file (or stderr with --verbose).
 
+    Only when ``orch`` is the process (``main()`` without argv): an in-process caller (a
+    test, a notebook) keeps its own stdout and stderr."""
+    from orchestrator.runtime import orch_home
+    from orchestrator.terminal import capture, current
+
+    if not args.own_process:
+        return current()
     return capture(command, verbose=args.verbose, log_dir=orch_home() / "logs")
 
 
@@ -449,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.terminal import current
 
     args = _parser().parse_args(argv)
+    args.own_process = argv is None  # the orch command itself, not an in-process call
     try:
         if args.command in ("run", "serve"):
             # before anything imports Ray: a malformed address stops here, and a recorded
