@@ -93,11 +93,10 @@ def _valid_host_port(host: str | None, parts) -> bool:
         port = parts.port
     except ValueError:
         return False
-    return (
-        bool(host)
-        and _HOST.match(parts.netloc.rsplit(":", 1)[0]) is not None
-        and (port is None or 0 < port < 65536)
-    )
+    if not host:
+        return False
+    name = f"[{host}]" if ":" in host else host  # urlsplit drops an IPv6 host's brackets
+    return _HOST.match(name) is not None and (port is None or 0 < port < 65536)
 
 
 def given_address(flag: str | None) -> RayAddress | None:
@@ -165,15 +164,19 @@ def dashboard_url(address: RayAddress) -> str:
 
 @contextmanager
 def _ray_address_env(value: str):
-    before = os.environ.get("RAY_ADDRESS")
+    """RAY_ADDRESS = ``value`` and no RAY_API_SERVER_ADDRESS (which outranks it) meanwhile."""
+    names = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
+    before = {name: os.environ.get(name) for name in names}
     os.environ["RAY_ADDRESS"] = value
+    os.environ.pop("RAY_API_SERVER_ADDRESS", None)
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop("RAY_ADDRESS", None)
-        else:
-            os.environ["RAY_ADDRESS"] = before
+        for name, old in before.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
 
 
 def _gcs_from_dashboard(address: RayAddress) -> str:

@@ -242,7 +242,10 @@ def _capture(command: str, args):
 
     if not args.own_process:
         return current()
-    return capture(command, verbose=args.verbose, log_dir=orch_home() / "logs")
+    # ORCH_LOG_TO_STDERR=1: a driver whose stderr is already a log (a queued job's Ray job
+    # log, which `orch logs` shows) keeps the chatter there
+    verbose = args.verbose or os.environ.get("ORCH_LOG_TO_STDERR") == "1"
+    return capture(command, verbose=verbose, log_dir=orch_home() / "logs")
 
 
 def _print_served(served, stream=None) -> None:
@@ -482,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
 
         traceback.print_exc()  # into the log file (fd 2 points there)
         sys.stderr.flush()
-        print(term.failure_hint() or "", file=term.err, flush=True)
+        if term.failure_hint():
+            print(term.failure_hint(), file=term.err, flush=True)
         print(f"error: internal error: {type(exc).__name__}: {exc}", file=term.err, flush=True)
         return 1
 

@@ -117,6 +117,8 @@ def _status_of(address: str, as_json: bool) -> int:
         nodes = ray_nodes(url, ray_token() or "")
     except httpx.HTTPError as exc:
         raise ClusterError(f"the Ray dashboard at {url} did not answer: {exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ClusterError(f"{url} does not answer like a Ray dashboard ({exc!r})") from None
     if as_json:
         print(json.dumps({"dashboard_url": url, "ray_nodes": nodes}))
         return 0

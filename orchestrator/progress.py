@@ -107,6 +107,10 @@ class RunDisplay:
                 TimeElapsedColumn(),
                 TextColumn("{task.fields[metrics]}"),
                 console=self.console,
+                # rich would put a proxy in sys.stdout/sys.stderr that writes to the terminal,
+                # and Ray's threads print to sys.stdout: that output belongs in the log file
+                redirect_stdout=False,
+                redirect_stderr=False,
             )
             self.task = self.progress.add_task("train", total=event["epochs"], metrics="")
             self.progress.start()
@@ -135,7 +139,14 @@ class StudyTable:
             f"using {format_params(started['trial_resources']) or 'no resources'}; "
             f"{self.mode} {self.metric}"
         )
-        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
+        self.live = Live(
+            self._render(),
+            console=console,
+            refresh_per_second=4,
+            transient=False,
+            redirect_stdout=False,  # as for the epoch bar: Ray's prints go to the log file
+            redirect_stderr=False,
+        )
         self.live.start()
 
     def __call__(self, event: dict) -> None:

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,6 +179,9 @@ class QueueClient:
         queue: str | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
+        if idempotency_key is None:
+            # a retried POST (the first reply timed out) must not queue the job twice
+            idempotency_key = f"auto-{uuid.uuid4().hex}"
         path = Path(spec)
         try:
             text = path.read_text()

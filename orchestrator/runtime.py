@@ -103,7 +103,7 @@ def connect_ray(address: RayAddress | None = None, *, show_worker_logs: bool = T
     if ray.is_initialized():
         return _connection(ray, "connected")
     target = "local" if address is None else gcs_address(address)
-    if target != "local":
+    if target != "local" and os.environ.get("RAY_ADDRESS"):
         # Ray reads RAY_ADDRESS itself (ray.init, the state API Train uses): it must name
         # the same cluster in a form Ray takes, never the dashboard URL a user exported.
         os.environ["RAY_ADDRESS"] = target

@@ -83,8 +83,8 @@ class RayJobs:
         )
         if reply.status_code == 200:
             return True
-        if reply.status_code == 400 and "already exists" in reply.text:
-            return False
+        if reply.status_code in (400, 500) and "already exists" in reply.text:
+            return False  # Ray 2.60's head answers 500 with the agent's "already exists"
         raise RayUnavailable(f"submitting {submission_id}: HTTP {reply.status_code}: "
                              f"{_last_line(reply.text)}")  # fmt: skip
 

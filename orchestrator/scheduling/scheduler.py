@@ -284,7 +284,8 @@ class Scheduler:
             self.ray.submit(
                 job.submission_id,
                 entrypoint,
-                env_vars=job.env,
+                # the driver's chatter stays in the Ray job's log, which `orch logs` shows
+                env_vars={**job.env, "ORCH_LOG_TO_STDERR": "1"},
                 metadata={"orch_job": job.id, "name": job.name, "attempt": job.attempt},
             )
         except RayUnavailable as exc:

@@ -31,6 +31,8 @@ serve: {name: iris-addr}
         ("127.0.0.1:6379", "gcs"),
         ("head-node.example.com:6379", "gcs"),
         ("[::1]:6379", "gcs"),
+        ("http://[::1]:8265", "dashboard"),
+        ("http://[::1]", "dashboard"),
         ("http://127.0.0.1:8265", "dashboard"),
         ("https://ray.example.com/", "dashboard"),
         ("http://127.0.0.1:8265/#/jobs", "dashboard"),  # copied from the browser
