@@ -64,7 +64,10 @@ def test_restart_in_the_write_ahead_window_and_the_cli(queue_client, queue_head,
     # As if the server died right after writing the admission, before Ray heard of it.
     store = JobStore(client.state_dir / "queue.db")
     crashed = JobInfo.model_validate(
-        {**store.get(submitted["id"]).model_dump(), "id": "", "history": [], "preemptions": 0}
+        {
+            **store.get(submitted["id"]).model_dump(),
+            **{"id": "", "history": [], "preemptions": 0, "idempotency_key": None},
+        }
     )
     crashed = store.add(crashed)
     crashed.run_name = f"t-{crashed.id}"
