@@ -56,7 +56,14 @@ def orch(args, cwd, **env) -> subprocess.CompletedProcess:
 def test_json_is_one_document_and_ray_chatter_goes_to_the_log(orch_home, tmp_path):
     spec = tmp_path / "study.yaml"
     spec.write_text(STUDY)
-    done = orch(["run", str(spec), "--json"], tmp_path, RAY_worker_maximum_startup_concurrency="1")
+    extensions = tmp_path / "torch-extensions"  # an empty JIT cache, as on a fresh machine
+    extensions.mkdir()
+    done = orch(
+        ["run", str(spec), "--json"],
+        tmp_path,
+        RAY_worker_maximum_startup_concurrency="1",
+        TORCH_EXTENSIONS_DIR=str(extensions),
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)  # the whole of stdout
     assert result["status"] == "succeeded" and len(result["study"]["trials"]) == 4
@@ -65,6 +72,8 @@ def test_json_is_one_document_and_ray_chatter_goes_to_the_log(orch_home, tmp_pat
     text = log.read_text()
     assert "PYTHON worker processes have been started" in text  # Ray did warn: here
     assert "Creating initial MLflow database tables" in text
+    # nothing compiled at run time: no DeepSpeed op was built into the empty cache
+    assert sorted(p.name for p in extensions.rglob("*")) == []
 
 
 def test_a_failure_prints_where_the_full_log_is(orch_home, tmp_path):
