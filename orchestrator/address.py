@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
-from orchestrator.exceptions import ClusterError, OrchestratorError
+from orchestrator.exceptions import ClusterError, OrchestratorError, first_line
 
 FORMS = (
     "'auto', the GCS address host:port (e.g. 127.0.0.1:6379), or the dashboard URL "
@@ -157,7 +157,7 @@ def dashboard_url(address: RayAddress) -> str:
         return client.get_address().rstrip("/")
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError: all say "not there"
         raise ClusterError(
-            f"{address.describe()}: no Ray cluster answers there ({_first_line(exc)}); start "
+            f"{address.describe()}: no Ray cluster answers there ({first_line(exc)}); start "
             f"one with `ray start --head`, or give {FORMS}"
         ) from None
 
@@ -201,7 +201,7 @@ def _gcs_from_dashboard(address: RayAddress) -> str:
             )  # fmt: skip
         except httpx.HTTPError as exc:
             raise ClusterError(
-                f"{address.describe()}: the Ray dashboard does not answer ({_first_line(exc)}); "
+                f"{address.describe()}: the Ray dashboard does not answer ({first_line(exc)}); "
                 f"is the cluster up? Use {FORMS}"
             ) from None
         if reply.status_code in (401, 403):
@@ -214,7 +214,7 @@ def _gcs_from_dashboard(address: RayAddress) -> str:
             summary = reply.json()["data"]["summary"]
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             raise ClusterError(
-                f"{address.describe()} is not a Ray dashboard ({_first_line(exc)}); use {FORMS}"
+                f"{address.describe()} is not a Ray dashboard ({first_line(exc)}); use {FORMS}"
             ) from None
         found = _gcs_in_summary(summary)
         if found:
@@ -233,8 +233,3 @@ def _gcs_in_summary(summary: list) -> str | None:
             if isinstance(arg, str) and arg.startswith("--gcs-address="):
                 return arg.split("=", 1)[1]
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

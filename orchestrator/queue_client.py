@@ -25,7 +25,13 @@ from pathlib import Path
 import httpx
 
 from orchestrator.address import RayAddress
-from orchestrator.exceptions import ClusterError, JobFailedError, OrchestratorError, SpecError
+from orchestrator.exceptions import (
+    ClusterError,
+    JobFailedError,
+    OrchestratorError,
+    SpecError,
+    first_line,
+)
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.token import ray_token
 
@@ -127,10 +133,10 @@ class QueueClient:
                 runtime_env={"env_vars": {"ORCH_SERVER_SUBMISSION_ID": submission_id}},
             )
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ClusterError(
-                f"cannot start the orch server on {self.dashboard_url}: {first} Is Ray running "
-                "there (`ray start --head`), and with token auth is RAY_AUTH_TOKEN_PATH set?"
+                f"cannot start the orch server on {self.dashboard_url}: {first_line(exc)} Is "
+                "Ray running there (`ray start --head`), and with token auth is "
+                "RAY_AUTH_TOKEN_PATH set?"
             ) from None
         deadline = time.time() + SERVER_START_TIMEOUT_S
         while time.time() < deadline:

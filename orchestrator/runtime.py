@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from orchestrator.address import RayAddress
-from orchestrator.exceptions import ClusterError
+from orchestrator.exceptions import ClusterError, first_line
 
 
 def orch_home() -> Path:
@@ -118,10 +118,9 @@ def connect_ray(address: RayAddress | None = None, *, show_worker_logs: bool = T
         else:
             context = ray.init(address=target, **options)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         given = "a local Ray" if address is None else address.describe()
         raise ClusterError(
-            f"cannot connect to Ray at {given} ({target}): {first_line}. Start one with `ray "
+            f"cannot connect to Ray at {given} ({target}): {first_line(exc)}. Start one with `ray "
             "start --head`, leave out --address to run on a local Ray, and with token auth set "
             "RAY_AUTH_MODE=token (token from ~/.ray/auth_token or RAY_AUTH_TOKEN_PATH)"
         ) from None
