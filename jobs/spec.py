@@ -127,6 +127,12 @@ class TrainSpec(_Section):
     workers: int = Field(
         1, ge=1, description="Ray Train workers = data-parallel degree x pipeline_stages."
     )
+    runner: Literal["auto", "ray-train", "local"] = Field(
+        "auto",
+        description="Who runs the training loop. ray-train: Ray Train workers (TorchTrainer). "
+        "local: the loop runs in one Ray task, or in the Tune trial's own actor (one worker "
+        "only; no Ray Train start-up). auto = local when workers is 1, else ray-train.",
+    )
     resources_per_worker: dict[str, float] = Field(
         default_factory=lambda: {"CPU": 1.0},
         description="Ray resources of each worker, e.g. {CPU: 0.5} or {CPU: 4, GPU: 1}.",
@@ -155,6 +161,13 @@ class TrainSpec(_Section):
         return self.resources_per_worker.get("GPU", 0) > 0
 
     @property
+    def resolved_runner(self) -> Literal["ray-train", "local"]:
+        """The runner ``auto`` stands for: local for a single worker."""
+        if self.runner == "auto":
+            return "local" if self.workers == 1 else "ray-train"
+        return self.runner
+
+    @property
     def data_parallel_degree(self) -> int:
         return self.workers // self.deepspeed.pipeline_stages
 
@@ -181,6 +194,12 @@ class TrainSpec(_Section):
                 f"({self.data_parallel_degree}) x gradient_accumulation_steps "
                 f"({ds.gradient_accumulation_steps}) = {split}; e.g. batch_size: "
                 f"{max(split, self.batch_size // split * split)}"
+            )
+        if self.runner == "local" and (self.workers > 1 or ds.pipeline_stages > 1):
+            raise ValueError(
+                f"runner local runs one worker in one process, but workers={self.workers} and "
+                f"deepspeed.pipeline_stages={ds.pipeline_stages}; use runner: ray-train (or "
+                "auto) for several workers, or workers: 1"
             )
         if ds.precision == "fp16" and not self.uses_gpu:
             raise ValueError(

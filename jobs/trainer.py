@@ -1,8 +1,10 @@
-"""Driver side of training: a Ray Train TorchTrainer over ``jobs.worker``, with live events.
+"""Driver side of training: the loop of ``jobs.worker`` under one of two runners.
 
-Workers push events (worker started or resumed, epoch metrics) into a small Ray queue; the
-driver relays them to ``on_event`` while ``fit`` runs, which is how the CLI draws its
-progress bar and how MLflow gets per-epoch metrics without workers talking to MLflow.
+``train.runner`` (``auto`` = local for one worker) picks a Ray Train TorchTrainer over N
+workers or the local runner (``jobs.local``: one Ray task). Either way the loop sends typed
+events (``jobs.events``) through this driver's ``EventHub``; the driver relays them to
+``on_event`` while training runs, which is how the CLI draws its progress bar and how
+MLflow gets per-epoch metrics without workers talking to MLflow.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +22,14 @@ import torch
 
 from jobs.data import DataInfo, PreparedData, to_ray_datasets
 from jobs.errors import TrainingError
+from jobs.events import Diverged, EpochEnded, TrainingEvent, WorkerStarted
 from jobs.export import InferenceModel
 from jobs.spec import ModelSpec, TrainSpec
-from jobs.worker import DATA_INFO_FILE, MODEL_FILE, STATE_FILE, train_loop_per_worker
+from jobs.splits import fits_in_memory
+from jobs.worker import DATA_INFO_FILE, MODEL_FILE, STATE_FILE, LoopConfig, train_loop_per_worker
 
-EventHandler = Callable[[dict], None]
+EventHandler = Callable[[TrainingEvent], None]
+POLL_S = 0.25  # how often the driver collects events
 
 
 @dataclass
@@ -33,6 +40,7 @@ class TrainResult:
     model: InferenceModel
     info: DataInfo
     checkpoint_path: str
+    runner: str = "ray-train"  # which runner trained it: ray-train | local
     history: list[dict] = field(default_factory=list)
     resumed_from_epochs: list[int] = field(default_factory=list)
     worker_nodes: dict[int, str] = field(default_factory=dict)  # rank -> Ray node id (last start)
@@ -62,6 +70,44 @@ def load_trained_model(checkpoint_path: str, model: ModelSpec) -> tuple[Inferenc
     return inference, state["metrics"]
 
 
+class _Relay:
+    """Hands the run's events to ``on_event`` and keeps what the result reports."""
+
+    def __init__(self, on_event: EventHandler | None):
+        self.on_event = on_event
+        self.history: list[dict] = []
+        self.resumed: list[int] = []
+        self.nodes: dict[int, str] = {}
+        self.diverged: list[str] = []
+        self.runner: str | None = None
+
+    def __call__(self, event: TrainingEvent) -> None:
+        if isinstance(event, Diverged):
+            self.diverged.append(event.message)
+        elif isinstance(event, EpochEnded):
+            self.history.append(event.metrics)
+        elif isinstance(event, WorkerStarted):
+            self.runner = event.runner
+            if event.node_id:
+                self.nodes[event.rank] = event.node_id
+            if event.rank == 0 and event.resumed_from_epoch:
+                self.resumed.append(event.resumed_from_epoch)
+        if self.on_event is not None:
+            self.on_event(event)
+
+
+def _drain_while(hub, run_key: str, relay: _Relay, running: Callable[[], bool]) -> None:
+    """Relay the hub's events for ``run_key`` until ``running()`` is false, then the rest."""
+    import ray
+
+    while running():
+        for event in ray.get(hub.take.remote(run_key)):
+            relay(event)
+        time.sleep(POLL_S)
+    for event in ray.get(hub.take.remote(run_key)):
+        relay(event)
+
+
 def fit(
     model: ModelSpec,
     train: TrainSpec,
@@ -74,36 +120,119 @@ def fit(
 ) -> TrainResult:
     """Train on the connected Ray cluster and return the consolidated model.
 
+    ``train.runner`` picks how: Ray Train workers, or the local runner (one Ray task) for
+    a single worker. A run named like an earlier one under ``storage_path`` resumes from
+    its latest checkpoint, whichever runner wrote it.
+
     Raises:
         TrainingError: the run failed beyond ``train.max_failures``; the message has the cause.
     """
-    import ray.train
+    from ray.train import Checkpoint
+
+    from jobs.event_hub import event_hub
+
+    job = LoopConfig(model=model, train=train, info=data.info, seed=seed)
+    hub = event_hub()
+    run_key = f"{run_name}-{uuid.uuid4().hex[:8]}"
+    relay = _Relay(on_event)
+    run_dir = Path(storage_path) / run_name
+    if train.resolved_runner == "local":
+        checkpoint_path = _fit_local(job, data, run_dir, hub, run_key, relay)
+    else:
+        checkpoint_path = _fit_ray_train(job, data, run_name, storage_path, hub, run_key, relay)
+    with Checkpoint(checkpoint_path).as_directory() as ckpt_dir:
+        inference, info = _load_model(Path(ckpt_dir), model)
+        state = json.loads((Path(ckpt_dir) / STATE_FILE).read_text())
+    return TrainResult(
+        metrics=state["metrics"],
+        model=inference,
+        info=info,
+        checkpoint_path=checkpoint_path,
+        runner=train.resolved_runner,
+        history=relay.history,
+        resumed_from_epochs=relay.resumed,
+        worker_nodes=relay.nodes,
+    )
+
+
+def _fit_local(
+    job: LoopConfig, data: PreparedData, run_dir: Path, hub, run_key: str, relay: _Relay
+) -> str:
+    """One Ray task holding the worker's resources runs the loop; retried on failures.
+
+    A task that dies (its process killed, its node lost) is started again, up to
+    ``train.max_failures`` times, and resumes from the run's latest checkpoint.
+    """
+    import ray
+
+    from jobs.local import run_standalone
+
+    train = job.train
+    resources = dict(train.resources_per_worker)
+    task = ray.remote(run_standalone).options(
+        num_cpus=resources.pop("CPU", 0),
+        num_gpus=resources.pop("GPU", 0),
+        resources=resources or None,
+        max_retries=0,
+        retry_exceptions=False,
+    )
+    data_ref = ray.put(data)
+    failures = 0
+    while True:
+        ref = task.remote(job, data_ref, str(run_dir), hub, run_key)
+        _drain_while(hub, run_key, relay, lambda ref=ref: not ray.wait([ref], timeout=0)[0])
+        try:
+            outcome = ray.get(ref)
+            break
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, TrainingError):
+                raise TrainingError(str(exc.cause)) from None
+            error: BaseException = exc
+        except ray.exceptions.RayError as exc:  # the worker or its node died
+            error = exc
+        failures += 1
+        if 0 <= train.max_failures < failures:
+            raise TrainingError(describe_failure(error)) from error
+    if relay.diverged:
+        raise TrainingError(relay.diverged[0])
+    if outcome.checkpoint_path is None:
+        raise TrainingError("training finished without a final checkpoint")
+    return outcome.checkpoint_path
+
+
+def _fit_ray_train(
+    job: LoopConfig,
+    data: PreparedData,
+    run_name: str,
+    storage_path: str,
+    hub,
+    run_key: str,
+    relay: _Relay,
+) -> str:
+    import ray
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    from ray.util.queue import Empty, Queue
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from jobs.local import latest_checkpoint_in
+
+    train = job.train
     # Ray Train's controller takes one report per health-check tick (2 s by default), which
     # would cap short epochs at one per 2 s. The driver's value propagates to the controller.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-    # The event queue lives on this driver's node, like Ray Train's controller: a worker node
-    # that dies must not take the run's progress channel with it.
-    here = ray.get_runtime_context().get_node_id()
-    events = Queue(
-        actor_options={
-            "num_cpus": 0,
-            "scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=False),
-        }
-    )
+    small = fits_in_memory(data)
+    resume_from = latest_checkpoint_in(Path(storage_path) / run_name)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "model": model.model_dump(),
-            "train": train.model_dump(),
-            "data_info": data.info.model_dump(),
-            "seed": seed,
-            "events": events,
+            "job": job,
+            # small splits go through the object store: no Ray Data pipeline to start
+            "data": ray.put(data) if small else None,
+            "events": hub,
+            "run_key": run_key,
+            # a checkpoint the other runner wrote under this run's name (Ray Train resumes
+            # from its own checkpoints first)
+            "resume_from": str(resume_from) if resume_from else None,
         },
         scaling_config=ScalingConfig(
             num_workers=train.workers,
@@ -116,7 +245,7 @@ def fit(
             failure_config=FailureConfig(max_failures=train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=train.checkpoint.keep),
         ),
-        datasets=to_ray_datasets(data),
+        datasets=None if small else to_ray_datasets(data),
         # Every worker streams the whole split and keeps its own slice of each global batch.
         # preserve_order: all workers must see rows in the same order for their slices to
         # partition each global batch.
@@ -124,7 +253,6 @@ def fit(
             datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)
         ),
     )
-
     outcome: dict = {}
 
     def run() -> None:
@@ -133,39 +261,11 @@ def fit(
         except BaseException as exc:  # handed to the caller's thread below
             outcome["error"] = exc
 
-    history: list[dict] = []
-    resumed: list[int] = []
-    nodes: dict[int, str] = {}
-    diverged: list[str] = []
-
-    def relay(event: dict) -> None:
-        if event["type"] == "diverged":
-            diverged.append(event["message"])
-        elif event["type"] == "epoch":
-            history.append(event["metrics"])
-        elif event["type"] == "worker_started":
-            if event.get("node_id"):
-                nodes[event["rank"]] = event["node_id"]
-            if event["rank"] == 0 and event["resumed_from_epoch"]:
-                resumed.append(event["resumed_from_epoch"])
-        if on_event is not None:
-            on_event(event)
-
     thread = threading.Thread(target=run, name="orch-train-fit", daemon=True)
     thread.start()
-    try:
-        while thread.is_alive():
-            try:
-                relay(events.get(timeout=0.5))
-            except Empty:
-                pass
-        while not events.empty():
-            relay(events.get_nowait())
-    finally:
-        ray.kill(events.actor)
-
-    if diverged:
-        raise TrainingError(diverged[0])
+    _drain_while(hub, run_key, relay, thread.is_alive)
+    if relay.diverged:
+        raise TrainingError(relay.diverged[0])
     if "error" in outcome:
         raise TrainingError(describe_failure(outcome["error"])) from outcome["error"]
     result = outcome["result"]
@@ -173,18 +273,7 @@ def fit(
         raise TrainingError(describe_failure(result.error))
     if result.checkpoint is None:
         raise TrainingError("training finished without a final checkpoint")
-    with result.checkpoint.as_directory() as ckpt_dir:
-        inference, info = _load_model(Path(ckpt_dir), model)
-        state = json.loads((Path(ckpt_dir) / STATE_FILE).read_text())
-    return TrainResult(
-        metrics=state["metrics"],
-        model=inference,
-        info=info,
-        checkpoint_path=result.checkpoint.path,
-        history=history,
-        resumed_from_epochs=resumed,
-        worker_nodes=nodes,
-    )
+    return result.checkpoint.path
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -1,4 +1,8 @@
-"""What runs on every Ray Train worker: a DeepSpeed engine over the zoo's layer list.
+"""The training loop: a DeepSpeed engine over the zoo's layer list, under either runner.
+
+``train_loop`` runs on every Ray Train worker (``train_loop_per_worker``) and, for a
+single-worker run or trial, in the calling process (``jobs.local``); it sees its runner
+only through ``jobs.runtime.TrainingRuntime``.
 
 Layout: ``workers = pipeline_stages x data_parallel``. Every worker streams the whole
 (unsplit) training split in the same seeded order and keeps its data-parallel slice of
@@ -12,17 +16,21 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from jobs.data import DataInfo
 from jobs.errors import TrainingError
+from jobs.events import Diverged, EpochEnded, TrainingWarning, WorkerStarted
 from jobs.models import DataShape, build_layers
+from jobs.runtime import TrainingRuntime
 from jobs.schedule import build_optimizer, build_scheduler
 from jobs.spec import ModelSpec, TrainSpec
 
@@ -30,7 +38,6 @@ STATE_FILE = "orch_state.json"
 MODEL_FILE = "model_state.pt"
 DATA_INFO_FILE = "data_info.json"
 VAL_CHUNK = 1024  # validation rows per data-parallel rank per step
-CACHE_LIMIT_BYTES = 512 << 20  # training splits up to this size are kept in worker memory
 
 
 def select_accelerator() -> None:
@@ -155,32 +162,6 @@ def _weighted_stats(out, y, weight, task: str, target_std: float):
     return (losses.double() * weight).sum().item(), correct, sq, weight.sum().item()
 
 
-def epoch_batches(shard, info: DataInfo, batch_size: int, epoch_seed: int, cache: dict):
-    """Global training batches of one epoch, in an order fixed by ``epoch_seed``.
-
-    Every worker gets the same sequence. A split that fits in ``CACHE_LIMIT_BYTES`` is
-    streamed from Ray Data once and then reshuffled in memory each epoch (re-running the
-    Ray Data pipeline every epoch cost about 8% of throughput on 2 cores); larger splits
-    stream every epoch through a seeded local shuffle buffer.
-    """
-    if info.n_train * (4 * info.n_features + 8) > CACHE_LIMIT_BYTES:
-        yield from shard.iter_torch_batches(
-            batch_size=batch_size,
-            drop_last=True,
-            local_shuffle_buffer_size=min(info.n_train, 100_000),
-            local_shuffle_seed=epoch_seed,
-        )
-        return
-    if "x" not in cache:
-        parts = list(shard.iter_torch_batches(batch_size=8192))
-        cache["x"] = torch.cat([p["x"] for p in parts])
-        cache["y"] = torch.cat([p["y"] for p in parts])
-    order = torch.randperm(len(cache["x"]), generator=torch.Generator().manual_seed(epoch_seed))
-    for i in range(len(order) // batch_size):  # drop_last: every step sees a full batch
-        rows = order[i * batch_size : (i + 1) * batch_size]
-        yield {"x": cache["x"][rows], "y": cache["y"][rows]}
-
-
 def _rank_slice(x, y, layout: Layout, pad: bool):
     """This rank's contiguous share of a global batch; padded to one row if empty."""
     per_rank = -(-len(x) // layout.dp_size)
@@ -196,29 +177,36 @@ def _rank_slice(x, y, layout: Layout, pad: bool):
     return xs, ys, weight
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point. ``config`` holds the spec sections and the DataInfo as dicts."""
-    select_accelerator()
-    deepspeed = import_deepspeed()
-    import ray.train
-    from ray.train import Checkpoint
+@dataclass(frozen=True)
+class LoopConfig:
+    """What one training needs besides its runtime: the spec sections, the data, the seed."""
 
-    model_spec = ModelSpec.model_validate(config["model"])
-    train = TrainSpec.model_validate(config["train"])
-    info = DataInfo.model_validate(config["data_info"])
-    seed = int(config["seed"])
-    events = config.get("events")
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    device = ray.train.torch.get_device()
+    model: ModelSpec
+    train: TrainSpec
+    info: DataInfo
+    seed: int
+
+
+@dataclass
+class _Engine:
+    """A built DeepSpeed engine and what the loop needs to drive it."""
+
+    engine: object
+    layout: Layout
+    criterion: object
+    dtype: torch.dtype
+
+
+def _build_engine(runtime: TrainingRuntime, job: LoopConfig, deepspeed) -> _Engine:
+    train, info = job.train, job.info
     stages = train.deepspeed.pipeline_stages
-
-    if device.type == "cpu":
-        skip_shared_memory_comm_op()
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
-    torch.manual_seed(seed)  # the same initial weights on every rank and every layout
+    # The same initial weights (and dropout draws) on every rank, every layout, every
+    # runner, and in an actor that ran another trial before.
+    random.seed(job.seed)
+    np.random.seed(job.seed % 2**32)
+    torch.manual_seed(job.seed)
     layers = build_layers(
-        model_spec.type, model_spec.params, DataShape(info.n_features, info.n_outputs)
+        job.model.type, job.model.params, DataShape(info.n_features, info.n_outputs)
     )
     criterion = loss_fn(info.task)
     if stages > 1:
@@ -233,7 +221,6 @@ def train_loop_per_worker(config: dict) -> None:
         )
     else:
         module = torch.nn.Sequential(*layers)
-
     steps_per_epoch = max(1, info.n_train // train.batch_size)
     optimizer = build_optimizer(train.optimizer, module.parameters())
     scheduler = build_scheduler(train.scheduler, optimizer, steps_per_epoch, train.epochs)
@@ -248,135 +235,189 @@ def train_loop_per_worker(config: dict) -> None:
             stages,
         )
     else:
-        layout = Layout(rank, ctx.get_world_size(), 0, 1)
+        layout = Layout(runtime.rank, runtime.world_size, 0, 1)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
         train.deepspeed.precision, torch.float32
     )
+    return _Engine(engine, layout, criterion, dtype)
 
-    start_epoch, resumed_from = 1, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            load_path, client_state = engine.load_checkpoint(ckpt_dir)
-            if load_path is None:
-                raise TrainingError(
-                    f"checkpoint {checkpoint.path} has no loadable DeepSpeed state; refusing to "
-                    "restart from scratch silently"
-                )
-        resumed_from = int(client_state["epoch"])
-        start_epoch = resumed_from + 1
 
-    def emit(event: dict) -> None:
-        if events is not None:
-            events.put({**event, "rank": rank, "pid": os.getpid(), "time": time.time()})
+def _resume(runtime: TrainingRuntime, built: _Engine) -> int | None:
+    """Load the runtime's latest checkpoint into the engine; its epoch, or None."""
+    with runtime.latest_checkpoint() as ckpt_dir:
+        if ckpt_dir is None:
+            return None
+        load_path, client_state = built.engine.load_checkpoint(str(ckpt_dir))
+        if load_path is None:
+            raise TrainingError(
+                f"checkpoint {ckpt_dir} has no loadable DeepSpeed state; refusing to "
+                "restart from scratch silently"
+            )
+    return int(client_state["epoch"])
 
-    warning = slow_bf16_warning(train.deepspeed.precision, device)
-    if warning and rank == 0:
-        emit({"type": "warning", "message": warning})
-    emit(
-        {
-            "type": "worker_started",
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "resumed_from_epoch": resumed_from,
-            "start_epoch": start_epoch,
-            "epochs": train.epochs,
-        }
-    )
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+def train_loop(runtime: TrainingRuntime, job: LoopConfig) -> None:
+    """Train ``job`` under ``runtime``, reporting every epoch; the same for both runners."""
+    select_accelerator()
+    deepspeed = import_deepspeed()
+    device = runtime.device
+    if device.type == "cpu":
+        skip_shared_memory_comm_op()
+    runtime.init_process_group()
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+    built = _build_engine(runtime, job, deepspeed)
+    try:
+        resumed_from = _resume(runtime, built)
+        start_epoch = (resumed_from or 0) + 1
+        warning = slow_bf16_warning(job.train.deepspeed.precision, device)
+        if warning and runtime.rank == 0:
+            runtime.emit(TrainingWarning(warning))
+        runtime.emit(
+            WorkerStarted(
+                rank=runtime.rank,
+                runner=runtime.runner,
+                node_id=runtime.node_id,
+                pid=os.getpid(),
+                start_epoch=start_epoch,
+                epochs=job.train.epochs,
+                resumed_from_epoch=resumed_from,
+            )
+        )
+        for epoch in range(start_epoch, job.train.epochs + 1):
+            metrics = _train_epoch(runtime, job, built, epoch)
+            if metrics is None:
+                return  # diverged (every rank sees the same reduced loss and stops here)
+            metrics.update(_validate(runtime, built, job.info))
+            due = epoch == job.train.epochs or epoch % job.train.checkpoint.every_epochs == 0
+            _report(runtime, job, built, epoch, metrics, due)
+            if runtime.rank == 0:
+                runtime.emit(EpochEnded(metrics=metrics, checkpointed=due))
+    finally:
+        built.engine.destroy()  # a reused Tune actor must not keep this trial's engine
+
+
+def _train_epoch(
+    runtime: TrainingRuntime, job: LoopConfig, built: _Engine, epoch: int
+) -> dict | None:
+    """One pass over the training split; its metrics, or None if the loss diverged."""
+    train, device, engine, layout = job.train, runtime.device, built.engine, built.layout
     micro = train.micro_batch_size
     gas = train.deepspeed.gradient_accumulation_steps
-    metrics: dict = {}
-    cache: dict = {}
-
-    for epoch in range(start_epoch, train.epochs + 1):
-        engine.train()
-        sums = _Sums(device)
-        started = time.perf_counter()
-        batches = epoch_batches(train_shard, info, train.batch_size, seed + epoch, cache)
-        steps, data_wait, seen = 0, 0.0, 0
-        loss_total = torch.zeros((), dtype=torch.float64, device=device)
-        waiting = time.perf_counter()
-        for batch in batches:
-            data_wait += time.perf_counter() - waiting
-            xs, ys, _ = _rank_slice(batch["x"], batch["y"], layout, pad=False)
-            xs = xs.to(device=device, dtype=dtype)
-            ys = ys.to(device)
-            micro_batches = [
-                (xs[i * micro : (i + 1) * micro], ys[i * micro : (i + 1) * micro])
-                for i in range(gas)
-            ]
-            if stages > 1:
-                loss = engine.train_batch(data_iter=iter(micro_batches))
-                if layout.is_last_stage:
-                    loss_total += loss.detach().double() * len(xs)
-                    seen += len(xs)
-            else:
-                for xm, ym in micro_batches:
-                    loss = criterion(engine(xm), ym)
-                    engine.backward(loss)
-                    engine.step()
-                    loss_total += loss.detach().double() * len(xm)  # no per-step sync
-                    seen += len(xm)
-            steps += 1
-            waiting = time.perf_counter()
-        train_time = time.perf_counter() - started
-        sums.add(loss_total.item(), 0, 0, seen)
-        loss_sum, _, _, count = sums.reduce()
-        if not math.isfinite(loss_sum):
-            # Every rank sees the same reduced loss, so all stop here together. Returning
-            # (not raising) keeps Ray Train from retrying a failure that would repeat; the
-            # driver's fit() raises it.
-            if rank == 0:
-                emit(
-                    {
-                        "type": "diverged",
-                        "message": f"training diverged at epoch {epoch}: train_loss is "
-                        f"{loss_sum / max(count, 1)}; lower train.optimizer.lr or set "
-                        "train.deepspeed.gradient_clipping",
-                    }
-                )
-            return
-        metrics = {
-            "epoch": epoch,
-            "train_loss": loss_sum / max(count, 1),
-            "samples_per_s": steps * train.batch_size / train_time,
-            # rank 0's share of the epoch spent waiting for input: near 1 = input-bound
-            "data_wait_fraction": data_wait / train_time,
-            "lr": engine.get_lr()[0] if engine.get_lr() else train.optimizer.lr,
-            **_validate(engine, val_shard, layout, info, dtype, device, criterion),
-        }
-        final = epoch == train.epochs
-        due = final or epoch % train.checkpoint.every_epochs == 0
-        if due:
-            with tempfile.TemporaryDirectory(prefix="orch-ckpt-") as tmp:
-                engine.save_checkpoint(tmp, tag=f"epoch-{epoch}", client_state={"epoch": epoch})
-                if final:
-                    state = _full_state_dict(engine, train, layout)
-                    if rank == 0:
-                        torch.save(state, Path(tmp) / MODEL_FILE)
-                        (Path(tmp) / DATA_INFO_FILE).write_text(info.model_dump_json())
-                if rank == 0:
-                    (Path(tmp) / STATE_FILE).write_text(
-                        json.dumps({"epoch": epoch, "metrics": metrics})
-                    )
-                ckpt = Checkpoint.from_directory(tmp) if any(Path(tmp).iterdir()) else None
-                ray.train.report(metrics, checkpoint=ckpt)
+    engine.train()
+    sums = _Sums(device)
+    started = time.perf_counter()
+    batches = runtime.train_split.epoch_batches(train.batch_size, job.seed + epoch)
+    steps, data_wait, seen = 0, 0.0, 0
+    loss_total = torch.zeros((), dtype=torch.float64, device=device)
+    waiting = time.perf_counter()
+    for batch in batches:
+        data_wait += time.perf_counter() - waiting
+        xs, ys, _ = _rank_slice(batch.x, batch.y, layout, pad=False)
+        xs = xs.to(device=device, dtype=built.dtype)
+        ys = ys.to(device)
+        micro_batches = [
+            (xs[i * micro : (i + 1) * micro], ys[i * micro : (i + 1) * micro]) for i in range(gas)
+        ]
+        if layout.stages > 1:
+            loss = engine.train_batch(data_iter=iter(micro_batches))
+            if layout.is_last_stage:
+                loss_total += loss.detach().double() * len(xs)
+                seen += len(xs)
         else:
-            ray.train.report(metrics)
-        if rank == 0:
-            emit({"type": "epoch", "metrics": metrics, "checkpointed": due})
+            for xm, ym in micro_batches:
+                loss = built.criterion(engine(xm), ym)
+                engine.backward(loss)
+                engine.step()
+                loss_total += loss.detach().double() * len(xm)  # no per-step sync
+                seen += len(xm)
+        steps += 1
+        waiting = time.perf_counter()
+    train_time = time.perf_counter() - started
+    sums.add(loss_total.item(), 0, 0, seen)
+    loss_sum, _, _, count = sums.reduce()
+    if not math.isfinite(loss_sum):
+        # Returning (not raising) keeps Ray Train from retrying a failure that would
+        # repeat; the driver raises the Diverged event's message.
+        if runtime.rank == 0:
+            runtime.emit(
+                Diverged(
+                    message=f"training diverged at epoch {epoch}: train_loss is "
+                    f"{loss_sum / max(count, 1)}; lower train.optimizer.lr or set "
+                    "train.deepspeed.gradient_clipping",
+                    epoch=epoch,
+                )
+            )
+        return None
+    return {
+        "epoch": epoch,
+        "train_loss": loss_sum / max(count, 1),
+        "samples_per_s": steps * train.batch_size / train_time,
+        # rank 0's share of the epoch spent waiting for input: near 1 = input-bound
+        "data_wait_fraction": data_wait / train_time,
+        "lr": engine.get_lr()[0] if engine.get_lr() else train.optimizer.lr,
+    }
 
 
-def _validate(engine, val_shard, layout: Layout, info: DataInfo, dtype, device, criterion) -> dict:
+def _report(
+    runtime: TrainingRuntime, job: LoopConfig, built: _Engine, epoch: int, metrics: dict, due: bool
+) -> None:
+    """Hand the epoch to the runtime, with a checkpoint when one is due.
+
+    The final checkpoint also holds the consolidated fp32 model and the DataInfo: what
+    export, registration and serving load, whichever runner wrote it.
+    """
+    if not due:
+        runtime.report(metrics, None, final=False)
+        return
+    final = epoch == job.train.epochs
+    with tempfile.TemporaryDirectory(prefix="orch-ckpt-") as tmp:
+        built.engine.save_checkpoint(tmp, tag=f"epoch-{epoch}", client_state={"epoch": epoch})
+        if final:
+            state = _full_state_dict(built.engine, job.train, built.layout)
+            if runtime.rank == 0:
+                torch.save(state, Path(tmp) / MODEL_FILE)
+                (Path(tmp) / DATA_INFO_FILE).write_text(job.info.model_dump_json())
+        if runtime.rank == 0:
+            (Path(tmp) / STATE_FILE).write_text(json.dumps({"epoch": epoch, "metrics": metrics}))
+        runtime.report(metrics, Path(tmp), final=final)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point.
+
+    ``config``: ``job`` (LoopConfig), ``data`` (an object-store ref to the PreparedData for
+    small splits, None when Ray Data streams them), ``events`` (the driver's EventHub),
+    ``run_key``, ``resume_from`` (a checkpoint directory to start from when Ray Train has
+    none of its own, e.g. one the local runner wrote).
+    """
+    import ray
+
+    from jobs.runtime import RayTrainRuntime
+    from jobs.splits import InMemorySplit
+
+    job: LoopConfig = config["job"]
+    splits = None
+    if config["data"] is not None:
+        data = ray.get(config["data"])
+        splits = {
+            "train": InMemorySplit(data.x_train, data.y_train),
+            "val": InMemorySplit(data.x_val, data.y_val),
+        }
+    runtime = RayTrainRuntime(
+        splits, job.info, config["events"], config["run_key"], config["resume_from"]
+    )
+    train_loop(runtime, job)
+
+
+def _validate(runtime: TrainingRuntime, built: _Engine, info: DataInfo) -> dict:
+    engine, layout, device = built.engine, built.layout, runtime.device
     engine.eval()
     sums = _Sums(device)
     chunk = VAL_CHUNK * layout.dp_size
     with torch.no_grad():
-        for batch in val_shard.iter_torch_batches(batch_size=chunk):
-            xs, ys, weight = _rank_slice(batch["x"], batch["y"], layout, pad=True)
-            xs, ys = xs.to(device=device, dtype=dtype), ys.to(device)
+        for batch in runtime.val_split.in_order(chunk):
+            xs, ys, weight = _rank_slice(batch.x, batch.y, layout, pad=True)
+            xs, ys = xs.to(device=device, dtype=built.dtype), ys.to(device)
             if layout.stages > 1:
                 # DeepSpeed 0.19 adds eval outputs to the last train_batch's loss total
                 # unless it is cleared (it only resets it in train_batch).

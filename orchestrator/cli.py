@@ -288,8 +288,9 @@ def _foreground(args):
 def _arming(display, foreground):
     """The event callback: the display, and Ctrl-C turns into a clean stop once serving starts."""
 
-    def on_event(event: dict) -> None:
-        if foreground and event.get("type") == "stage" and event.get("stage") == "serve":
+    def on_event(event) -> None:
+        stage = event.get("stage") if isinstance(event, dict) else None
+        if foreground and stage == "serve":
             foreground.arm()
         if display:
             display(event)

@@ -120,6 +120,7 @@ class Client:
             tracking_uri=tracking_uri,
             model_uri=model_uri,
             checkpoint=result.checkpoint_path,
+            runner=result.runner,
             resumed_from_epochs=result.resumed_from_epochs,
             worker_nodes=result.worker_nodes,
         )
@@ -196,6 +197,7 @@ class Client:
             tracking_uri=tracking_uri,
             model_uri=model_uri,
             checkpoint=best.checkpoint,
+            runner=best.runner,
             study=StudyReport(
                 study=outcome.study,
                 path=outcome.path,

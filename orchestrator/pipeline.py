@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from jobs.data import PreparedData, prepare
 from jobs.errors import DataError, TrainingError
+from jobs.events import EpochEnded, TrainingEvent, WorkerStarted
 from jobs.spec import ModelSpec
 from jobs.tracking import RunTracker, flatten, run_tags
 from jobs.trainer import TrainResult, fit, load_trained_model
@@ -130,15 +131,14 @@ def run_training(
     run_id = tracker.start(run_name, tags=_lineage_tags(spec, data, "train"))
     emit({"type": "stage", "stage": "train", "mlflow_run_id": run_id, "epochs": spec.train.epochs})
 
-    def track(event: dict) -> None:
-        if event["type"] == "epoch":
-            metrics = event["metrics"]
-            tracker.log_metrics_later(metrics, step=int(metrics["epoch"]))
-        elif event["type"] == "worker_started":
+    def track(event: TrainingEvent) -> None:
+        if isinstance(event, EpochEnded):
+            tracker.log_metrics_later(event.metrics, step=int(event.metrics["epoch"]))
+        elif isinstance(event, WorkerStarted):
             # where each rank runs (node ids): multi-node placement is checked against these
-            tags = {f"orch.worker_node.{event['rank']}": event.get("node_id", "")}
-            if event["rank"] == 0 and event["resumed_from_epoch"]:
-                tags["orch.resumed_from_epoch"] = str(event["resumed_from_epoch"])
+            tags = {f"orch.worker_node.{event.rank}": event.node_id, "orch.runner": event.runner}
+            if event.rank == 0 and event.resumed_from_epoch:
+                tags["orch.resumed_from_epoch"] = str(event.resumed_from_epoch)
             tracker.set_tags_later(tags)
         emit(event)
 

@@ -10,6 +10,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from jobs.events import EpochEnded, TrainingEvent, TrainingWarning, WorkerStarted
+
 _STAGES = {
     "data": "Reading and splitting data",
     "connect": "Connecting to Ray",
@@ -57,7 +59,10 @@ class RunDisplay:
         self.task = None
         self.study: StudyTable | None = None
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event) -> None:
+        if isinstance(event, TrainingEvent):
+            self._training(event)
+            return
         kind = event["type"]
         if kind == "stage":
             self._stage(event)
@@ -68,11 +73,6 @@ class RunDisplay:
                 self.study(event)
                 if kind == "study_finished":
                     self.study = None
-        elif kind == "worker_started" and event["rank"] == 0 and event["resumed_from_epoch"]:
-            self.console.print(
-                f"[yellow]workers restarted: resuming from the checkpoint of epoch "
-                f"{event['resumed_from_epoch']}[/]"
-            )
         elif kind == "cluster" and event.get("dashboard_url"):
             token = event.get("token_path")
             self.console.print(
@@ -80,12 +80,20 @@ class RunDisplay:
                 + (f" (token: {token})" if token else ""),
                 soft_wrap=True,
             )
-        elif kind == "warning":
-            self.console.print(f"[yellow]warning: {event['message']}[/]")
-        elif kind == "epoch" and self.progress is not None:
-            metrics = event["metrics"]
+
+    def _training(self, event: TrainingEvent) -> None:
+        if isinstance(event, WorkerStarted) and event.rank == 0 and event.resumed_from_epoch:
+            self.console.print(
+                f"[yellow]workers restarted: resuming from the checkpoint of epoch "
+                f"{event.resumed_from_epoch}[/]"
+            )
+        elif isinstance(event, TrainingWarning):
+            self.console.print(f"[yellow]warning: {event.message}[/]")
+        elif isinstance(event, EpochEnded) and self.progress is not None:
             self.progress.update(
-                self.task, completed=metrics["epoch"], metrics=format_metrics(metrics)
+                self.task,
+                completed=event.metrics["epoch"],
+                metrics=format_metrics(event.metrics),
             )
 
     def _stage(self, event: dict) -> None:

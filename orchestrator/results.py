@@ -45,7 +45,12 @@ class RunResult(BaseModel):
     model_uri: str = Field(
         description="MLflow URI of the logged torch model (the best trial's, when tuning)."
     )
-    checkpoint: str = Field(description="Ray Train checkpoint holding the final weights.")
+    checkpoint: str = Field(description="Checkpoint directory holding the final weights.")
+    runner: str | None = Field(
+        None,
+        description="Who ran the training loop (of the best trial, when tuning): ray-train "
+        "(Ray Train workers) or local (one process; train.runner).",
+    )
     resumed_from_epochs: list[int] = Field(
         default_factory=list, description="Epochs training resumed from after worker failures."
     )

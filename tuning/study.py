@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from ray.tune import Callback, Stopper
 
 from jobs.data import PreparedData
@@ -33,8 +33,9 @@ from tuning.trial import CHECKPOINT_KEY, run_trial
 STATE_FILE = "orch_study.json"
 TUNE_DIR = "tune"
 TRIALS_DIR = "trials"
-# A trial's own actor only relays events and reports; it takes no CPU so that a trial's
-# training workers, not its driver, decide how many trials fit on the cluster.
+# A multi-worker trial's own actor only relays events and reports; it takes no CPU so that
+# its training workers, not its driver, decide how many trials fit on the cluster. A
+# single-worker trial trains in its actor, which then holds the worker's resources.
 TRIAL_DRIVER_MEMORY = 128 * 1024**2
 TRIAL_REPORT_KEYS = (
     "epoch",
@@ -64,6 +65,12 @@ class TrialSummary(BaseModel):
     reason: str | None = Field(None, description="Why it stopped early, or why it failed.")
     checkpoint: str | None = Field(None, description="Final checkpoint (completed trials).")
     mlflow_run_id: str | None = None
+    runner: str | None = Field(
+        None, description="local (in the trial's actor) or ray-train (Ray Train workers)."
+    )
+    pid: int | None = Field(
+        None, description="Process of the trial's actor; trials reuse actors, so pids repeat."
+    )
 
 
 class StudyState(BaseModel):
@@ -101,6 +108,35 @@ def trial_demand(tune: TuneSpec, sections: dict) -> dict[str, float]:
     return demand
 
 
+def trial_runner(sections: dict, values: dict) -> str | None:
+    """Which runner a trial of these values uses (None: the values make an invalid spec)."""
+    try:
+        return TrainSpec.model_validate(apply_values(sections, values)["train"]).resolved_runner
+    except ValidationError:
+        return None
+
+
+class TrialResources:
+    """What one trial's actor reserves, from its config (a callable for ``with_resources``).
+
+    Local-runner trials train in the actor: it holds ``resources_per_worker``. Ray Train
+    trials reserve their workers themselves; the actor only needs a little memory.
+    """
+
+    def __init__(self, sections: dict, tune: TuneSpec):
+        self.sections = sections
+        self.tune = tune
+
+    def __call__(self, config: dict):
+        from ray.tune import PlacementGroupFactory
+
+        values = decode(self.tune, config)
+        if trial_runner(self.sections, values) == "local":
+            train = TrainSpec.model_validate(apply_values(self.sections, values)["train"])
+            return PlacementGroupFactory([dict(train.resources_per_worker)])
+        return PlacementGroupFactory([{"memory": TRIAL_DRIVER_MEMORY}])
+
+
 def concurrency_cap(demand: dict[str, float], cluster: dict[str, float]) -> int:
     """How many trials of ``demand`` fit the cluster at once (0: not even one)."""
     fits = [math.floor(cluster.get(name, 0.0) / amount + 1e-9) for name, amount in demand.items()]
@@ -135,6 +171,7 @@ class _StudyCallback(Callback, Stopper):
                 "config": dict(trial.config),
                 "metrics": metrics,
                 "checkpoint": result.get(CHECKPOINT_KEY),
+                "pid": result.get("pid"),
             },
         )
 
@@ -216,12 +253,14 @@ class _Tracker:
     def __init__(
         self,
         tune: TuneSpec,
+        sections: dict,
         epochs: int,
         on_event: EventHandler,
         started: float,
         budget_s: float | None,
     ):
         self.tune = tune
+        self.sections = sections
         self.epochs = epochs
         self.on_event = on_event
         self.trials: dict[str, TrialSummary] = {}
@@ -232,8 +271,11 @@ class _Tracker:
     def _trial(self, event: dict) -> TrialSummary:
         trial = self.trials.get(event["trial_id"])
         if trial is None:
+            params = decode(self.tune, event.get("config", {}))
             trial = TrialSummary(
-                trial_id=event["trial_id"], params=decode(self.tune, event.get("config", {}))
+                trial_id=event["trial_id"],
+                params=params,
+                runner=trial_runner(self.sections, params),
             )
             self.trials[trial.trial_id] = trial
         return trial
@@ -278,6 +320,8 @@ class _Tracker:
                     trial.best_metric = value
             if event.get("checkpoint"):
                 trial.checkpoint = event["checkpoint"]
+            if event.get("pid"):
+                trial.pid = int(event["pid"])
             self.on_event(
                 {
                     "type": "trial_result",
@@ -397,7 +441,7 @@ def run_study(
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
     started = time.time()
-    tracker = _Tracker(tune, epochs, emit, started, tune.time_budget_s)
+    tracker = _Tracker(tune, sections, epochs, emit, started, tune.time_budget_s)
     events.register(study, tracker)
     trainable = ray_tune.with_resources(
         ray_tune.with_parameters(
@@ -408,7 +452,7 @@ def run_study(
             seed=seed,
             storage_path=trials_storage or str(study_dir / TRIALS_DIR),
         ),
-        ray_tune.PlacementGroupFactory([{"memory": TRIAL_DRIVER_MEMORY}]),
+        TrialResources(sections, tune),
     )
     tune_path = study_dir / TUNE_DIR
     try:
@@ -435,7 +479,10 @@ def run_study(
                     num_samples=1 if tune.search.algorithm == "grid" else tune.num_samples,
                     max_concurrent_trials=concurrent,
                     time_budget_s=tune.time_budget_s,
-                    reuse_actors=False,
+                    # the next trial runs in the actor (and process) the last one
+                    # left: no actor start, DeepSpeed and torch already imported; the
+                    # trial resets all it owns (seed, model, engine, data order)
+                    reuse_actors=True,
                 ),
                 run_config=ray_tune.RunConfig(
                     name=TUNE_DIR,
@@ -483,7 +530,10 @@ def _backfill(tracker: _Tracker, grid, tune: TuneSpec, resumed: bool) -> None:
         if not trial_id or trial_id in tracker.trials:
             continue
         config = metrics.get("config", {})
-        summary = TrialSummary(trial_id=trial_id, params=decode(tune, config))
+        params = decode(tune, config)
+        summary = TrialSummary(
+            trial_id=trial_id, params=params, runner=trial_runner(tracker.sections, params)
+        )
         summary.epoch = int(metrics.get(TIME_ATTR, 0))
         summary.metrics = {k: float(metrics[k]) for k in TRIAL_REPORT_KEYS if k in metrics}
         summary.metric = summary.metrics.get(tune.metric)

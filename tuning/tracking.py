@@ -53,6 +53,7 @@ class StudyTracker:
                     "orch.trial_id": trial.trial_id,
                     "orch.stage": "trial",
                     "orch.trial_status": "running",
+                    "orch.runner": trial.runner or "",
                 },
                 parent_run_id=self.parent.run_id,
             )

@@ -1,16 +1,19 @@
-"""One trial: the pipeline's own trainer (TorchTrainer + DeepSpeed) on one configuration.
+"""One trial: the pipeline's own training loop on one configuration.
 
-Runs inside a Ray Tune trial actor. The trainer's per-epoch events are reported to Tune as
-they arrive, so schedulers can stop a weak trial after any epoch; Tune then ends this actor
-and the training run it owns. The last epoch is reported once training has returned, with
-the path of the final checkpoint (the consolidated model the best trial hands on).
+Runs inside a Ray Tune trial actor, which Tune reuses for the next trial. A single-worker
+trial (``train.runner`` local, or auto with one worker) runs the loop right here and
+reports each epoch to Tune with its checkpoint; a multi-worker trial starts Ray Train
+workers and relays their epochs. Either way schedulers can stop a weak trial after any
+epoch, and the last epoch is reported once training has returned, with the path of the
+final checkpoint (the consolidated model the best trial hands on).
 
-The inner training run is named after the trial, so a trial that Tune restarts (a restored
-study, a retried failure) resumes from its own last checkpoint.
+The trial's run directory is named after the trial, so a trial that Tune restarts (a
+restored study, a retried failure) resumes from its own last checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -19,6 +22,7 @@ from jobs.data import PreparedData
 from jobs.errors import TrainingError
 from jobs.spec import ModelSpec, TrainSpec
 from jobs.trainer import fit
+from jobs.worker import STATE_FILE
 from tuning.space import apply_values, decode
 from tuning.spec import TuneSpec
 
@@ -49,19 +53,57 @@ def run_trial(
             f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
         ) from None
     trial_id = ray.tune.get_context().get_trial_id()
-    last_epoch = train.epochs
+    run_dir = Path(storage_path) / f"trial-{trial_id}"
+    if train.resolved_runner == "local":
+        checkpoint_path, metrics = _train_here(model, train, data, seed, run_dir)
+    else:
+        checkpoint_path, metrics = _train_on_ray_train(model, train, data, seed, run_dir)
+    ray.tune.report({**metrics, CHECKPOINT_KEY: checkpoint_path})
 
-    def report(event: dict) -> None:
-        if event["type"] == "epoch" and event["metrics"]["epoch"] < last_epoch:
-            ray.tune.report(dict(event["metrics"]))
+
+def _train_here(
+    model: ModelSpec, train: TrainSpec, data: PreparedData, seed: int, run_dir: Path
+) -> tuple[str, dict]:
+    """The local runner: the loop runs in this trial actor, reporting each epoch to Tune."""
+    from jobs.events import Diverged
+    from jobs.local import RunDirCheckpoints, TrialRuntime, run_here
+    from jobs.worker import LoopConfig
+
+    diverged: list[str] = []
+
+    def note(event) -> None:
+        if isinstance(event, Diverged):
+            diverged.append(event.message)
+
+    runtime = TrialRuntime(data, note, RunDirCheckpoints(run_dir, train.checkpoint.keep))
+    outcome = run_here(runtime, LoopConfig(model=model, train=train, info=data.info, seed=seed))
+    if diverged:
+        raise TrainingError(diverged[0])
+    if outcome.checkpoint_path is None:
+        raise TrainingError("training finished without a final checkpoint")
+    state = json.loads((Path(outcome.checkpoint_path) / STATE_FILE).read_text())
+    return outcome.checkpoint_path, state["metrics"]
+
+
+def _train_on_ray_train(
+    model: ModelSpec, train: TrainSpec, data: PreparedData, seed: int, run_dir: Path
+) -> tuple[str, dict]:
+    """Ray Train workers; this actor relays their epochs to Tune as they arrive."""
+    import ray.tune
+
+    from jobs.events import EpochEnded
+
+    def report(event) -> None:
+        if isinstance(event, EpochEnded) and event.metrics["epoch"] < train.epochs:
+            ray.tune.report(dict(event.metrics))
 
     result = fit(
         model,
         train,
         data,
         seed=seed,
-        run_name=f"trial-{trial_id}",
-        storage_path=str(Path(storage_path)),
+        run_name=run_dir.name,
+        storage_path=str(run_dir.parent),
         on_event=report,
     )
-    ray.tune.report({**result.metrics, CHECKPOINT_KEY: result.checkpoint_path})
+    return result.checkpoint_path, result.metrics

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from jobs.data import prepare
+from jobs.events import EpochEnded, WorkerStarted
 from orchestrator import Client, load_spec
 from orchestrator.cli import main
 from tests.conftest import EXAMPLES
@@ -65,7 +66,7 @@ def test_digits_example_reaches_target_and_is_tracked(ray_session):
     assert info.signature.inputs.inputs[0].shape == (-1, 64)
     assert info.metadata["classes"] == list(range(10))
 
-    stages = [e["stage"] for e in events if e["type"] == "stage"]
+    stages = [e["stage"] for e in events if isinstance(e, dict) and e["type"] == "stage"]
     assert stages == ["data", "connect", "train", "log_model", "register"]
 
     # the run's model is registered with its lineage; the first good version takes the alias
@@ -105,10 +106,10 @@ def test_killed_worker_resumes_from_checkpoint(ray_session, tmp_path):
     pids: dict[int, int] = {}
     killed: list[int] = []
 
-    def kill_rank1_after_epoch3(event: dict) -> None:
-        if event["type"] == "worker_started":
-            pids[event["rank"]] = event["pid"]
-        elif event["type"] == "epoch" and event["metrics"]["epoch"] == 3 and not killed:
+    def kill_rank1_after_epoch3(event) -> None:
+        if isinstance(event, WorkerStarted):
+            pids[event.rank] = event.pid
+        elif isinstance(event, EpochEnded) and event.metrics["epoch"] == 3 and not killed:
             killed.append(pids[1])
             os.kill(pids[1], signal.SIGKILL)
 

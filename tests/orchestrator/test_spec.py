@@ -109,6 +109,19 @@ def test_fp16_on_cpu_is_refused_with_fix(tmp_path):
     assert load_spec(spec_file(tmp_path, gpu, "gpu.yaml")).train.deepspeed.precision == "fp16"
 
 
+def test_local_runner_is_refused_for_several_workers_or_stages(tmp_path, capsys):
+    text = BASE.replace("  workers: 2", "  workers: 2\n  runner: local")
+    with pytest.raises(
+        SpecError, match=r"train: .*runner local runs one worker.*workers=2.*use runner: ray-train"
+    ):
+        load_spec(spec_file(tmp_path, text))
+    assert main(["validate", str(spec_file(tmp_path, text)), "--no-data"]) == 2
+    assert "runner local runs one worker" in capsys.readouterr().err
+    one = load_spec(spec_file(tmp_path, BASE.replace("  workers: 2", "  workers: 1"), "one.yaml"))
+    assert (one.train.runner, one.train.resolved_runner) == ("auto", "local")
+    assert load_spec(spec_file(tmp_path, BASE, "two.yaml")).train.resolved_runner == "ray-train"
+
+
 def test_batch_size_must_split_over_ranks(tmp_path):
     with pytest.raises(SpecError, match=r"batch_size \(63\) must divide evenly"):
         load_spec(spec_file(tmp_path, BASE.replace("batch_size: 64", "batch_size: 63")))
@@ -216,14 +229,27 @@ def test_run_display_prints_warnings_and_resume():
 
     from rich.console import Console
 
+    from jobs.events import EpochEnded, TrainingWarning, WorkerStarted
     from orchestrator.progress import RunDisplay
 
     out = io.StringIO()
     display = RunDisplay(Console(file=out, width=200))
-    display({"type": "warning", "message": "bf16 is slow here"})
-    display({"type": "worker_started", "rank": 0, "resumed_from_epoch": 3})
+    display(TrainingWarning("bf16 is slow here"))
+    display(
+        WorkerStarted(
+            rank=0,
+            runner="local",
+            node_id="n",
+            pid=1,
+            start_epoch=4,
+            epochs=9,
+            resumed_from_epoch=3,
+        )
+    )
     display({"type": "stage", "stage": "train", "mlflow_run_id": "abc", "epochs": 2})
-    display({"type": "epoch", "metrics": {"epoch": 1, "train_loss": 0.5, "val_accuracy": 0.9}})
+    display(
+        EpochEnded(metrics={"epoch": 1, "train_loss": 0.5, "val_accuracy": 0.9}, checkpointed=True)
+    )
     display.close()
     text = out.getvalue()
     assert "warning: bf16 is slow here" in text

@@ -151,33 +151,83 @@ def test_bayesian_study_with_asha_runs_the_trainer_and_tracks_every_trial(ray_se
     assert accuracy == pytest.approx(best.metric, abs=0.02)
 
 
-def test_a_failing_trial_is_recorded_and_the_study_goes_on(ray_session, tmp_path, capsys):
+def test_reused_actors_repeat_a_trial_exactly_and_a_diverged_trial_poisons_nothing(
+    ray_session, tmp_path, capsys
+):
+    """Trials reuse their actors: the same configuration gives the same curve on a fresh
+    and on a reused actor, and a trial that diverged does not change the next one."""
     path = write_spec(
         tmp_path,
         "failing-study",
         """\
         search: {algorithm: grid}
+        max_concurrent_trials: 1
         early_stopping: {type: none}
         max_failed_trials: 2
         space:
-          train.optimizer.lr: {choice: [0.05, 1.0e+30]}
+          train.optimizer.lr: {choice: [0.05, 0.05, 1.0e+30, 0.05]}
         """,
-        epochs=2,
+        epochs=3,
         optimizer="sgd",
     )
     assert main(["run", str(path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    trials = {t["params"]["train.optimizer.lr"]: t for t in out["study"]["trials"]}
-    assert trials[0.05]["status"] == "completed"
-    failed = trials[1e30]
+    trials = out["study"]["trials"]
+    good = [t for t in trials if t["params"]["train.optimizer.lr"] == 0.05]
+    (failed,) = [t for t in trials if t["params"]["train.optimizer.lr"] == 1e30]
+    assert [t["status"] for t in good] == ["completed"] * 3
+    assert all(t["runner"] == "local" for t in trials)
     assert failed["status"] == "failed"
     assert "training diverged at epoch 1" in failed["reason"]
     assert out["study"]["best_params"] == {"train.optimizer.lr": 0.05}
+    # one actor ran two trials in a row (pids repeat only when an actor is reused)
+    assert len({t["pid"] for t in good}) < len(good)
 
-    run = mlflow_client().get_run(failed["mlflow_run_id"])
+    client = mlflow_client()
+
+    def val_loss_curve(trial: dict) -> list[float]:
+        history = client.get_metric_history(trial["mlflow_run_id"], "val_loss")
+        return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+    curves = [val_loss_curve(t) for t in good]
+    assert len(curves[0]) == 3
+    for curve in curves[1:]:
+        assert curve == pytest.approx(curves[0], rel=1e-6)
+
+    run = client.get_run(failed["mlflow_run_id"])
     assert run.info.status == "FAILED"
     assert run.data.tags["orch.trial_status"] == "failed"
     assert "training diverged" in run.data.tags["orch.error"]
+
+
+def test_a_multi_worker_trial_trains_on_ray_train(ray_session, tmp_path, capsys):
+    path = write_spec(
+        tmp_path,
+        "wide-trials",
+        """\
+        search: {algorithm: grid}
+        early_stopping: {type: none}
+        space:
+          train.workers: {choice: [2]}
+        """,
+        epochs=2,
+    )
+    text = path.read_text().replace(
+        "resources_per_worker: {CPU: 1}", "resources_per_worker: {CPU: 0.5}"
+    )
+    path.write_text(text)
+    assert main(["run", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    (trial,) = out["study"]["trials"]
+    assert (trial["status"], trial["runner"], out["runner"]) == (
+        "completed",
+        "ray-train",
+        "ray-train",
+    )
+    assert trial["metrics"]["val_accuracy"] > 0.8
+    history = mlflow_client().get_metric_history(trial["mlflow_run_id"], "val_loss")
+    assert sorted(m.step for m in history) == [1, 2]
+    assert mlflow_client().get_run(trial["mlflow_run_id"]).data.tags["orch.runner"] == "ray-train"
 
 
 def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_session, tmp_path):
@@ -186,12 +236,12 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_session, t
         "resumed-study",
         """\
         num_samples: 3
-        max_concurrent_trials: 2
+        max_concurrent_trials: 1
         early_stopping: {type: none}
         space:
           train.optimizer.lr: {loguniform: [0.001, 0.01]}
         """,
-        epochs=3,
+        epochs=40,  # a few seconds a trial on the local runner: time to kill in between
     )
     client = mlflow_client()
     driver = subprocess.Popen(
@@ -211,9 +261,9 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_session, t
                 )
                 done = [r for r in runs if r.info.status == "FINISHED"]
                 if done:
-                    time.sleep(2)  # let Ray Tune snapshot the finished trial
+                    time.sleep(0.5)  # let Ray Tune snapshot the finished trial
                     break
-            time.sleep(1)
+            time.sleep(0.25)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)

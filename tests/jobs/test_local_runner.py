@@ -1,0 +1,110 @@
+"""The local runner: one worker's training in one process, the same loop as Ray Train's.
+
+What a user relies on: the same metrics epoch by epoch whichever runner trains, a
+checkpoint of one runner resuming on the other, and a killed run resuming from its last
+checkpoint at the right epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+
+import mlflow
+import pytest
+
+from jobs.data import prepare
+from jobs.events import EpochEnded, WorkerStarted
+from jobs.spec import DataSpec, ModelSpec, TrainSpec
+from jobs.trainer import fit
+from orchestrator import Client
+
+pytestmark = pytest.mark.slow
+
+COMPARED = ("train_loss", "val_loss", "val_accuracy", "lr")
+
+
+def _train(runner: str, epochs: int) -> TrainSpec:
+    return TrainSpec(
+        epochs=epochs,
+        batch_size=64,
+        workers=1,
+        runner=runner,
+        optimizer={"lr": 0.01},
+        deepspeed={"zero_stage": 2},
+        scheduler={"type": "cosine", "warmup_epochs": 1},
+        checkpoint={"every_epochs": 1, "keep": 2},
+        max_failures=0,
+    )
+
+
+def test_both_runners_train_alike_and_resume_each_others_checkpoints(ray_session, tmp_path):
+    data = prepare(DataSpec(source="sklearn://digits"))
+    model = ModelSpec(type="mlp", params={"hidden_sizes": [32], "dropout": 0.1})
+    storage = str(tmp_path / "runs")
+
+    def run(name: str, runner: str, epochs: int):
+        return fit(model, _train(runner, epochs), data, seed=7, run_name=name, storage_path=storage)
+
+    by_ray_train = run("a", "ray-train", 3)
+    local = run("b", "local", 3)
+    assert (by_ray_train.runner, local.runner) == ("ray-train", "local")
+    assert [m["epoch"] for m in local.history] == [1, 2, 3]
+    for ours, theirs in zip(local.history, by_ray_train.history, strict=True):
+        for key in COMPARED:
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-4), (key, ours["epoch"])
+
+    # each run continues on the other runner from its epoch-3 checkpoint (epochs 5 now)
+    a_on_local = run("a", "local", 5)
+    b_on_ray_train = run("b", "ray-train", 5)
+    for resumed in (a_on_local, b_on_ray_train):
+        assert resumed.resumed_from_epochs == [3]
+        assert [m["epoch"] for m in resumed.history] == [4, 5]
+    for ours, theirs in zip(a_on_local.history, b_on_ray_train.history, strict=True):
+        for key in COMPARED:
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-4), (key, ours["epoch"])
+    assert a_on_local.metrics["val_accuracy"] > 0.85
+    assert a_on_local.checkpoint_path.startswith(storage + "/a/checkpoint_")
+
+
+def test_a_killed_local_run_resumes_from_its_last_checkpoint(ray_session, tmp_path):
+    spec = tmp_path / "p.yaml"
+    spec.write_text(
+        textwrap.dedent("""\
+        name: local-crash
+        data: {source: sklearn://digits}
+        model: {type: mlp, params: {hidden_sizes: [64]}}
+        train:
+          epochs: 30
+          batch_size: 64
+          workers: 1
+          checkpoint: {every_epochs: 1, keep: 2}
+          max_failures: 1
+        """)
+    )
+    pids: list[int] = []
+    killed: list[int] = []
+
+    def kill_after_epoch_3(event) -> None:
+        if isinstance(event, WorkerStarted):
+            pids.append(event.pid)
+        elif isinstance(event, EpochEnded) and event.metrics["epoch"] >= 3 and not killed:
+            killed.append(pids[-1])
+            os.kill(pids[-1], signal.SIGKILL)
+
+    result = Client().run(spec, on_event=kill_after_epoch_3)
+
+    assert killed, "the local runner's process was never killed"
+    assert result.status == "succeeded" and result.runner == "local"
+    assert result.metrics["epoch"] == 30 and result.metrics["val_accuracy"] > 0.9
+    # the checkpoint of every reported epoch exists before its event is sent: at least 3
+    (resumed,) = result.resumed_from_epochs
+    assert 3 <= resumed < 30
+    assert len(pids) == 2 and pids[1] != killed[0]
+    client = mlflow.MlflowClient(result.tracking_uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.data.tags["orch.runner"] == "local"
+    assert run.data.tags["orch.resumed_from_epoch"] == str(resumed)
+    steps = sorted({m.step for m in client.get_metric_history(result.mlflow_run_id, "val_loss")})
+    assert steps == list(range(1, 31))
