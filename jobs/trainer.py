@@ -30,6 +30,17 @@ from jobs.worker import DATA_INFO_FILE, MODEL_FILE, STATE_FILE, LoopConfig, trai
 
 EventHandler = Callable[[TrainingEvent], None]
 POLL_S = 0.25  # how often the driver collects events
+# Ray Train settings, read in the driver or propagated from it to the controller.
+RAY_TRAIN_SETTINGS = {
+    # the controller takes one report per health-check tick (2 s by default), which would
+    # cap short epochs at one per 2 s
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    # one actor less per run: it drains workers on a cloud's spot-preemption notice, which
+    # nothing here promises (a lost node is a worker failure, resumed from a checkpoint)
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # Prometheus gauges of Ray Train's own internals; our metrics go to MLflow
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+}
 
 
 @dataclass
@@ -217,9 +228,8 @@ def _fit_ray_train(
     from jobs.local import latest_checkpoint_in
 
     train = job.train
-    # Ray Train's controller takes one report per health-check tick (2 s by default), which
-    # would cap short epochs at one per 2 s. The driver's value propagates to the controller.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    for name, value in RAY_TRAIN_SETTINGS.items():  # a value the user set wins
+        os.environ.setdefault(name, value)
     small = fits_in_memory(data)
     resume_from = latest_checkpoint_in(Path(storage_path) / run_name)
     trainer = TorchTrainer(

@@ -438,7 +438,6 @@ def run_study(
     # Ctrl-C interrupts the study (resumable with --resume) instead of Tune's handler
     # quietly ending it as if it had finished.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
     started = time.time()
     tracker = _Tracker(tune, sections, epochs, emit, started, tune.time_budget_s)
