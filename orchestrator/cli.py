@@ -147,7 +147,8 @@ def _cmd_validate(args) -> int:
     print(
         f"{args.spec}: ok: {spec.name}: {spec.model.type} on {spec.data.source}, "
         f"{t.workers} workers (pipeline {t.deepspeed.pipeline_stages} x data "
-        f"{t.data_parallel_degree}), ZeRO-{t.deepspeed.zero_stage}, {t.deepspeed.precision}"
+        f"{t.data_parallel_degree}) on the {t.resolved_runner} runner, "
+        f"ZeRO-{t.deepspeed.zero_stage}, {t.deepspeed.precision}"
     )
     if spec.tune is not None:
         tune = spec.tune
@@ -156,6 +157,14 @@ def _cmd_validate(args) -> int:
             f"{tune.early_stopping.type} early stopping, {tune.resolved_mode} {tune.metric} "
             f"over {', '.join(tune.space)}"
         )
+        if tune.refit is not None:
+            from tuning.spec import refit_train
+
+            refit = refit_train(t.model_dump(mode="json"), tune.refit)
+            print(
+                f"  refit: the best configuration on {refit.workers} workers "
+                f"({refit.resolved_runner} runner, ZeRO-{refit.deepspeed.zero_stage})"
+            )
     return 0
 
 
@@ -223,7 +232,14 @@ def _print_run_links(result, out) -> None:
             f"{result.mlflow_run_id})",
             file=out,
         )
-        print(f"Model (best trial's final checkpoint): {result.model_uri}", file=out)
+        if result.study.refit_mlflow_run_id:
+            print(
+                f"Model (the best configuration trained again, tune.refit, MLflow run "
+                f"{result.study.refit_mlflow_run_id}): {result.model_uri}",
+                file=out,
+            )
+        else:
+            print(f"Model (best trial's final checkpoint): {result.model_uri}", file=out)
     else:
         print(f"MLflow run: {result.mlflow_run_id}  model: {result.model_uri}", file=out)
     if result.tracking_uri.startswith("sqlite:"):

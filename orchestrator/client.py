@@ -179,7 +179,7 @@ class Client:
         from orchestrator.pipeline import run_study_pipeline
         from orchestrator.results import RunResult, StudyReport
 
-        outcome, run_id, tracking_uri, model_uri, metrics = run_study_pipeline(
+        run = run_study_pipeline(
             pipeline,
             address=self.address,
             on_event=on_event,
@@ -187,17 +187,18 @@ class Client:
             resume=resume,
             run_name=run_name,
         )
-        best = outcome.best
-        tune = pipeline.tune
+        outcome, best, tune, refit = run.outcome, run.outcome.best, pipeline.tune, run.refit
         return RunResult(
             name=pipeline.name,
             status="succeeded",
-            metrics={k: float(v) for k, v in metrics.items()},
-            mlflow_run_id=run_id,
-            tracking_uri=tracking_uri,
-            model_uri=model_uri,
-            checkpoint=best.checkpoint,
-            runner=best.runner,
+            metrics={k: float(v) for k, v in run.metrics.items()},
+            mlflow_run_id=run.parent_run_id,
+            tracking_uri=run.tracking_uri,
+            model_uri=run.model_uri,
+            checkpoint=run.checkpoint,
+            runner=refit.result.runner if refit else best.runner,
+            resumed_from_epochs=refit.result.resumed_from_epochs if refit else [],
+            worker_nodes=refit.result.worker_nodes if refit else {},
             study=StudyReport(
                 study=outcome.study,
                 path=outcome.path,
@@ -207,6 +208,7 @@ class Client:
                 best_params=best.params,
                 best_metric=best.metric,
                 best_mlflow_run_id=best.mlflow_run_id,
+                refit_mlflow_run_id=refit.mlflow_run_id if refit else None,
                 trials=outcome.trials,
                 wall_s=outcome.wall_s,
             ),

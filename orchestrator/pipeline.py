@@ -11,10 +11,11 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from jobs.data import PreparedData, prepare
 from jobs.errors import DataError, TrainingError
@@ -35,8 +36,15 @@ from orchestrator.spec import PipelineSpec
 from serve.registry import Registry, RegistryError, decide
 from tuning.errors import TuningError
 from tuning.space import apply_values
-from tuning.spec import metric_problem
-from tuning.study import STATE_FILE, StudyOutcome, StudyState, run_study, studies
+from tuning.spec import metric_problem, refit_train
+from tuning.study import (
+    STATE_FILE,
+    StudyOutcome,
+    StudyState,
+    concurrency_cap,
+    run_study,
+    studies,
+)
 from tuning.tracking import StudyTracker
 
 EventHandler = Callable[[dict], None]
@@ -104,6 +112,23 @@ def _lineage_tags(spec: PipelineSpec, data: PreparedData, stage: str) -> dict[st
     }
 
 
+def _run_events(tracker: RunTracker, emit: EventHandler) -> Callable[[TrainingEvent], None]:
+    """Mirror a training's events on its MLflow run (without waiting on MLflow), then emit."""
+
+    def track(event: TrainingEvent) -> None:
+        if isinstance(event, EpochEnded):
+            tracker.log_metrics_later(event.metrics, step=int(event.metrics["epoch"]))
+        elif isinstance(event, WorkerStarted):
+            # where each rank runs (node ids): multi-node placement is checked against these
+            tags = {f"orch.worker_node.{event.rank}": event.node_id, "orch.runner": event.runner}
+            if event.rank == 0 and event.resumed_from_epoch:
+                tags["orch.resumed_from_epoch"] = str(event.resumed_from_epoch)
+            tracker.set_tags_later(tags)
+        emit(event)
+
+    return track
+
+
 def run_training(
     spec: PipelineSpec,
     *,
@@ -131,17 +156,6 @@ def run_training(
     run_id = tracker.start(run_name, tags=_lineage_tags(spec, data, "train"))
     emit({"type": "stage", "stage": "train", "mlflow_run_id": run_id, "epochs": spec.train.epochs})
 
-    def track(event: TrainingEvent) -> None:
-        if isinstance(event, EpochEnded):
-            tracker.log_metrics_later(event.metrics, step=int(event.metrics["epoch"]))
-        elif isinstance(event, WorkerStarted):
-            # where each rank runs (node ids): multi-node placement is checked against these
-            tags = {f"orch.worker_node.{event.rank}": event.node_id, "orch.runner": event.runner}
-            if event.rank == 0 and event.resumed_from_epoch:
-                tags["orch.resumed_from_epoch"] = str(event.resumed_from_epoch)
-            tracker.set_tags_later(tags)
-        emit(event)
-
     with tracker:
         tracker.log_params(flatten(spec.model_dump(mode="json")))
         tracker.log_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "spec.yaml")
@@ -153,7 +167,7 @@ def run_training(
                 seed=spec.data.seed,
                 run_name=run_name,
                 storage_path=spec.train.storage_path or str(checkpoint_root()),
-                on_event=track,
+                on_event=_run_events(tracker, emit),
             )
         except TrainingError as exc:
             _flush_quietly(tracker)
@@ -201,10 +215,11 @@ def run_study_pipeline(
     show_worker_logs: bool = False,
     resume: bool = False,
     run_name: str | None = None,
-) -> tuple[StudyOutcome, str, str, str, dict]:
-    """Run the pipeline's tune study; log the best trial's model on the study's MLflow run.
+) -> StudyRun:
+    """Run the pipeline's tune study; log the best model on the study's MLflow run.
 
-    Returns (outcome, parent_run_id, tracking_uri, model_uri, best trial's final metrics).
+    The best model is the best trial's, or with ``tune.refit`` its configuration trained
+    again with those train settings.
 
     Raises:
         SpecError: invalid data for the spec, or nothing to resume.
@@ -293,18 +308,126 @@ def run_study_pipeline(
                 f"{spec.train.epochs} epochs ({len(outcome.trials)} trials{why}); MLflow run "
                 f"{parent_id}"
             )
-        emit({"type": "stage", "stage": "log_model"})
         best_sections = apply_values(sections, best.params)
         best_model = ModelSpec.model_validate(best_sections["model"])
-        model, metrics = load_trained_model(best.checkpoint, best_model)
+        refit = None
+        if spec.tune.refit is not None:
+            refit = _refit(spec, state.study, best_sections, data, tracker, emit)
+            model, metrics = refit.result.model, refit.result.metrics
+            checkpoint = refit.result.checkpoint_path
+        else:
+            model, metrics = load_trained_model(best.checkpoint, best_model)
+            checkpoint = best.checkpoint
+        emit({"type": "stage", "stage": "log_model"})
         example = data.x_val[:5] * data.info.feature_std + data.info.feature_mean
         model_uri = tracker.log_model(model, data.info, example)
         best_spec = spec.model_dump(mode="json", by_alias=True) | best_sections
         tracker.log_text(yaml.safe_dump(best_spec, sort_keys=False), "best_spec.yaml")
-        tracker.set_tags({"orch.model_uri": model_uri, "orch.checkpoint": best.checkpoint})
+        tracker.set_tags({"orch.model_uri": model_uri, "orch.checkpoint": checkpoint})
         state.status = "finished"
         state.write(study_dir)
-    return outcome, parent_id, tracking_uri, model_uri, metrics
+    return StudyRun(
+        outcome=outcome,
+        parent_run_id=parent_id,
+        tracking_uri=tracking_uri,
+        model_uri=model_uri,
+        metrics=metrics,
+        checkpoint=checkpoint,
+        refit=refit,
+    )
+
+
+@dataclass
+class RefitRun:
+    """The best configuration trained again with ``tune.refit`` (its own MLflow run)."""
+
+    result: TrainResult
+    mlflow_run_id: str
+
+
+@dataclass
+class StudyRun:
+    """What ``run_study_pipeline`` leaves: the study, and the model it logged."""
+
+    outcome: StudyOutcome
+    parent_run_id: str
+    tracking_uri: str
+    model_uri: str
+    metrics: dict = field(metadata={"doc": "Final metrics of the logged model."})
+    checkpoint: str = field(metadata={"doc": "The logged model's final checkpoint."})
+    refit: RefitRun | None = None
+
+
+def _refit(
+    spec: PipelineSpec,
+    study: str,
+    best_sections: dict,
+    data: PreparedData,
+    parent: RunTracker,
+    emit: EventHandler,
+) -> RefitRun:
+    """Train the best trial's configuration with ``tune.refit`` on top, as a child run.
+
+    The run is named after the study, so a refit that was interrupted (a killed driver, a
+    preempted queue job) resumes from its checkpoint when the study is resumed.
+
+    Raises:
+        JobFailedError: the refit does not fit the cluster, or training failed.
+    """
+    try:
+        train = refit_train(best_sections["train"], spec.tune.refit)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise JobFailedError(
+            f"{spec.name}: tune.refit on the best trial's values: "
+            f"train.{'.'.join(map(str, first['loc']))}: {first['msg']}"
+        ) from None
+    model = ModelSpec.model_validate(best_sections["model"])
+    demand = {k: v * train.workers for k, v in train.resources_per_worker.items()}
+    cluster = {k: float(v) for k, v in _cluster_resources().items()}
+    if concurrency_cap(demand, cluster) < 1:
+        raise JobFailedError(
+            f"{spec.name}: tune.refit needs {demand} (workers x resources_per_worker) but the "
+            f"cluster has { ({k: cluster.get(k, 0.0) for k in demand}) }; lower tune.refit's "
+            "workers or resources"
+        )
+    name = f"{study}-refit"
+    child = parent.child()
+    existing = child.find_runs({"orch.study": study, "orch.stage": "refit"})
+    if existing:
+        child.reopen(existing[0])
+    else:
+        child.start(
+            name,
+            tags={"orch.study": study, "orch.stage": "refit", "orch.pipeline": spec.name},
+            parent_run_id=parent.run_id,
+        )
+        child.log_params(flatten({"train": train.model_dump(mode="json")}))
+    emit({"type": "stage", "stage": "refit", "mlflow_run_id": child.run_id, "epochs": train.epochs})
+    with child:
+        try:
+            result = fit(
+                model,
+                train,
+                data,
+                seed=spec.data.seed,
+                run_name=name,
+                storage_path=spec.train.storage_path or str(checkpoint_root()),
+                on_event=_run_events(child, emit),
+            )
+        except TrainingError as exc:
+            _flush_quietly(child)
+            raise JobFailedError(f"{spec.name}: refit: {exc} (MLflow run {child.run_id})") from None
+        child.flush()
+        child.set_tags({"orch.checkpoint": result.checkpoint_path})
+    parent.set_tags({"orch.refit_run_id": child.run_id})
+    return RefitRun(result=result, mlflow_run_id=child.run_id)
+
+
+def _cluster_resources() -> dict:
+    import ray
+
+    return ray.cluster_resources()
 
 
 class Registration(BaseModel):

@@ -17,6 +17,7 @@ _STAGES = {
     "connect": "Connecting to Ray",
     "train": "Training",
     "tune": "Tuning",
+    "refit": "Training the best configuration again (tune.refit)",
     "log_model": "Logging the model to MLflow",
     "register": "Registering the model",
     "serve": "Serving on Ray Serve",
@@ -98,15 +99,14 @@ class RunDisplay:
 
     def _stage(self, event: dict) -> None:
         stage = event["stage"]
-        if stage != "train":
-            self.close()
+        self.close()  # the last stage's progress bar or study table
         self.console.print(f"[bold cyan]>[/] {_STAGES.get(stage, stage)}")
         if stage == "tune":
             resumed = " (resumed)" if event["resumed"] else ""
             self.console.print(
                 f"  study {event['study']}{resumed}, MLflow run {event['mlflow_run_id']}"
             )
-        if stage == "train":
+        if stage in ("train", "refit"):
             self.console.print(f"  MLflow run {event['mlflow_run_id']}")
             self.progress = Progress(
                 TextColumn("  epoch"),

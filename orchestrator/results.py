@@ -28,6 +28,9 @@ class StudyReport(BaseModel):
     best_params: dict = Field(description="Dotted spec path -> value of the best trial.")
     best_metric: float
     best_mlflow_run_id: str | None = Field(description="The best trial's child run.")
+    refit_mlflow_run_id: str | None = Field(
+        None, description="The refit's child run (tune.refit): the model that was logged."
+    )
     trials: list[TrialSummary]
     wall_s: float
 
@@ -38,7 +41,8 @@ class RunResult(BaseModel):
     name: str
     status: Literal["succeeded", "failed"]
     metrics: dict[str, float] = Field(
-        description="Final epoch's metrics (of the best trial when the pipeline tunes)."
+        description="Final epoch's metrics (of the best trial when the pipeline tunes, of "
+        "its refit with tune.refit)."
     )
     mlflow_run_id: str = Field(description="The training run, or the study's parent run.")
     tracking_uri: str

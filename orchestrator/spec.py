@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from jobs.spec import (
@@ -21,7 +21,7 @@ from jobs.spec import (
 from orchestrator.scheduling.spec import SchedulingSpec
 from serve.spec import RegisterSpec, ServeSpec
 from tuning.space import check_space
-from tuning.spec import TRAINER_METRICS, TuneSpec
+from tuning.spec import TRAINER_METRICS, TuneSpec, refit_train
 
 # "register" is a field name of the user contract; pydantic warns that it shadows ABCMeta's
 # class method of that name, which instances never use.
@@ -110,6 +110,21 @@ class PipelineSpec(BaseModel):
                     "errors": errors,
                 },
             )
+        return self
+
+    @model_validator(mode="after")
+    def _refit_makes_a_valid_train_section(self) -> PipelineSpec:
+        if self.tune is None or self.tune.refit is None:
+            return self
+        try:
+            refit_train(self.train.model_dump(mode="json"), self.tune.refit)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(map(str, first["loc"]))
+            raise ValueError(
+                f"tune.refit{'.' + where if where else ''}: {first['msg']} (tune.refit takes "
+                "train settings, e.g. {workers: 2, deepspeed: {zero_stage: 2}})"
+            ) from None
         return self
 
     @property

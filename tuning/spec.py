@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from jobs.spec import TrainSpec
+
 # What the trainer reports every epoch, and which way is better for each.
 TRAINER_METRICS = {
     "val_accuracy": "max",
@@ -184,6 +186,13 @@ class TuneSpec(_Section):
     trial_retries: int = Field(
         0, ge=0, description="Times a failed trial is restarted before it counts as failed."
     )
+    refit: dict[str, Any] | None = Field(
+        None,
+        description="Train the best configuration once more with these train settings on "
+        "top (e.g. {workers: 4, deepspeed: {zero_stage: 2}}: search with cheap single-worker "
+        "trials, train the winner data-parallel) and register that model. null = register "
+        "the best trial's own model.",
+    )
 
     @model_validator(mode="after")
     def _metric_and_search_fit(self) -> TuneSpec:
@@ -226,3 +235,22 @@ class TuneSpec(_Section):
 
     def planned_trials(self) -> int:
         return self.grid_size() if self.search.algorithm == "grid" else self.num_samples
+
+
+def _merged(base: dict, overrides: dict) -> dict:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def refit_train(train: dict, refit: dict) -> TrainSpec:
+    """The train section of the refit: a trial's train section with ``tune.refit`` on top.
+
+    Raises:
+        pydantic.ValidationError: the combination is not a valid train section.
+    """
+    return TrainSpec.model_validate(_merged(train, refit))

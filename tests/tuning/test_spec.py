@@ -199,3 +199,18 @@ def test_trials_table_keeps_mixed_choice_values(tmp_path):
     assert rows[0]["param:train.deepspeed.gradient_clipping"] == 1.0
     assert rows[0]["param:model.params.hidden_sizes"] == "[32, 16]"
     assert rows[1]["status"] == "failed" and rows[1]["val_accuracy"] is None
+
+
+def test_refit_takes_train_settings_and_a_bad_one_is_named(tmp_path, capsys):
+    space = "space:\n  train.optimizer.lr: {loguniform: [0.0001, 0.01]}\n"
+    good = load_spec(write(tmp_path, space + "refit: {workers: 4, deepspeed: {zero_stage: 2}}\n"))
+    assert good.tune.refit == {"workers": 4, "deepspeed": {"zero_stage": 2}}
+    # 64 rows a step do not split over 3 data-parallel workers
+    path = write(tmp_path, space + "refit: {workers: 3}\n")
+    with pytest.raises(SpecError, match=r"tune\.refit: .*batch_size \(64\) must divide evenly"):
+        load_spec(path)
+    typo = write(tmp_path, space + "refit: {worker: 2}\n")
+    assert main(["validate", str(typo), "--no-data"]) == 2
+    err = capsys.readouterr().err
+    assert "tune.refit.worker: Extra inputs are not permitted" in err
+    assert "Traceback" not in err

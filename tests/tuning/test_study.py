@@ -200,7 +200,11 @@ def test_reused_actors_repeat_a_trial_exactly_and_a_diverged_trial_poisons_nothi
     assert "training diverged" in run.data.tags["orch.error"]
 
 
-def test_a_multi_worker_trial_trains_on_ray_train(ray_session, tmp_path, capsys):
+def test_a_multi_worker_trial_trains_on_ray_train_and_refit_trains_the_best_again(
+    ray_session, tmp_path, capsys
+):
+    """Trials of several workers run Ray Train inside their Tune actor; tune.refit trains
+    the best configuration again with other train settings, and that model is registered."""
     path = write_spec(
         tmp_path,
         "wide-trials",
@@ -209,25 +213,40 @@ def test_a_multi_worker_trial_trains_on_ray_train(ray_session, tmp_path, capsys)
         early_stopping: {type: none}
         space:
           train.workers: {choice: [2]}
+        refit: {workers: 1, epochs: 3, runner: local}
         """,
         epochs=2,
     )
-    text = path.read_text().replace(
-        "resources_per_worker: {CPU: 1}", "resources_per_worker: {CPU: 0.5}"
-    )
+    text = path.read_text().replace("{CPU: 1}", "{CPU: 0.5}")
     path.write_text(text)
     assert main(["run", str(path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     (trial,) = out["study"]["trials"]
-    assert (trial["status"], trial["runner"], out["runner"]) == (
-        "completed",
-        "ray-train",
-        "ray-train",
-    )
+    assert (trial["status"], trial["runner"]) == ("completed", "ray-train")
     assert trial["metrics"]["val_accuracy"] > 0.8
-    history = mlflow_client().get_metric_history(trial["mlflow_run_id"], "val_loss")
+    client = mlflow_client()
+    history = client.get_metric_history(trial["mlflow_run_id"], "val_loss")
     assert sorted(m.step for m in history) == [1, 2]
-    assert mlflow_client().get_run(trial["mlflow_run_id"]).data.tags["orch.runner"] == "ray-train"
+    assert client.get_run(trial["mlflow_run_id"]).data.tags["orch.runner"] == "ray-train"
+
+    # the refit: 3 epochs on the local runner, its own child run, its model registered
+    assert out["runner"] == "local" and out["metrics"]["epoch"] == 3
+    refit = client.get_run(out["study"]["refit_mlflow_run_id"])
+    assert refit.data.tags["orch.stage"] == "refit"
+    assert refit.data.tags["mlflow.parentRunId"] == out["mlflow_run_id"]
+    assert refit.data.tags["orch.runner"] == "local"
+    assert refit.data.params["train.workers"] == "1"
+    steps = sorted(m.step for m in client.get_metric_history(refit.info.run_id, "val_loss"))
+    assert steps == [1, 2, 3]
+    assert refit.data.metrics["val_accuracy"] == pytest.approx(out["metrics"]["val_accuracy"])
+    assert out["checkpoint"] == refit.data.tags["orch.checkpoint"]
+    version = client.get_model_version(
+        out["registered"]["model_name"], out["registered"]["version"]
+    )
+    assert version.run_id == out["mlflow_run_id"]
+    assert float(version.tags["metric.val_accuracy"]) == pytest.approx(
+        out["metrics"]["val_accuracy"]
+    )
 
 
 def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_session, tmp_path):
