@@ -12,6 +12,11 @@ _EXPORTS = {
     "prepare": "jobs.data",
     "probe": "jobs.data",
     "DataError": "jobs.errors",
+    "Diverged": "jobs.events",
+    "EpochEnded": "jobs.events",
+    "TrainingEvent": "jobs.events",
+    "TrainingWarning": "jobs.events",
+    "WorkerStarted": "jobs.events",
     "JobsError": "jobs.errors",
     "TrainingError": "jobs.errors",
     "InferenceModel": "jobs.export",
@@ -25,6 +30,7 @@ _EXPORTS = {
     "TrackingSpec": "jobs.spec",
     "TrainSpec": "jobs.spec",
     "TrainResult": "jobs.trainer",
+    "TrainingRuntime": "jobs.runtime",
     "fit": "jobs.trainer",
 }
 

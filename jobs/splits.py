@@ -9,6 +9,7 @@ each batch is the same whichever form the split takes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,8 +18,10 @@ import torch
 
 from jobs.data import PreparedData
 
-# Splits up to this size go through the object store (and stay in each worker's memory).
-IN_MEMORY_LIMIT_BYTES = 256 << 20
+# Splits up to this size go through the object store (and stay in each worker's memory);
+# larger ones stream through Ray Data. ORCH_IN_MEMORY_DATA_MB sets it in the driver (read
+# once, at import): bench/small_jobs.py forces streaming with 0 to time Ray Data's cost.
+IN_MEMORY_LIMIT_BYTES = int(float(os.environ.get("ORCH_IN_MEMORY_DATA_MB", "256")) * 2**20)
 # A streamed split up to this size is read once and then reshuffled in memory each epoch.
 CACHE_LIMIT_BYTES = 512 << 20
 

@@ -128,12 +128,14 @@ def fit(
     run_name: str,
     storage_path: str,
     on_event: EventHandler | None = None,
+    local_worker=None,
 ) -> TrainResult:
     """Train on the connected Ray cluster and return the consolidated model.
 
     ``train.runner`` picks how: Ray Train workers, or the local runner (one Ray task) for
     a single worker. A run named like an earlier one under ``storage_path`` resumes from
-    its latest checkpoint, whichever runner wrote it.
+    its latest checkpoint, whichever runner wrote it. ``local_worker``: a ``LocalWorker``
+    started earlier (``jobs.local.start_local_worker``) for the local runner to use.
 
     Raises:
         TrainingError: the run failed beyond ``train.max_failures``; the message has the cause.
@@ -148,7 +150,7 @@ def fit(
     relay = _Relay(on_event)
     run_dir = Path(storage_path) / run_name
     if train.resolved_runner == "local":
-        checkpoint_path = _fit_local(job, data, run_dir, hub, run_key, relay)
+        checkpoint_path = _fit_local(job, data, run_dir, hub, run_key, relay, local_worker)
     else:
         checkpoint_path = _fit_ray_train(job, data, run_name, storage_path, hub, run_key, relay)
     with Checkpoint(checkpoint_path).as_directory() as ckpt_dir:
@@ -167,30 +169,29 @@ def fit(
 
 
 def _fit_local(
-    job: LoopConfig, data: PreparedData, run_dir: Path, hub, run_key: str, relay: _Relay
+    job: LoopConfig,
+    data: PreparedData,
+    run_dir: Path,
+    hub,
+    run_key: str,
+    relay: _Relay,
+    worker=None,
 ) -> str:
-    """One Ray task holding the worker's resources runs the loop; retried on failures.
+    """One ``LocalWorker`` actor holding the worker's resources runs the loop.
 
-    A task that dies (its process killed, its node lost) is started again, up to
-    ``train.max_failures`` times, and resumes from the run's latest checkpoint.
+    An actor that dies (its process killed, its node lost) is replaced, up to
+    ``train.max_failures`` times, and the new one resumes from the run's latest checkpoint.
     """
     import ray
 
-    from jobs.local import run_standalone
+    from jobs.local import start_local_worker
 
     train = job.train
-    resources = dict(train.resources_per_worker)
-    task = ray.remote(run_standalone).options(
-        num_cpus=resources.pop("CPU", 0),
-        num_gpus=resources.pop("GPU", 0),
-        resources=resources or None,
-        max_retries=0,
-        retry_exceptions=False,
-    )
     data_ref = ray.put(data)
     failures = 0
     while True:
-        ref = task.remote(job, data_ref, str(run_dir), hub, run_key)
+        worker = worker or start_local_worker(train)
+        ref = worker.run.remote(job, data_ref, str(run_dir), hub, run_key)
         _drain_while(hub, run_key, relay, lambda ref=ref: not ray.wait([ref], timeout=0)[0])
         try:
             outcome = ray.get(ref)
@@ -199,8 +200,11 @@ def _fit_local(
             if isinstance(exc.cause, TrainingError):
                 raise TrainingError(str(exc.cause)) from None
             error: BaseException = exc
-        except ray.exceptions.RayError as exc:  # the worker or its node died
+        except ray.exceptions.RayError as exc:  # the actor or its node died
             error = exc
+        finally:
+            ray.kill(worker)  # frees its resources; a retry starts a fresh process
+            worker = None
         failures += 1
         if 0 <= train.max_failures < failures:
             raise TrainingError(describe_failure(error)) from error

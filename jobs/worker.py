@@ -80,6 +80,40 @@ def skip_shared_memory_comm_op() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
+# DeepSpeed imports its Muon optimizer modules from ZeRO's and bf16's code paths (its own
+# optimizer check in deepspeed.initialize, gradient averaging, step) only to ask whether
+# the optimizer is Muon; importing them compiles Muon's kernels with torch.compile, i.e.
+# imports torch._dynamo: 1.7 s of a 1.73 s deepspeed.initialize on one process, 4.4 s
+# with two workers starting at once. The optimizers here are adam, adamw and sgd, never
+# Muon, so stand-ins answer instead. tests/jobs/test_startup.py fails if an upgrade moves
+# these modules or names (the import cost would come back) and builds ZeRO-1/2/3 engines.
+MUON_MODULES = {
+    "deepspeed.runtime.zero.muon.muon_optimizer": "MuonWithAuxAdam",
+    "deepspeed.runtime.zero.muon.original_muon": "muon_update",
+}
+
+
+class _NotMuon:
+    """Stands for DeepSpeed's MuonWithAuxAdam: no optimizer here is one."""
+
+
+def _no_muon_update(*args, **kwargs):
+    raise RuntimeError("orch configures adam, adamw or sgd; DeepSpeed's Muon is not loaded")
+
+
+def skip_muon_kernels() -> None:
+    """Answer DeepSpeed's Muon imports with stand-ins (unless the real ones are loaded)."""
+    import sys
+    import types
+
+    stand_ins = {"MuonWithAuxAdam": _NotMuon, "muon_update": _no_muon_update}
+    for module_name, attribute in MUON_MODULES.items():
+        if module_name not in sys.modules:
+            module = types.ModuleType(module_name, "orch's stand-in: Muon is not used")
+            setattr(module, attribute, stand_ins[attribute])
+            sys.modules[module_name] = module
+
+
 def slow_bf16_warning(precision: str, device: torch.device) -> str | None:
     """A warning when bf16 runs on a CPU without native bf16 (it can be 10-100x slower)."""
     if precision != "bf16" or device.type != "cpu":
@@ -263,6 +297,7 @@ def train_loop(runtime: TrainingRuntime, job: LoopConfig) -> None:
     device = runtime.device
     if device.type == "cpu":
         skip_shared_memory_comm_op()
+    skip_muon_kernels()
     runtime.init_process_group()
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     built = _build_engine(runtime, job, deepspeed)

@@ -471,10 +471,20 @@ _COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchestrator.terminal import current
 
     args = _parser().parse_args(argv)
     args.own_process = argv is None  # the orch command itself, not an in-process call
+    exit_code = _main(args)
+    if args.own_process and args.command in ("run", "serve"):
+        from orchestrator.terminal import leave
+
+        leave(exit_code)  # skips a 3 s interpreter teardown with nothing left to do
+    return exit_code
+
+
+def _main(args) -> int:
+    from orchestrator.terminal import current
+
     try:
         if args.command in ("run", "serve"):
             # before anything imports Ray: a malformed address stops here, and a recorded

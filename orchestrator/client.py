@@ -90,6 +90,8 @@ class Client:
             SpecError: invalid spec or data, or nothing to resume; nothing was started.
             JobFailedError: a stage failed (the MLflow run is marked FAILED).
         """
+        # the address first: "auto" may set Ray's token settings, which Ray reads on import
+        address = self.address
         from orchestrator.pipeline import run_training
         from orchestrator.results import RunResult
 
@@ -107,7 +109,7 @@ class Client:
             )
         result, run_id, tracking_uri, model_uri = run_training(
             pipeline,
-            address=self.address,
+            address=address,
             on_event=on_event,
             show_worker_logs=self.show_worker_logs,
             run_name=run_name,
@@ -151,12 +153,13 @@ class Client:
             JobFailedError: quantization failed or lost more than max_accuracy_drop.
             ClusterError: the cluster cannot hold the replicas.
         """
+        address = self.address  # before Ray is imported (see run)
         from orchestrator.serving import run_serving
 
         pipeline = spec if isinstance(spec, PipelineSpec) else load_spec(spec)
         return run_serving(
             pipeline,
-            address=self.address,
+            address=address,
             on_event=on_event,
             emit_config_path=emit_config,
             show_worker_logs=self.show_worker_logs,

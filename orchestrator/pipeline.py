@@ -11,8 +11,10 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
@@ -37,15 +39,11 @@ from serve.registry import Registry, RegistryError, decide
 from tuning.errors import TuningError
 from tuning.space import apply_values
 from tuning.spec import metric_problem, refit_train
-from tuning.study import (
-    STATE_FILE,
-    StudyOutcome,
-    StudyState,
-    concurrency_cap,
-    run_study,
-    studies,
-)
-from tuning.tracking import StudyTracker
+
+if TYPE_CHECKING:
+    from tuning.study import StudyOutcome, StudyState
+
+# tuning.study and tuning.tracking import Ray Tune (about 1 s): only studies import them.
 
 EventHandler = Callable[[dict], None]
 
@@ -147,13 +145,28 @@ def run_training(
         JobFailedError: training failed; its MLflow run is marked FAILED.
     """
     emit = on_event or (lambda event: None)
-    data = _prepare_data(spec, emit)
-    emit({"type": "stage", "stage": "connect"})
-    _connected(connect_ray(address, show_worker_logs=show_worker_logs), emit)
+    # MLflow's client and store (about 2 s: its import, the store's schema check) are set
+    # up while the data is read and Ray connects, and the local runner's actor starts.
+    with ThreadPoolExecutor(1, thread_name_prefix="orch-mlflow-setup") as pool:
+        tracking = pool.submit(_tracker, spec)
+        data = _prepare_data(spec, emit)
+        emit({"type": "stage", "stage": "connect"})
+        _connected(connect_ray(address, show_worker_logs=show_worker_logs), emit)
+        local_worker = None
+        if spec.train.resolved_runner == "local":
+            from jobs.local import start_local_worker
 
-    tracker, tracking_uri = _tracker(spec)
-    run_name = run_name or _unique_name(spec.name)
-    run_id = tracker.start(run_name, tags=_lineage_tags(spec, data, "train"))
+            local_worker = start_local_worker(spec.train)
+    try:
+        tracker, tracking_uri = tracking.result()
+        run_name = run_name or _unique_name(spec.name)
+        run_id = tracker.start(run_name, tags=_lineage_tags(spec, data, "train"))
+    except BaseException:
+        if local_worker is not None:  # fit() would have stopped it; nothing will now
+            import ray
+
+            ray.kill(local_worker)
+        raise
     emit({"type": "stage", "stage": "train", "mlflow_run_id": run_id, "epochs": spec.train.epochs})
 
     with tracker:
@@ -168,6 +181,7 @@ def run_training(
                 run_name=run_name,
                 storage_path=spec.train.storage_path or str(checkpoint_root()),
                 on_event=_run_events(tracker, emit),
+                local_worker=local_worker,
             )
         except TrainingError as exc:
             _flush_quietly(tracker)
@@ -191,6 +205,8 @@ def _flush_quietly(tracker: RunTracker) -> None:
 
 
 def _find_study_to_resume(spec: PipelineSpec, root: Path) -> tuple[Path, StudyState]:
+    from tuning.study import studies
+
     unfinished = [(p, s) for p, s in studies(root, spec.name) if s.status != "finished"]
     if not unfinished:
         raise SpecError(
@@ -225,6 +241,9 @@ def run_study_pipeline(
         SpecError: invalid data for the spec, or nothing to resume.
         JobFailedError: no trial completed; the parent run is marked FAILED.
     """
+    from tuning.study import STATE_FILE, StudyState, run_study
+    from tuning.tracking import StudyTracker
+
     assert spec.tune is not None
     emit = on_event or (lambda event: None)
     root = study_root()
@@ -293,6 +312,7 @@ def run_study_pipeline(
                 resume=resume,
             )
         except TuningError as exc:
+            study_tracker.wait()
             state.status = "failed"
             state.write(study_dir)
             raise JobFailedError(f"{spec.name}: {exc} (MLflow run {parent_id})") from None
@@ -374,6 +394,8 @@ def _refit(
     Raises:
         JobFailedError: the refit does not fit the cluster, or training failed.
     """
+    from tuning.study import concurrency_cap
+
     try:
         train = refit_train(best_sections["train"], spec.tune.refit)
     except ValidationError as exc:

@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from orchestrator.pipeline import Registration
-from orchestrator.serving import ServeResult
-from tuning.study import TrialSummary
+from orchestrator.serve_result import ServeResult
+from tuning.summary import TrialSummary
 
 
 class StudyReport(BaseModel):

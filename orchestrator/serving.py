@@ -13,7 +13,6 @@ import threading
 from collections.abc import Callable
 
 import numpy as np
-from pydantic import BaseModel, Field
 
 from jobs.data import PreparedData, prepare
 from jobs.errors import DataError
@@ -21,6 +20,7 @@ from jobs.tracking import load_inference_model
 from orchestrator.address import RayAddress
 from orchestrator.exceptions import ClusterError, JobFailedError, SpecError
 from orchestrator.runtime import connect_ray, default_tracking_uri
+from orchestrator.serve_result import ServeResult
 from orchestrator.spec import PipelineSpec
 from serve.app import AppConfig, ServedModel
 from serve.deploy import ServeError, deployment_options, emit_config
@@ -29,20 +29,6 @@ from serve.registry import Registry, RegistryError
 from serve.variant import GateError, VariantReport, check_gate, prepare_variant
 
 EventHandler = Callable[[dict], None]
-
-
-class ServeResult(BaseModel):
-    """What the serve stage deployed (``RunResult.served``; ``orch serve --json``)."""
-
-    app: str
-    endpoint: str | None = Field(
-        description="http://host:port/<name>; POST <endpoint>/predict. None with --emit-config."
-    )
-    v2: str | None = Field(description="Open Inference Protocol v2 base URL (…/v2).")
-    model_name: str
-    versions: dict[str, str] = Field(description="alias (or 'model') -> version served")
-    variants: list[VariantReport]
-    config_path: str | None = None
 
 
 def _served_versions(spec: PipelineSpec, registry: Registry) -> list[tuple[str | None, str]]:

@@ -20,8 +20,8 @@ model: {{type: mlp, params: {{hidden_sizes: [256, 256]}}}}
 train:
   epochs: {epochs}
   batch_size: 64
-  workers: 2
-  resources_per_worker: {{CPU: 0.5}}
+  workers: 1
+  resources_per_worker: {{CPU: 1}}
   max_failures: 0
   checkpoint: {{keep: 10}}
   storage_path: {storage}

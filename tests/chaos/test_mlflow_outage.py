@@ -18,7 +18,7 @@ SPEC = """\
 name: outage
 data: {{source: sklearn://digits}}
 model: {{type: mlp, params: {{hidden_sizes: [64]}}}}
-train: {{epochs: {epochs}, batch_size: 64, workers: 2, resources_per_worker: {{CPU: 0.5}}}}
+train: {{epochs: {epochs}, batch_size: 64, workers: 1, resources_per_worker: {{CPU: 1}}}}
 tracking: {{tracking_uri: "{uri}", experiment: outage}}
 """
 EPOCHS = 100

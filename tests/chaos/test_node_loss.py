@@ -24,7 +24,7 @@ SPEC = """\
 name: spread
 data: {source: sklearn://digits}
 model: {type: mlp, params: {hidden_sizes: [128, 128]}}
-train: {epochs: 60, batch_size: 64, workers: 2, resources_per_worker: {CPU: 1}, max_failures: 3}
+train: {epochs: 30, batch_size: 64, workers: 2, resources_per_worker: {CPU: 1}, max_failures: 3}
 """
 RESULTS: dict = {}
 
@@ -124,7 +124,7 @@ def test_a_worker_node_killed_mid_run_resumes_from_the_last_checkpoint(cluster, 
 
     assert run.wait(timeout=600) == 0, err_path.read_text()[-3000:]
     result = json.loads(out_path.read_text())
-    assert result["metrics"]["epoch"] == 60
+    assert result["metrics"]["epoch"] == 30
     assert result["resumed_from_epochs"] and min(result["resumed_from_epochs"]) >= 2
     assert victim_name not in {label_of.get(n) for n in result["worker_nodes"].values()}
     undisturbed = RESULTS.get("undisturbed")

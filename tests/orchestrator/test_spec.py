@@ -15,6 +15,7 @@ import pytest
 from orchestrator import PipelineSpec, SpecError, load_spec
 from orchestrator.cli import main
 from tests.conftest import EXAMPLES
+from tuning.spec import refit_train
 
 BASE = """\
 name: t
@@ -40,7 +41,11 @@ def test_example_is_valid():
     spec = load_spec(EXAMPLES / "digits.yaml")
     assert isinstance(spec, PipelineSpec)
     assert spec.train.deepspeed.zero_stage == 2
-    assert spec.train.data_parallel_degree == 2
+    # single-worker trials on the local runner, then the winner on 2 data-parallel workers
+    assert (spec.train.workers, spec.train.resolved_runner) == (1, "local")
+    refit = refit_train(spec.train.model_dump(mode="json"), spec.tune.refit)
+    assert (refit.data_parallel_degree, refit.resolved_runner) == (2, "ray-train")
+    assert refit.deepspeed.zero_stage == 2
     assert spec.experiment == "digits"
 
 

@@ -1,0 +1,25 @@
+"""What the serve stage leaves (``RunResult.served``), importable without Ray Serve.
+
+``orch run`` of a spec without a serve section never imports Ray Serve or FastAPI; the
+result type it returns still names this class.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from serve.variant import VariantReport
+
+
+class ServeResult(BaseModel):
+    """What the serve stage deployed (``RunResult.served``; ``orch serve --json``)."""
+
+    app: str
+    endpoint: str | None = Field(
+        description="http://host:port/<name>; POST <endpoint>/predict. None with --emit-config."
+    )
+    v2: str | None = Field(description="Open Inference Protocol v2 base URL (…/v2).")
+    model_name: str
+    versions: dict[str, str] = Field(description="alias (or 'model') -> version served")
+    variants: list[VariantReport]
+    config_path: str | None = None

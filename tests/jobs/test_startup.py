@@ -1,0 +1,87 @@
+"""What a training pays before its first step: the DeepSpeed imports we skip stay skipped.
+
+These reach into DeepSpeed's module layout on purpose (jobs/worker.py says why); they fail
+on the DeepSpeed upgrade that moves what they rely on, before a slow start-up comes back.
+"""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from jobs.worker import MUON_MODULES
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_muon_modules_we_stand_in_for_are_the_ones_deepspeed_imports():
+    import importlib.util
+
+    import deepspeed.runtime.zero.stage_1_and_2 as zero_1_and_2
+    import deepspeed.runtime.zero.utils as zero_utils
+
+    for module_name, attribute in MUON_MODULES.items():
+        assert importlib.util.find_spec(module_name) is not None, module_name
+        assert f"from {module_name} import {attribute}" in inspect.getsource(zero_1_and_2)
+    checked = inspect.getsource(zero_utils.is_zero_supported_optimizer)
+    assert "from deepspeed.runtime.zero.muon.muon_optimizer import MuonWithAuxAdam" in checked
+
+
+def test_zero_1_2_3_and_bf16_engines_step_without_importing_muon():
+    """In a fresh process, as a worker starts: the local runner's 1-rank group."""
+    script = textwrap.dedent("""\
+        import sys
+        import torch
+        from jobs.local import single_process_group
+        from jobs.schedule import build_optimizer
+        from jobs.spec import TrainSpec
+        from jobs.worker import (
+            MUON_MODULES, deepspeed_config, import_deepspeed, select_accelerator,
+            skip_muon_kernels, skip_shared_memory_comm_op,
+        )
+
+        select_accelerator()
+        deepspeed = import_deepspeed()
+        skip_shared_memory_comm_op()
+        skip_muon_kernels()
+        single_process_group(torch.device("cpu"))
+        deepspeed.init_distributed(dist_backend="gloo")
+        for stage, precision in ((1, "fp32"), (2, "fp32"), (3, "fp32"), (0, "bf16")):
+            train = TrainSpec(
+                batch_size=8, deepspeed={"zero_stage": stage, "precision": precision}
+            )
+            module = torch.nn.Linear(4, 3)
+            engine, *_ = deepspeed.initialize(
+                model=module,
+                optimizer=build_optimizer(train.optimizer, module.parameters()),
+                config=deepspeed_config(train),
+            )
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            for _ in range(2):
+                loss = engine(torch.ones(8, 4, dtype=dtype)).float().sum()
+                engine.backward(loss)
+                engine.step()
+            engine.destroy()
+            print("ok", stage, precision, type(engine.optimizer).__name__)
+        stand_ins = [sys.modules[name].__doc__ for name in MUON_MODULES]
+        assert all("stand-in" in doc for doc in stand_ins), "DeepSpeed loaded Muon"
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"DS_ACCELERATOR": "cpu", "PATH": "/usr/bin:/bin"},
+        cwd=str(REPO),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = [line for line in done.stdout.splitlines() if line.startswith("ok ")]
+    assert steps == [
+        "ok 1 fp32 DeepSpeedZeroOptimizer",
+        "ok 2 fp32 DeepSpeedZeroOptimizer",
+        "ok 3 fp32 DeepSpeedZeroOptimizer_Stage3",
+        "ok 0 bf16 FP16_UnfusedOptimizer",  # DeepSpeed 0.19 wraps bf16 ZeRO-0 in it
+    ]
