@@ -320,3 +320,43 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_session, t
 
     with pytest.raises(Exception, match="no unfinished study of pipeline 'resumed-study'"):
         Client().run(path, resume=True)
+
+
+def test_a_killed_trial_actor_resumes_from_its_last_checkpoint(ray_session, tmp_path):
+    """A local-runner trial whose actor is SIGKILLed is restarted by Tune (trial_retries)
+    and continues from the checkpoint it last reported, not from epoch 1."""
+    path = write_spec(
+        tmp_path,
+        "killed-trial",
+        """\
+        search: {algorithm: grid}
+        early_stopping: {type: none}
+        trial_retries: 1
+        space:
+          train.optimizer.lr: {choice: [0.003]}
+        """,
+        epochs=40,
+    )
+    killed: list[int] = []
+
+    def kill_after_epoch_3(event) -> None:
+        if isinstance(event, dict) and event["type"] == "trial_result" and not killed:
+            trial = event["trial"]
+            if trial.epoch >= 3 and trial.pid:
+                killed.append(trial.epoch)
+                os.kill(trial.pid, signal.SIGKILL)
+
+    result = Client().run(path, on_event=kill_after_epoch_3)
+
+    assert killed, "the trial's actor was never killed"
+    (trial,) = result.study.trials
+    assert (trial.status, trial.epoch, trial.runner) == ("completed", 40, "local")
+    assert trial.metrics["val_accuracy"] > 0.9
+    # After the restart the trial went on from the last checkpoint Tune had registered
+    # (the kill lands while Tune handles epoch 3's result, so that one or the one before):
+    # only the epochs after it ran twice, never epoch 1.
+    history = mlflow_client().get_metric_history(trial.mlflow_run_id, "epoch")
+    steps = [m.step for m in history]
+    assert set(steps) == set(range(1, 41)), steps
+    repeated = sorted(step for step in set(steps) if steps.count(step) > 1)
+    assert all(step >= 2 for step in repeated) and len(steps) - 40 <= 3, steps
