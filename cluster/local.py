@@ -22,6 +22,11 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+# The GCS, raylet and dashboard are gone within a second of SIGTERM; Ray's autoscaler
+# monitor (and `ray start --block`, which waits on it) then spends ten seconds or more
+# retrying to tell the dead GCS that it was terminated. Nothing is left to save by then.
+STOP_GRACE_S = 3.0
+
 HEAD_FILE = "head.json"
 
 
@@ -73,7 +78,7 @@ class LocalHead:
             return True
         return _answers(self.dashboard_url, self.token)
 
-    def stop(self, timeout_s: float = 10) -> None:
+    def stop(self, timeout_s: float = STOP_GRACE_S) -> None:
         """SIGTERM to the head's own process group, SIGKILL if it does not go."""
         _stop_group(self.pid, signal.SIGTERM, timeout_s)
 
@@ -258,7 +263,7 @@ class LocalWorker:
         _reap(self.pid)
         return _group_alive(self.pid)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = STOP_GRACE_S) -> None:
         """Stop the node: its process group and every process started below it (Ray's worker
         processes, which leave the group; with SIGKILL this is a node crash)."""
         _stop_group(self.pid, sig, timeout_s)

@@ -1,6 +1,7 @@
 """A real 3-node Ray on this machine (`orch cluster up`): training spreads its workers over
-nodes, and a worker node killed mid-run costs the run only the epochs since its last
-checkpoint: Ray Train restarts the worker group on the nodes that remain."""
+nodes, a worker node killed mid-run costs the run only the epochs since its last
+checkpoint (Ray Train restarts the worker group on the nodes that remain), and the model is
+then served on that cluster. One run tells all of it: each run costs a minute here."""
 
 from __future__ import annotations
 
@@ -20,13 +21,18 @@ from tests.helpers import alive, wait_for, write
 
 pytestmark = pytest.mark.slow
 
-SPEC = """\
+EPOCHS = 20
+SPEC = f"""\
 name: spread
-data: {source: sklearn://digits}
-model: {type: mlp, params: {hidden_sizes: [128, 128]}}
-train: {epochs: 30, batch_size: 64, workers: 2, resources_per_worker: {CPU: 1}, max_failures: 3}
+data: {{source: sklearn://digits}}
+model: {{type: mlp, params: {{hidden_sizes: [128, 128]}}}}
+train:
+  epochs: {EPOCHS}
+  batch_size: 64
+  workers: 2
+  resources_per_worker: {{CPU: 1}}
+  max_failures: 3
 """
-RESULTS: dict = {}
 
 
 def orch(home, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -64,41 +70,19 @@ def test_cluster_status_shows_three_real_nodes(cluster):
     assert status["head"]["alive"] and all(w["alive"] for w in status["workers"])
 
 
-def test_training_spreads_workers_across_nodes_then_serves_there(cluster, tmp_path):
-    """`orch run --address auto` joins the token-auth cluster from outside, trains with its
-    workers on two nodes, registers, deploys the serve section there and returns."""
+def test_a_run_spreads_over_nodes_survives_losing_one_and_serves_there(cluster, tmp_path):
+    """`orch run --address auto` joins the token-auth cluster from outside and trains with
+    its workers on two nodes; a worker node killed mid-run costs only the epochs since the
+    last checkpoint (Ray Train restarts the group on the nodes that remain); the run then
+    registers, deploys its serve section on the cluster and returns."""
     home, status = cluster
-    node_ids = {n["node_id"] for n in status["ray_nodes"]}
+    label_of = {n["node_id"]: n["labels"]["orch.node"] for n in status["ray_nodes"]}
     port = free_port()
     serve = (
         f"serve: {{name: spread, port: {port}, cpus_per_replica: 0.5, max_accuracy_drop: 0.2,"
         " quantization: dynamic-int8}\n"
     )
     spec = write(tmp_path, "spread", SPEC + serve)
-    result = json.loads(orch(home, "run", str(spec), "--address", "auto", "--json").stdout)
-    placed = set(result["worker_nodes"].values())
-    assert len(placed) == 2 and placed <= node_ids  # one CPU per node: two nodes
-    assert result["resumed_from_epochs"] == []
-    RESULTS["undisturbed"] = result["metrics"]["val_accuracy"]
-    # orch has returned; the model keeps serving on the cluster
-    assert result["endpoint"] == f"http://127.0.0.1:{port}/spread"
-    reply = httpx.post(
-        f"{result['endpoint']}/predict", json={"instances": [[0.0] * 64]}, timeout=30
-    )
-    assert reply.status_code == 200 and len(reply.json()["predictions"][0]["probabilities"]) == 10
-    # Taking it down frees its CPU for the next test's training (a 1-CPU node each).
-    down = orch(home, "serve", str(spec), "--down", "--address", "auto")
-    assert down.stdout.strip() == "Stopped serving spread."
-    gone = httpx.post(f"{result['endpoint']}/predict", json={"instances": [[0.0] * 64]})
-    assert gone.status_code == 404
-    again = orch(home, "serve", str(spec), "--down", "--address", "auto", "--json")
-    assert json.loads(again.stdout) == {"app": "spread", "stopped": False}
-
-
-def test_a_worker_node_killed_mid_run_resumes_from_the_last_checkpoint(cluster, tmp_path):
-    home, status = cluster
-    label_of = {n["node_id"]: n["labels"]["orch.node"] for n in status["ray_nodes"]}
-    spec = write(tmp_path, "spread", SPEC)
     out_path, err_path = tmp_path / "run.out", tmp_path / "run.err"
     with open(out_path, "w") as out, open(err_path, "w") as err:  # files: a pipe would fill up
         run = subprocess.Popen(
@@ -116,17 +100,29 @@ def test_a_worker_node_killed_mid_run_resumes_from_the_last_checkpoint(cluster, 
         ready = [r for r in runs if r.data.metrics.get("epoch", 0) >= 5]
         return ready[0] if ready else None
 
-    found = wait_for(running_run, 300, "5 epochs of the second run", poll_s=0.2)
+    found = wait_for(running_run, 300, "5 epochs of the run", poll_s=0.2)
     nodes = {found.data.tags[f"orch.worker_node.{rank}"] for rank in (0, 1)}
+    assert len(nodes) == 2 and nodes <= set(label_of)  # one CPU per node: two nodes
     victim_name = next(label_of[n] for n in sorted(nodes) if label_of[n] != "head")
     (victim,) = [w for w in load_workers(home / "cluster") if w.name == victim_name]
     victim.stop(signal.SIGKILL)  # the node dies: its raylet and every worker on it
 
     assert run.wait(timeout=600) == 0, err_path.read_text()[-3000:]
     result = json.loads(out_path.read_text())
-    assert result["metrics"]["epoch"] == 30
+    assert result["metrics"]["epoch"] == EPOCHS and result["metrics"]["val_accuracy"] > 0.9
     assert result["resumed_from_epochs"] and min(result["resumed_from_epochs"]) >= 2
-    assert victim_name not in {label_of.get(n) for n in result["worker_nodes"].values()}
-    undisturbed = RESULTS.get("undisturbed")
-    if undisturbed is not None:
-        assert abs(result["metrics"]["val_accuracy"] - undisturbed) <= 0.02 * undisturbed
+    placed = {label_of.get(n) for n in result["worker_nodes"].values()}
+    assert len(placed) == 2 and victim_name not in placed  # the two nodes that remain
+
+    # orch has returned; the model keeps serving on the cluster
+    assert result["endpoint"] == f"http://127.0.0.1:{port}/spread"
+    reply = httpx.post(
+        f"{result['endpoint']}/predict", json={"instances": [[0.0] * 64]}, timeout=30
+    )
+    assert reply.status_code == 200 and len(reply.json()["predictions"][0]["probabilities"]) == 10
+    down = orch(home, "serve", str(spec), "--down", "--address", "auto")
+    assert down.stdout.strip() == "Stopped serving spread."
+    gone = httpx.post(f"{result['endpoint']}/predict", json={"instances": [[0.0] * 64]})
+    assert gone.status_code == 404
+    again = orch(home, "serve", str(spec), "--down", "--address", "auto", "--json")
+    assert json.loads(again.stdout) == {"app": "spread", "stopped": False}
