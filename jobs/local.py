@@ -230,38 +230,3 @@ def run_standalone(
         if latest is not None and checkpoint_epoch(latest) == job.train.epochs:
             return LocalOutcome(str(latest))
     return outcome
-
-
-class LocalWorker:
-    """The Ray actor that runs a single-worker ``orch run`` (one per run attempt).
-
-    Started as soon as the driver is connected (``start_local_worker``): its process start
-    and its torch and DeepSpeed imports overlap the driver's MLflow set-up.
-    """
-
-    def __init__(self):
-        from jobs.worker import import_deepspeed, select_accelerator
-
-        select_accelerator()
-        import_deepspeed()
-
-    def run(self, job: LoopConfig, data: PreparedData, run_dir: str, events, run_key: str):
-        return run_standalone(job, data, run_dir, events, run_key)
-
-
-def start_local_worker(train):
-    """A ``LocalWorker`` actor holding one worker's ``resources_per_worker``."""
-    import ray
-
-    resources = dict(train.resources_per_worker)
-    return (
-        ray.remote(LocalWorker)
-        .options(
-            num_cpus=resources.pop("CPU", 0),
-            num_gpus=resources.pop("GPU", 0),
-            resources=resources or None,
-            max_restarts=0,
-            max_task_retries=0,
-        )
-        .remote()
-    )

@@ -13,13 +13,47 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from jobs.data import DataInfo
-from jobs.export import InferenceModel
+
+if TYPE_CHECKING:  # torch (about 2 s): a driver imports it while it waits for training
+    from jobs.export import InferenceModel
 
 MODEL_ARTIFACT = "model"
+
+_export_warm_up: threading.Thread | None = None
+
+
+def warm_up_export() -> None:
+    """Pay torch.export's first use (about 2 s: importing torch._dynamo, its lazy set-up) on
+    a thread, while the driver waits for training; ``log_model`` waits for it to end.
+
+    The process's first export is what makes ``log_model`` slow; a tiny module exported
+    once makes the next export cost tens of milliseconds. Once per process.
+    """
+    global _export_warm_up
+    if _export_warm_up is None:
+        _export_warm_up = threading.Thread(
+            target=_export_once, name="orch-export-warm-up", daemon=True
+        )
+        _export_warm_up.start()
+
+
+def _export_once() -> None:
+    import torch
+
+    try:
+        torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(2, 2),))
+    except Exception:  # a warm-up only: log_model reports what really fails
+        logging.getLogger(__name__).debug("torch.export warm-up failed", exc_info=True)
+
+
+def _export_warmed_up() -> None:
+    if _export_warm_up is not None:
+        _export_warm_up.join()
 
 
 def _metric_batch(metrics: dict, step: int) -> list:
@@ -245,6 +279,7 @@ class RunTracker:
 
     def log_model(self, model: InferenceModel, info: DataInfo, example: np.ndarray) -> str:
         """Log the plain torch model; returns its ``runs:/`` URI."""
+        _export_warmed_up()  # no two exports at once
         import mlflow
         import mlflow.pytorch
         import torch
@@ -310,6 +345,7 @@ def load_inference_model(model_uri: str, tracking_uri: str) -> tuple[InferenceMo
     import mlflow.pytorch
     import yaml
 
+    from jobs.export import InferenceModel
     from jobs.spec import ModelSpec
 
     client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)

@@ -135,7 +135,7 @@ def fit(
     ``train.runner`` picks how: Ray Train workers, or the local runner (one Ray task) for
     a single worker. A run named like an earlier one under ``storage_path`` resumes from
     its latest checkpoint, whichever runner wrote it. ``local_worker``: a ``LocalWorker``
-    started earlier (``jobs.local.start_local_worker``) for the local runner to use.
+    started earlier (``jobs.local_actor.start_local_worker``) for the local runner to use.
 
     Raises:
         TrainingError: the run failed beyond ``train.max_failures``; the message has the cause.
@@ -184,7 +184,7 @@ def _fit_local(
     """
     import ray
 
-    from jobs.local import start_local_worker
+    from jobs.local_actor import start_local_worker
 
     train = job.train
     data_ref = ray.put(data)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.loader import load_spec
+from orchestrator.loader import load_spec, load_spec_deferring_data
 from orchestrator.spec import PipelineSpec
 
 # The stages (Ray, torch, MLflow) are imported by the methods that run them, so validating
@@ -95,8 +95,13 @@ class Client:
         from orchestrator.pipeline import run_training
         from orchestrator.results import RunResult
 
-        pipeline = spec if isinstance(spec, PipelineSpec) else load_spec(spec)
+        if isinstance(spec, PipelineSpec):
+            pipeline, check_data = spec, None
+        else:  # checked against its data while Ray connects (see run_training)
+            pipeline, check_data = load_spec_deferring_data(spec)
         if pipeline.tune is not None:
+            if check_data is not None:
+                check_data()
             study = self._run_study(pipeline, on_event, resume, run_name)
             result = self._register(pipeline, study, on_event)
             return self._serve_stage(pipeline, result, on_event)
@@ -113,6 +118,7 @@ class Client:
             on_event=on_event,
             show_worker_logs=self.show_worker_logs,
             run_name=run_name,
+            check_data=check_data,
         )
         outcome = RunResult(
             name=pipeline.name,

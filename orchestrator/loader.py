@@ -10,8 +10,10 @@ torch nor Ray (tests/orchestrator/test_cli_imports.py holds it to that).
 from __future__ import annotations
 
 import difflib
+import functools
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -189,6 +191,21 @@ def load_spec(path: str | Path, check_data: bool = True) -> PipelineSpec:
     Raises:
         SpecError: naming file:line, the field path and the fix.
     """
+    spec, check = load_spec_deferring_data(path)
+    if check_data:
+        check()
+    return spec
+
+
+def load_spec_deferring_data(path: str | Path) -> tuple[PipelineSpec, Callable[[], None]]:
+    """The validated spec now, and its checks against the data as a call to make later.
+
+    Opening the data imports its reader (scikit-learn and SciPy alone take about 2.5 s): a
+    run makes the call on a thread while Ray connects and its workers start.
+
+    Raises:
+        SpecError: naming file:line, the field path and the fix (the call raises it too).
+    """
     path = Path(path)
     try:
         text = path.read_text()
@@ -197,6 +214,4 @@ def load_spec(path: str | Path, check_data: bool = True) -> PipelineSpec:
     except OSError as exc:
         raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
     spec, lines = parse_spec(text, path)
-    if check_data:
-        check_against_data(spec, path, lines)
-    return spec
+    return spec, functools.partial(check_against_data, spec, path, lines)

@@ -23,8 +23,6 @@ from jobs.data import PreparedData, prepare
 from jobs.errors import DataError, TrainingError
 from jobs.events import EpochEnded, TrainingEvent, WorkerStarted
 from jobs.spec import ModelSpec
-from jobs.tracking import RunTracker, flatten, run_tags
-from jobs.trainer import TrainResult, fit, load_trained_model
 from orchestrator.address import RayAddress
 from orchestrator.exceptions import JobFailedError, SpecError
 from orchestrator.runtime import (
@@ -41,9 +39,13 @@ from tuning.space import apply_values
 from tuning.spec import metric_problem, refit_train
 
 if TYPE_CHECKING:
+    from jobs.tracking import RunTracker
+    from jobs.trainer import TrainResult
     from tuning.study import StudyOutcome, StudyState
 
 # tuning.study and tuning.tracking import Ray Tune (about 1 s): only studies import them.
+# jobs.trainer and jobs.tracking import torch (about 2 s): a training imports them once the
+# local runner's actor is starting, so that the actor's start-up overlaps the import.
 
 EventHandler = Callable[[dict], None]
 
@@ -55,6 +57,14 @@ def _connected(connection, emit) -> None:
         "dashboard_url": connection.dashboard_url,
         "token_path": connection.token_path,
     })  # fmt: skip
+
+
+def _start_event_hub() -> None:
+    """Start this driver's event hub as soon as Ray is connected: its process starts (a few
+    seconds here) alongside everything else, not when the first worker has an event."""
+    from jobs.event_hub import event_hub
+
+    event_hub()
 
 
 def spec_hash(spec: PipelineSpec) -> str:
@@ -72,6 +82,13 @@ def _ray_job_id() -> str:
 
 def _prepare_data(spec: PipelineSpec, emit: EventHandler) -> PreparedData:
     emit({"type": "stage", "stage": "data"})
+    return _read_data(spec)
+
+
+def _read_data(spec: PipelineSpec, check: Callable[[], None] | None = None) -> PreparedData:
+    """The spec's data, read and split; SpecError when it does not fit the spec."""
+    if check is not None:
+        check()
     try:
         data = prepare(spec.data)
     except DataError as exc:
@@ -89,6 +106,8 @@ def _prepare_data(spec: PipelineSpec, emit: EventHandler) -> PreparedData:
 
 
 def _tracker(spec: PipelineSpec) -> tuple[RunTracker, str]:
+    from jobs.tracking import RunTracker
+
     tracking_uri = spec.tracking.tracking_uri or default_tracking_uri()
     return RunTracker(tracking_uri, spec.experiment, artifact_root=str(artifact_root())), (
         tracking_uri
@@ -134,31 +153,41 @@ def run_training(
     on_event: EventHandler | None = None,
     show_worker_logs: bool = True,
     run_name: str | None = None,
+    check_data: Callable[[], None] | None = None,
 ) -> tuple[TrainResult, str, str, str]:
     """Train and track one pipeline. Returns (result, mlflow_run_id, tracking_uri, model_uri).
 
     ``run_name`` fixes the Ray Train run's name: a run of that name under the storage path
     resumes from its latest checkpoint (how a preempted queue job continues).
+    ``check_data``: the spec's checks against its data (``load_spec_deferring_data``), made
+    before the data is read, while Ray connects.
 
     Raises:
         SpecError: the data does not fit the spec (nothing was trained).
         JobFailedError: training failed; its MLflow run is marked FAILED.
     """
     emit = on_event or (lambda event: None)
-    # MLflow's client and store (about 2 s: its import, the store's schema check) are set
-    # up while the data is read and Ray connects, and the local runner's actor starts.
-    with ThreadPoolExecutor(1, thread_name_prefix="orch-mlflow-setup") as pool:
-        tracking = pool.submit(_tracker, spec)
-        data = _prepare_data(spec, emit)
+    local = spec.train.resolved_runner == "local"
+    # Set-up overlaps: the data is read and MLflow's client and store are set up (about
+    # 2 s: its import, the store's schema check) on threads while Ray connects (or starts).
+    # On the local runner the actor's start (process, torch, DeepSpeed: about 5 s) is the
+    # longest path: it starts as soon as Ray is connected, and MLflow is set up while it
+    # does. A data problem found meanwhile stops the actor before anything is tracked.
+    with ThreadPoolExecutor(2, thread_name_prefix="orch-setup") as pool:
+        emit({"type": "stage", "stage": "data"})
+        reading = pool.submit(_read_data, spec, check_data)
+        tracking = None if local else pool.submit(_tracker, spec)
         emit({"type": "stage", "stage": "connect"})
         _connected(connect_ray(address, show_worker_logs=show_worker_logs), emit)
+        _start_event_hub()
         local_worker = None
-        if spec.train.resolved_runner == "local":
-            from jobs.local import start_local_worker
+        if local:
+            from jobs.local_actor import start_local_worker
 
             local_worker = start_local_worker(spec.train)
     try:
-        tracker, tracking_uri = tracking.result()
+        data = reading.result()
+        tracker, tracking_uri = tracking.result() if tracking else _tracker(spec)
         run_name = run_name or _unique_name(spec.name)
         run_id = tracker.start(run_name, tags=_lineage_tags(spec, data, "train"))
     except BaseException:
@@ -169,9 +198,13 @@ def run_training(
         raise
     emit({"type": "stage", "stage": "train", "mlflow_run_id": run_id, "epochs": spec.train.epochs})
 
+    from jobs.tracking import flatten, warm_up_export
+    from jobs.trainer import fit
+
     with tracker:
         tracker.log_params(flatten(spec.model_dump(mode="json")))
         tracker.log_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "spec.yaml")
+        warm_up_export()  # while the driver only waits for the workers
         try:
             result = fit(
                 spec.model,
@@ -241,6 +274,8 @@ def run_study_pipeline(
         SpecError: invalid data for the spec, or nothing to resume.
         JobFailedError: no trial completed; the parent run is marked FAILED.
     """
+    from jobs.tracking import flatten, warm_up_export
+    from jobs.trainer import load_trained_model
     from tuning.study import STATE_FILE, StudyState, run_study
     from tuning.tracking import StudyTracker
 
@@ -259,6 +294,7 @@ def run_study_pipeline(
         raise SpecError(f"tune.metric: {problem}")
     emit({"type": "stage", "stage": "connect"})
     _connected(connect_ray(address, show_worker_logs=show_worker_logs), emit)
+    _start_event_hub()
     tracker, tracking_uri = _tracker(spec)
     if resume:
         tracker.reopen(state.parent_run_id)
@@ -295,6 +331,7 @@ def run_study_pipeline(
                 yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), sort_keys=False),
                 "spec.yaml",
             )
+        warm_up_export()  # while the driver only waits for the trials
         try:
             outcome = run_study(
                 study=state.study,
@@ -394,6 +431,8 @@ def _refit(
     Raises:
         JobFailedError: the refit does not fit the cluster, or training failed.
     """
+    from jobs.tracking import flatten
+    from jobs.trainer import fit
     from tuning.study import concurrency_cap
 
     try:
@@ -478,6 +517,8 @@ def run_registration(
     Lineage comes from the run's own MLflow tags, so this stage needs only the run id.
     """
     emit = on_event or (lambda event: None)
+    from jobs.tracking import run_tags
+
     emit({"type": "stage", "stage": "register"})
     run = run_tags(run_id, tracking_uri)
     lineage = {
