@@ -22,20 +22,23 @@ def _frame(n=200, seed=1):
 
 
 @pytest.mark.parametrize(
-    "name,task,n_features",
+    "name,task,n_features,n_rows",
     [
-        ("digits", "classification", 64),
-        ("wine", "classification", 13),
-        ("breast_cancer", "classification", 30),
-        ("iris", "classification", 4),
-        ("diabetes", "regression", 10),
+        ("digits", "classification", 64, 1797),
+        ("wine", "classification", 13, 178),
+        ("breast_cancer", "classification", 30, 569),
+        ("iris", "classification", 4, 150),
+        ("diabetes", "regression", 10, 442),
     ],
 )
-def test_sklearn_sets(name, task, n_features):
-    data = prepare(DataSpec(source=f"sklearn://{name}"))
+def test_sklearn_sets(name, task, n_features, n_rows):
+    spec = DataSpec(source=f"sklearn://{name}")
+    data = prepare(spec)
     assert data.info.task == task
     assert data.x_train.shape[1] == n_features == data.info.n_features
-    assert data.info.n_train + data.info.n_val == len(data.x_train) + len(data.x_val)
+    assert (data.info.n_train, data.info.n_val) == (len(data.x_train), len(data.x_val))
+    assert data.info.n_train + data.info.n_val == n_rows  # every row, in one split only
+    assert abs(data.info.n_val - spec.validation_split * n_rows) <= 1
 
 
 def test_split_is_deterministic_in_seed():

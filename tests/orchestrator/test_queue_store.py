@@ -121,6 +121,6 @@ def test_submit_of_a_missing_file_is_one_line_and_exit_2(tmp_path):
         text=True,
         timeout=60,
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().startswith("error:")
+    assert proc.stderr.strip().startswith("error:") and "nope.yaml" in proc.stderr

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from typing import NamedTuple
 
 import mlflow
 import numpy as np
 import pytest
+import torch
 
 from jobs.data import prepare
 from jobs.export import InferenceModel
@@ -34,8 +36,15 @@ def test_policy_threshold_and_better_than_current():
     assert not decide(PromoteIf(), "val_rmse", "min", 0.45, ("1", 0.4)).promote
 
 
+class Logged(NamedTuple):
+    run_id: str
+    model_uri: str
+    inputs: np.ndarray  # raw feature rows
+    outputs: np.ndarray  # what the model answered for them before it was logged
+
+
 @pytest.fixture
-def logged_model(tmp_path):
+def logged_model(tmp_path) -> Logged:
     """A small real model logged to the test's MLflow store (no Ray needed)."""
     data = prepare(DataSpec(source="sklearn://iris"))
     model = InferenceModel.build(ModelSpec(type="mlp", params={"hidden_sizes": [8]}), data.info)
@@ -48,7 +57,9 @@ def logged_model(tmp_path):
             np.float32
         )
         model_uri = tracker.log_model(model, data.info, example)
-    return run_id, model_uri
+    with torch.no_grad():
+        outputs = model.eval()(torch.from_numpy(example)).numpy()
+    return Logged(run_id, model_uri, example, outputs)
 
 
 def iris_spec(tmp_path, policy: str = "{min: 0.5}"):
@@ -62,12 +73,11 @@ def iris_spec(tmp_path, policy: str = "{min: 0.5}"):
     return load_spec(path)
 
 
-def register(spec, logged, accuracy: float):
-    run_id, model_uri = logged
+def register(spec, logged: Logged, accuracy: float):
     return run_registration(
         spec,
-        run_id=run_id,
-        model_uri=model_uri,
+        run_id=logged.run_id,
+        model_uri=logged.model_uri,
         tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
         metrics={"val_accuracy": accuracy, "val_loss": 1 - accuracy},
         task="classification",
@@ -92,13 +102,15 @@ def test_versions_are_registered_with_lineage_and_promoted_by_policy(tmp_path, l
     assert [v["version"] for v in shown["versions"]] == ["1", "2", "3", "4"]
     v2 = shown["versions"][1]
     assert v2["metrics"]["val_accuracy"] == pytest.approx(0.80)
-    assert v2["tags"]["orch.mlflow_run_id"] == logged_model[0]
+    assert v2["tags"]["orch.mlflow_run_id"] == logged_model.run_id
     assert v2["tags"]["orch.pipeline"] == "iris-mlp"
     assert v2["tags"]["orch.spec_hash"] == "abc" and v2["tags"]["orch.ray_job_id"] == "01"
-    # the registered version is the logged model: it loads back
+    # the registered version is the logged model: it loads back and answers as it did
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     loaded = mlflow.pytorch.load_model("models:/iris-classifier@champion")
-    assert loaded is not None
+    with torch.no_grad():
+        answers = loaded(torch.from_numpy(logged_model.inputs)).numpy()
+    np.testing.assert_allclose(answers, logged_model.outputs, rtol=1e-5, atol=1e-6)
 
 
 def test_cli_lists_shows_promotes_and_rolls_back(tmp_path, logged_model, capsys):
@@ -133,7 +145,8 @@ def test_cli_lists_shows_promotes_and_rolls_back(tmp_path, logged_model, capsys)
     assert "no registered model 'no-such-model'; registered: iris-classifier" in err
     assert main(["models", "promote", "iris-classifier", "9"]) == 1
     assert "iris-classifier has no version '9'" in capsys.readouterr().err
-    main(["models", "rollback", "iris-classifier"])  # back to v1
+    assert main(["models", "rollback", "iris-classifier"]) == 0  # back to v1
+    assert "version 2 -> version 1" in capsys.readouterr().out
     with pytest.raises(RegistryError, match="no earlier version held this alias"):
         Registry(os.environ["MLFLOW_TRACKING_URI"]).rollback("iris-classifier", "champion")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -150,9 +151,25 @@ def test_study_stops_after_max_failed_trials():
     assert not _StudyCallback("unit5", max_failed_trials=None).stop_all()
 
 
-def test_random_and_grid_searchers_respect_the_concurrency_cap():
-    searcher = create_searcher(tune_spec(algorithm="random"), max_concurrent=2)
-    assert searcher.max_concurrent == 2
+@pytest.mark.parametrize("algorithm", ["random", "grid"])
+def test_random_and_grid_searchers_respect_the_concurrency_cap(algorithm):
+    """With 2 trials live the searcher proposes no third; one ending lets the next in."""
+    from ray.tune.experiment import Experiment
+
+    spec = tune_spec(algorithm="random")
+    space = {"train.batch_size": spec.space["train.batch_size"]}
+    tune = spec.model_copy(
+        update={"space": space, "search": spec.search.model_copy(update={"algorithm": algorithm})}
+    )
+    searcher = create_searcher(tune, max_concurrent=2)
+    searcher.add_configurations(
+        Experiment("cap", run=lambda config: None, config=param_space(tune), num_samples=3)
+    )
+    first, second = searcher.next_trial(), searcher.next_trial()
+    assert first is not None and second is not None
+    assert searcher.next_trial() is None  # two live: the cap holds
+    searcher.on_trial_complete(first.trial_id)
+    assert searcher.next_trial() is not None
 
 
 def test_failure_count_survives_a_resume():
@@ -173,3 +190,30 @@ def test_hyperband_is_asynchronous_brackets_with_growing_grace_periods():
     firsts = sorted(min(m for m, _ in bracket._rungs) for bracket in scheduler._brackets)
     assert firsts == [2, 6, 18]
     assert scheduler.label == "HyperBand"
+
+
+def test_grid_proposes_every_combination_exactly_once():
+    """`search.algorithm: grid` is Tune's grid over the choice and int dimensions."""
+    from ray.tune.search.variant_generator import generate_variants
+
+    from tuning.space import decode
+    from tuning.spec import TuneSpec
+
+    tune = TuneSpec.model_validate(
+        {
+            "metric": "val_accuracy",
+            "search": {"algorithm": "grid"},
+            "space": {
+                "model.params.hidden_sizes": {"choice": [[64], [128, 64]]},
+                "train.batch_size": {"choice": [32, 64, 128]},
+                "train.epochs": {"int": [2, 3]},
+            },
+        }
+    )
+    assert tune.planned_trials() == tune.grid_size() == 12
+    proposed = [decode(tune, config) for _, config in generate_variants(param_space(tune))]
+    as_keys = sorted(json.dumps(values, sort_keys=True) for values in proposed)
+    assert len(as_keys) == len(set(as_keys)) == 12
+    assert {tuple(v["model.params.hidden_sizes"]) for v in proposed} == {(64,), (128, 64)}
+    assert {v["train.batch_size"] for v in proposed} == {32, 64, 128}
+    assert {v["train.epochs"] for v in proposed} == {2, 3}
