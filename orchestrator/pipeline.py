@@ -188,6 +188,9 @@ def run_training(
     try:
         data = reading.result()
         tracker, tracking_uri = tracking.result() if tracking else _tracker(spec)
+        from jobs.tracking import flatten, warm_up_export
+        from jobs.trainer import fit  # torch
+
         run_name = run_name or _unique_name(spec.name)
         run_id = tracker.start(run_name, tags=_lineage_tags(spec, data, "train"))
     except BaseException:
@@ -197,9 +200,6 @@ def run_training(
             ray.kill(local_worker)
         raise
     emit({"type": "stage", "stage": "train", "mlflow_run_id": run_id, "epochs": spec.train.epochs})
-
-    from jobs.tracking import flatten, warm_up_export
-    from jobs.trainer import fit
 
     with tracker:
         tracker.log_params(flatten(spec.model_dump(mode="json")))
@@ -274,7 +274,9 @@ def run_study_pipeline(
         SpecError: invalid data for the spec, or nothing to resume.
         JobFailedError: no trial completed; the parent run is marked FAILED.
     """
-    from jobs.tracking import flatten, warm_up_export
+    # (no torch.export warm-up here: on a thread beside the study it slows Tune's loop and
+    # the trials by more than the 2 s it saves at the end)
+    from jobs.tracking import flatten
     from jobs.trainer import load_trained_model
     from tuning.study import STATE_FILE, StudyState, run_study
     from tuning.tracking import StudyTracker
@@ -331,7 +333,6 @@ def run_study_pipeline(
                 yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), sort_keys=False),
                 "spec.yaml",
             )
-        warm_up_export()  # while the driver only waits for the trials
         try:
             outcome = run_study(
                 study=state.study,
