@@ -180,6 +180,7 @@ def test_cli_run_json_cnn_on_digits(ray_session, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)  # exactly one JSON object on stdout
     assert result["name"] == "digits-cnn"
     assert result["status"] == "succeeded"
+    assert result["resumed_from_epochs"] == []  # an undisturbed run never resumes
     assert result["metrics"]["val_accuracy"] > 0.85
     assert result["metrics"]["lr"] == pytest.approx(0.05 * 0.5**2, rel=0.05)
     client = mlflow.MlflowClient(result["tracking_uri"])
