@@ -44,8 +44,8 @@ if TYPE_CHECKING:
     from tuning.study import StudyOutcome, StudyState
 
 # tuning.study and tuning.tracking import Ray Tune (about 1 s): only studies import them.
-# jobs.trainer and jobs.tracking import torch (about 2 s): a training imports them once the
-# local runner's actor is starting, so that the actor's start-up overlaps the import.
+# jobs.trainer imports torch (about 2 s), jobs.tracking MLflow: a training imports them once
+# the local runner's actor is starting, so that the actor's start-up overlaps the imports.
 
 EventHandler = Callable[[dict], None]
 
