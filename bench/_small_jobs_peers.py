@@ -133,6 +133,35 @@ def _optimizer(opt: dict, params):
     )  # fmt: skip
 
 
+def plain_epoch(
+    model, optimizer, scheduler, xt, yt, batch: int, steps: int, clip: float, seed: int
+):
+    """One epoch of a plain torch peer as the real worker runs it: a shuffle seeded per
+    epoch, ``steps`` full batches (drop_last), clipping, a scheduler step per batch."""
+    import torch
+    import torch.nn.functional as F
+
+    model.train()
+    order = torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))
+    for i in range(steps):
+        rows = order[i * batch : (i + 1) * batch]
+        loss = F.cross_entropy(model(xt[rows]), yt[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        scheduler.step()
+
+
+def plain_accuracy(model, xv, yv) -> float:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return (model(xv).argmax(-1) == yv).double().mean().item()
+
+
 def train(sections: dict, data, seed: int, on_epoch=None, build_lock=None) -> dict:
     """One training run; ``on_epoch(epoch, val_accuracy)`` after each epoch.
 
@@ -142,7 +171,6 @@ def train(sections: dict, data, seed: int, on_epoch=None, build_lock=None) -> di
     import contextlib
 
     import torch
-    import torch.nn.functional as F
 
     x_train, y_train, x_val, y_val, n_classes = data
     model_cfg, tr = sections["model"], sections["train"]
@@ -161,20 +189,10 @@ def train(sections: dict, data, seed: int, on_epoch=None, build_lock=None) -> di
     epoch_s, accuracy = [], float("nan")
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed + epoch))
-        for i in range(len(order) // batch):  # full batches only, as the worker
-            rows = order[i * batch : (i + 1) * batch]
-            loss = F.cross_entropy(model(xt[rows]), yt[rows])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            scheduler.step()
-        model.eval()
-        with torch.no_grad():
-            accuracy = (model(xv).argmax(-1) == yv).double().mean().item()
+        plain_epoch(
+            model, optimizer, scheduler, xt, yt, batch, len(xt) // batch, clip, seed + epoch
+        )
+        accuracy = plain_accuracy(model, xv, yv)
         epoch_s.append(time.perf_counter() - started)
         if on_epoch is not None:
             on_epoch(epoch, accuracy)

@@ -40,8 +40,8 @@ def digits_trial(
     """
     import ray.tune
     import torch
-    import torch.nn.functional as F
 
+    from bench._small_jobs_peers import plain_accuracy, plain_epoch
     from jobs.models import DataShape, build_layers
     from jobs.schedule import build_optimizer, build_scheduler
     from jobs.spec import ModelSpec, TrainSpec
@@ -64,21 +64,18 @@ def digits_trial(
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
     xv, yv = torch.from_numpy(x_val), torch.from_numpy(y_val)
     for epoch in range(1, train.epochs + 1):
-        model.train()
-        order = torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed + epoch))
-        for i in range(steps_per_epoch):  # drop_last, as the real trainer does
-            rows = order[i * train.batch_size : (i + 1) * train.batch_size]
-            loss = F.cross_entropy(model(xt[rows]), yt[rows])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            scheduler.step()
-        model.eval()
-        with torch.no_grad():
-            accuracy = (model(xv).argmax(-1) == yv).double().mean().item()
-        ray.tune.report({"epoch": epoch, "val_accuracy": accuracy})
+        plain_epoch(
+            model,
+            optimizer,
+            scheduler,
+            xt,
+            yt,
+            train.batch_size,
+            steps_per_epoch,
+            clip,
+            seed + epoch,
+        )
+        ray.tune.report({"epoch": epoch, "val_accuracy": plain_accuracy(model, xv, yv)})
 
 
 # --------------------------------------------------------------------------- Hartmann-6

@@ -94,6 +94,19 @@ def machine_info() -> dict:
     }
 
 
+def run_lines(results: dict, only_command: str, after_load: str) -> list[str]:
+    """The Command, Machine and Run lines every section opens with; ``after_load`` ends the
+    Run line (what the load average means for that section, or where its code was)."""
+    alone = f" (this section alone: `{only_command}`)" if not results.get("quick") else ""
+    return [
+        f"- Command: `{results['command']}`{alone}",
+        f"- Machine: {describe_machine(results['machine'])}",
+        f"- Run: {results['started_at']}, {results['duration_s'] / 60:.1f} min; 1-min load "
+        f"average {results['load_average_before']} before, {results['load_average_after']} "
+        f"after{after_load}",
+    ]
+
+
 def describe_machine(machine: dict) -> str:
     """One markdown line naming the machine and the library versions."""
     cores = f"{machine.get('logical_cpus')} logical CPUs"

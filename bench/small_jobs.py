@@ -63,12 +63,12 @@ from bench.common import (
     COMMAND,
     REPO,
     RESULTS_DIR,
-    describe_machine,
     fmt,
     load_average,
     md_table,
     read_json,
     result_header,
+    run_lines,
     write_json,
 )
 
@@ -1001,17 +1001,8 @@ def render(results: dict) -> str:
         before = read_json(BEFORE_FILE)
     sizes = results["sizes"]
     spec_b = (results.get("specs") or {}).get("b") or {}
-    lines = [
-        f"## {TITLE}",
-        "",
-        f'> Acceptance (issue 13): "{ACCEPTANCE}"',
-        "",
-        f"- Command: `{results['command']}`"
-        + (f" (this section alone: `{ONLY_COMMAND}`)" if not results.get("quick") else ""),
-        f"- Machine: {describe_machine(results['machine'])}",
-        f"- Run: {results['started_at']}, {results['duration_s'] / 60:.1f} min; 1-min load "
-        f"average {results['load_average_before']} before, {results['load_average_after']} "
-        f"after. Code: {results['code']['root']} at {results['code']['commit']}"
+    code_where = (
+        f". Code: {results['code']['root']} at {results['code']['commit']}"
         + (
             f" with {len(results['code']['changed'])} changed files"
             if results["code"]["changed"]
@@ -1023,7 +1014,14 @@ def render(results: dict) -> str:
             if before
             else "; no before record (bench/results/small_jobs_before.json)"
         )
-        + ".",
+        + "."
+    )
+    lines = [
+        f"## {TITLE}",
+        "",
+        f'> Acceptance (issue 13): "{ACCEPTANCE}"',
+        "",
+        *run_lines(results, ONLY_COMMAND, code_where),
         "- Head: `orch cluster up --nodes 1 --cpus-per-node 2` "
         f"({fmt(results.get('cluster_up_s'), 1)} s), "
         "down for the cold runs and the peers. ORCH_HOME, the MLflow store and the studies in a "

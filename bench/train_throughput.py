@@ -29,11 +29,11 @@ import numpy as np
 from bench.common import (
     COMMAND,
     REPO,
-    describe_machine,
     fmt,
     load_average,
     md_table,
     result_header,
+    run_lines,
     spread,
     steady_median,
 )
@@ -502,12 +502,9 @@ def render(results: dict) -> str:
         f"**Goal: ZeRO-0 fp32 >= {GOAL_RATIO}x torchrun DDP: {verdict}**"
         + (f" ({ratio:.2f}x)" if ratio is not None else " (no number)"),
         "",
-        f"- Command: `{results['command']}`"
-        + (f" (this section alone: `{ONLY_COMMAND}`)" if not results.get("quick") else ""),
-        f"- Machine: {describe_machine(results['machine'])}",
-        f"- Run: {results['started_at']}, {results['duration_s'] / 60:.1f} min; 1-min load "
-        f"average {results['load_average_before']} before, {results['load_average_after']} "
-        "after (anything else running on the machine lowers every number).",
+        *run_lines(
+            results, ONLY_COMMAND, " (anything else running on the machine lowers every number)."
+        ),
         f"- Work: MLP {cfg['features']} -> {' -> '.join(map(str, cfg['hidden_sizes']))} -> "
         f"{cfg['classes']}, global batch {cfg['global_batch']}, {cfg['optimizer']}, generated "
         f"data (seed {cfg['seed']}); every data-parallel rank trains on its contiguous slice of "

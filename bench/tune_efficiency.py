@@ -32,11 +32,11 @@ from pathlib import Path
 from bench.common import (
     COMMAND,
     REPO,
-    describe_machine,
     fmt,
     load_average,
     md_table,
     result_header,
+    run_lines,
 )
 
 TITLE = "Tuning efficiency: search and early stopping"
@@ -637,12 +637,11 @@ def render(results: dict) -> str:
         "",
         f'> Acceptance: "{ACCEPTANCE}"',
         "",
-        f"- Command: `{results['command']}`"
-        + (f" (this section alone: `{ONLY_COMMAND}`)" if not results.get("quick") else ""),
-        f"- Machine: {describe_machine(results['machine'])}",
-        f"- Run: {results['started_at']}, {results['duration_s'] / 60:.1f} min; 1-min load "
-        f"average {results['load_average_before']} before, {results['load_average_after']} "
-        "after (other work on the machine slows the wall times, not the epoch counts).",
+        *run_lines(
+            results,
+            ONLY_COMMAND,
+            " (other work on the machine slows the wall times, not the epoch counts).",
+        ),
         "- Methods: the spec's `tune` section with only `search.algorithm` (random | "
         "bayesian = Optuna multivariate TPE with constant liar) and `early_stopping.type` "
         f"(none | asha: grace {es['grace_period']} epochs, reduction factor "
