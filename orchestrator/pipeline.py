@@ -131,10 +131,15 @@ def _lineage_tags(spec: PipelineSpec, data: PreparedData, stage: str) -> dict[st
 
 def _run_events(tracker: RunTracker, emit: EventHandler) -> Callable[[TrainingEvent], None]:
     """Mirror a training's events on its MLflow run (without waiting on MLflow), then emit."""
+    from jobs.tracking import warm_up_export
 
     def track(event: TrainingEvent) -> None:
         if isinstance(event, EpochEnded):
             tracker.log_metrics_later(event.metrics, step=int(event.metrics["epoch"]))
+            # Ray Train's start-up (its controller's and workers' processes, their imports)
+            # is CPU-bound: an export on a thread then would hold the driver's GIL and a
+            # core. Once an epoch has ended, the driver only waits.
+            warm_up_export()
         elif isinstance(event, WorkerStarted):
             # where each rank runs (node ids): multi-node placement is checked against these
             tags = {f"orch.worker_node.{event.rank}": event.node_id, "orch.runner": event.runner}
@@ -204,7 +209,8 @@ def run_training(
     with tracker:
         tracker.log_params(flatten(spec.model_dump(mode="json")))
         tracker.log_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "spec.yaml")
-        warm_up_export()  # while the driver only waits for the workers
+        if local:
+            warm_up_export()  # the actor is already up: the driver only waits from here
         try:
             result = fit(
                 spec.model,

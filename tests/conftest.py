@@ -61,9 +61,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+def pytest_collection_modifyitems(session, config, items):
+    """Tests on the shared head (``queue_head``) run last, one after another: the head
+    starts once (about 10 s with its stop) and does not idle under the other tests."""
+    on_head = [item for item in items if "queue_head" in getattr(item, "fixturenames", ())]
+    items[:] = [item for item in items if item not in on_head] + on_head
+
+
+@pytest.fixture(scope="session")
 def queue_head(tmp_path_factory):
-    """A real `ray start --head` (2 CPUs, token auth on) for the queue tests; the queue
+    """A real `ray start --head` (2 CPUs, token auth on) for the queue, address, security and
+    orchestrator-kill tests; each test leaves it idle (``assert_head_left_idle``). The queue
     servers they start are stopped by their recorded PIDs, then the head by its group."""
     import signal
 

@@ -286,7 +286,14 @@ class Scheduler:
                 entrypoint,
                 # the driver's chatter stays in the Ray job's log, which `orch logs` shows
                 env_vars={**job.env, "ORCH_LOG_TO_STDERR": "1"},
-                metadata={"orch_job": job.id, "name": job.name, "attempt": job.attempt},
+                # orch_queue: several queues (one per ORCH_HOME) may share a cluster,
+                # and each numbers its jobs from job-000001
+                metadata={
+                    "orch_queue": self.store.queue_id,
+                    "orch_job": job.id,
+                    "name": job.name,
+                    "attempt": job.attempt,
+                },
             )
         except RayUnavailable as exc:
             log.warning("submitting %s failed (%s); retried on the next pass", job.id, exc)

@@ -95,13 +95,13 @@ def test_a_malformed_RAY_ADDRESS_is_named_as_such_without_a_traceback(tmp_path):
 # ------------------------------------------------------------- on a real token-auth head
 
 
-@pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    from cluster.local import start_head
+@pytest.fixture
+def head(queue_head):
+    """The session's shared token-auth head (tests/conftest.py), left idle after each test."""
+    from tests.conftest import assert_head_left_idle
 
-    head = start_head(tmp_path_factory.mktemp("address-head"), num_cpus=2)
-    yield head
-    head.stop()
+    yield queue_head
+    assert_head_left_idle(queue_head)
 
 
 @pytest.fixture

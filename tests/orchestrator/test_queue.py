@@ -164,14 +164,17 @@ def test_priorities_preemption_restart_cancel_and_retry(queue_client, queue_head
     wait(lambda: retried.refresh().terminal, 60, "the retried job to be cancelled", retried)
     assert retried.info.state == "cancelled"
 
-    # Nothing ran twice: Ray has exactly the submissions each job recorded.
+    # Nothing ran twice: Ray has exactly the submissions each job recorded (of this queue:
+    # the head is shared with other tests' queues, and each numbers its jobs from 1).
     from ray.job_submission import JobSubmissionClient
 
     ray_jobs = JobSubmissionClient(ray_head.dashboard_url, headers=client.headers).list_jobs()
+    queue_id = jobs[long.id].submission_ids[0].split("-")[1]  # orch-<queue>-<job>-<attempt>
     by_job: dict[str, list[str]] = {}
     for details in ray_jobs:
-        orch_job = (details.metadata or {}).get("orch_job")
-        if orch_job:
+        metadata = details.metadata or {}
+        orch_job = metadata.get("orch_job")
+        if orch_job and metadata.get("orch_queue") == queue_id:
             by_job.setdefault(orch_job, []).append(details.submission_id)
     for job in client.jobs():
         assert sorted(by_job.get(job.id, [])) == sorted(job.submission_ids), job.id
