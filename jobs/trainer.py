@@ -227,16 +227,16 @@ def _fit_ray_train(
     import ray
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from jobs.local import latest_checkpoint_in
+    from jobs.ray_train import InMemoryDataTorchTrainer
 
     train = job.train
     for name, value in RAY_TRAIN_SETTINGS.items():  # a value the user set wins
         os.environ.setdefault(name, value)
     small = fits_in_memory(data)
     resume_from = latest_checkpoint_in(Path(storage_path) / run_name)
-    trainer = TorchTrainer(
+    trainer = InMemoryDataTorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "job": job,

@@ -85,3 +85,26 @@ def test_zero_1_2_3_and_bf16_engines_step_without_importing_muon():
         "ok 3 fp32 DeepSpeedZeroOptimizer_Stage3",
         "ok 0 bf16 FP16_UnfusedOptimizer",  # DeepSpeed 0.19 wraps bf16 ZeRO-0 in it
     ]
+
+
+def test_a_run_on_in_memory_splits_starts_no_ray_data_actor(ray_session):
+    """jobs/ray_train.py drops Ray Train's DatasetsCallback (it starts a DatasetManager
+    process per fit) when no Ray Dataset is passed, and only then; this fails on the Ray
+    upgrade that renames the method or moves the callback."""
+    import ray.data
+    from ray.train import ScalingConfig
+    from ray.train.v2._internal.callbacks.backend_setup import BackendSetupCallback
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    from jobs.ray_train import InMemoryDataTorchTrainer
+
+    def kinds(datasets) -> set[type]:
+        trainer = InMemoryDataTorchTrainer(
+            lambda config: None, scaling_config=ScalingConfig(num_workers=2), datasets=datasets
+        )
+        return {type(callback) for callback in trainer._create_default_callbacks()}
+
+    in_memory = kinds(None)
+    assert DatasetsCallback not in in_memory and BackendSetupCallback in in_memory
+    streamed = kinds({"train": ray.data.from_items([{"x": 1}])})
+    assert streamed == in_memory | {DatasetsCallback}
