@@ -54,6 +54,7 @@ def orch(args, cwd, **env) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.fresh_mlflow_store
 def test_json_is_one_document_and_ray_chatter_goes_to_the_log(orch_home, tmp_path):
     spec = tmp_path / "study.yaml"
     spec.write_text(STUDY)
@@ -78,6 +79,7 @@ def test_json_is_one_document_and_ray_chatter_goes_to_the_log(orch_home, tmp_pat
     assert sorted(p.name for p in extensions.rglob("*")) == []
 
 
+@pytest.mark.fresh_mlflow_store  # MLflow creating the store is what its log holds
 def test_a_failure_prints_where_the_full_log_is(orch_home, tmp_path):
     spec = tmp_path / "serve.yaml"
     spec.write_text(

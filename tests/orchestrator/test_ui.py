@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import free_port
 
 ORCH = str(Path(sys.executable).with_name("orch"))
@@ -27,6 +29,7 @@ def _outside_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
+@pytest.mark.fresh_mlflow_store
 def test_ui_serves_embedded_store_on_loopback(orch_home):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}

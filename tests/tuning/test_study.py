@@ -263,9 +263,13 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_session, t
         epochs=40,  # a few seconds a trial on the local runner: time to kill in between
     )
     client = mlflow_client()
+    # The driver joins the session's Ray: killing it ends its Ray job (the study's trial
+    # actors with it), and the resume below runs on the same Ray, as after a lost laptop
+    # terminal on a cluster.
+    address = ray_session.get_runtime_context().gcs_address
     driver = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "run", str(path), "--quiet"],
-        start_new_session=True,  # its own process group: the driver and the Ray it started
+        [sys.executable, "-m", "orchestrator", "run", str(path), "--quiet", "--address", address],
+        start_new_session=True,  # its own process group
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
