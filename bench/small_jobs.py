@@ -451,6 +451,8 @@ def measure(ws: Workspace, sizes: specs.Sizes, parts: str) -> dict:
         raise RuntimeError(f"orch cluster up failed: {up.get('error')}")
     _log(f"head up in {up['wall_s']:.1f} s")
     try:
+        if "e" in paths:  # first, on the fresh head: how its "before" was measured
+            measure_e(ws, sizes, paths["e"], parts_out["e"])
         if "a" in paths:
             parts_out["a"]["ours_warm"] = _say("a ours", orch_run(ws, "a-warm", paths["a"], "auto"))
             parts_out["a"]["ours_sdk"] = _say("a SDK", sdk_run(ws, "a-sdk", paths["a"], "auto"))
@@ -463,7 +465,7 @@ def measure(ws: Workspace, sizes: specs.Sizes, parts: str) -> dict:
                 run = sdk_run(ws, f"{key}-sdk", paths[key], "auto")
                 parts_out["d"][f"ours_{key}"] = _say(f"d SDK, {n} trials", run)
         if "e" in paths:
-            measure_e(ws, sizes, paths["e"], parts_out["e"])
+            measure_e_variants(ws, sizes, paths["e"], parts_out["e"])
     finally:
         head = read_json(ws.home / "cluster" / "head.json")
         down = ws.orch("cluster-down", "cluster", "down")
@@ -495,20 +497,23 @@ def measure(ws: Workspace, sizes: specs.Sizes, parts: str) -> dict:
 
 
 def measure_e(ws: Workspace, sizes: specs.Sizes, spec: Path, e: dict) -> None:
-    """(e)'s runs with the defaults and, on this checkout, each variant's, round by round so
-    that a drift of the machine touches every variant alike."""
-    variants = E_VARIANTS if ws.root.resolve() == REPO else {}
+    """(e)'s runs with the defaults, back to back on the fresh head, as its "before" was
+    measured (a Ray Data variant run leaves Ray Data's actors on the head)."""
     e["runs"] = []
+    for i in range(sizes.e_repeats):
+        run = e_run(ws, f"e-{i}", spec, {}, probe=i == 0)
+        e["runs"].append(_say(f"e run {i + 1}", run))
+
+
+def measure_e_variants(ws: Workspace, sizes: specs.Sizes, spec: Path, e: dict) -> None:
+    """On this checkout, each variant's (e) runs, after the other parts, round by round so
+    that a drift of the machine touches every variant alike; Ray Data's variant last."""
+    variants = E_VARIANTS if ws.root.resolve() == REPO else {}
     e["variants"] = {name: {"env": env, "runs": []} for name, env in variants.items()}
-    rounds = max(sizes.e_repeats, sizes.e_variant_repeats if variants else 0)
-    for i in range(rounds):
-        if i < sizes.e_repeats:
-            run = e_run(ws, f"e-{i}", spec, {}, probe=i == 0)
-            e["runs"].append(_say(f"e run {i + 1}", run))
-        if i < sizes.e_variant_repeats:
-            for k, (name, variant) in enumerate(e["variants"].items(), 1):
-                run = e_run(ws, f"e{k}-{i}", spec, variant["env"])
-                variant["runs"].append(_say(f"e {name}, run {i + 1}", run))
+    for i in range(sizes.e_variant_repeats if variants else 0):
+        for k, (name, variant) in enumerate(e["variants"].items(), 1):
+            run = e_run(ws, f"e{k}-{i}", spec, variant["env"])
+            variant["runs"].append(_say(f"e {name}, run {i + 1}", run))
 
 
 def split_check(made: dict) -> dict[str, bool | str]:
@@ -970,8 +975,10 @@ def _e_variants(results: dict) -> list[str]:
         "Train reads `RAY_TRAIN_METRICS_ENABLED` in the driver and hands "
         "`RAY_TRAIN_ENABLE_PREEMPTION_WATCHER` to its controller; `ORCH_IN_MEMORY_DATA_MB=0` "
         "makes the driver (`jobs.splits`) stream the splits through Ray Data, as before "
-        "issue 13. Variants and default runs alternate round by round; with this few runs, "
-        "a difference within the spread of one variant's runs is noise.",
+        "issue 13. The default runs come first, back to back on the fresh head (as the runs "
+        "before were measured); the variants run after the other parts, round by round, "
+        "so they are compared with each other more than with the defaults; with this few "
+        "runs, a difference within the spread of one variant's runs is noise.",
         "",
     ]
 
