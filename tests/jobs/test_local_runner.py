@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
 import pytest
@@ -47,8 +48,11 @@ def test_both_runners_train_alike_and_resume_each_others_checkpoints(ray_session
     def run(name: str, runner: str, epochs: int):
         return fit(model, _train(runner, epochs), data, seed=7, run_name=name, storage_path=storage)
 
-    by_ray_train = run("a", "ray-train", 3)
-    local = run("b", "local", 3)
+    # Each pair at once (1 CPU each of the session's 2): the runs share nothing but the
+    # driver, and the local run's whole life fits in the Ray Train run's start-up.
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(run, "a", "ray-train", 3), pool.submit(run, "b", "local", 3)
+        by_ray_train, local = (future.result() for future in first)
     assert (by_ray_train.runner, local.runner) == ("ray-train", "local")
     assert [m["epoch"] for m in local.history] == [1, 2, 3]
     for ours, theirs in zip(local.history, by_ray_train.history, strict=True):
@@ -56,8 +60,9 @@ def test_both_runners_train_alike_and_resume_each_others_checkpoints(ray_session
             assert ours[key] == pytest.approx(theirs[key], rel=1e-4), (key, ours["epoch"])
 
     # each run continues on the other runner from its epoch-3 checkpoint (epochs 5 now)
-    a_on_local = run("a", "local", 5)
-    b_on_ray_train = run("b", "ray-train", 5)
+    with ThreadPoolExecutor(2) as pool:
+        second = pool.submit(run, "a", "local", 5), pool.submit(run, "b", "ray-train", 5)
+        a_on_local, b_on_ray_train = (future.result() for future in second)
     for resumed in (a_on_local, b_on_ray_train):
         assert resumed.resumed_from_epochs == [3]
         assert [m["epoch"] for m in resumed.history] == [4, 5]

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -139,27 +140,36 @@ def test_every_form_from_flag_and_env_reaches_the_cluster(
     found = gcs_address(parse_address(head.dashboard_url, "--address"))
     assert found.endswith(":" + head.gcs_address.rsplit(":", 1)[1])
 
-    servers = set()
-    for kind, address in forms(head).items():
-        for source in ("--address", "RAY_ADDRESS"):
-            flag = ["--address", address] if source == "--address" else []
-            env = {**user_env, "RAY_ADDRESS": address} if source == "RAY_ADDRESS" else user_env
-            # a driver: joins the cluster and asks Serve for the spec's application
-            down = orch(["serve", "iris.yaml", "--down", "--json", *flag], env, tmp_path)
+    ways = [
+        (kind, source, ["--address", address] if source == "--address" else [],
+         {**user_env, "RAY_ADDRESS": address} if source == "RAY_ADDRESS" else user_env)
+        for kind, address in forms(head).items()
+        for source in ("--address", "RAY_ADDRESS")
+    ]  # fmt: skip
+    # a driver: joins the cluster and asks Serve for the spec's application (the six
+    # drivers at once: each is a separate Ray job, and most of their time is start-up)
+    with ThreadPoolExecutor(len(ways)) as pool:
+        downs = pool.map(
+            lambda way: orch(["serve", "iris.yaml", "--down", "--json", *way[2]], way[3], tmp_path),
+            ways,
+        )
+        for (kind, source, _, _), down in zip(ways, downs, strict=True):
             assert down.returncode == 0, (kind, source, down.stderr)
             assert json.loads(down.stdout) == {"app": "iris-addr", "stopped": False}
-            # the queue: talks to the dashboard and the queue server, never as a driver
-            listed = orch(["list", "--json", *flag], env, tmp_path)
-            assert listed.returncode == 0, (kind, source, listed.stderr)
-            assert json.loads(listed.stdout) == []
-            servers.add(json.loads((orch_home / "queue" / "server.json").read_text())["pid"])
-            # the dashboard, and where its token lives (never the token itself)
-            shown = orch(["dashboard", "--json", *flag], env, tmp_path)
-            assert shown.returncode == 0, (kind, source, shown.stderr)
-            info = json.loads(shown.stdout)
-            assert info["dashboard_url"] == head.dashboard_url and info["auth"] == "token"
-            assert info["token_path"] == head.token_path
-            assert head.token not in shown.stdout + shown.stderr
+    servers = set()
+    for kind, source, flag, env in ways:
+        # the queue: talks to the dashboard and the queue server, never as a driver
+        listed = orch(["list", "--json", *flag], env, tmp_path)
+        assert listed.returncode == 0, (kind, source, listed.stderr)
+        assert json.loads(listed.stdout) == []
+        servers.add(json.loads((orch_home / "queue" / "server.json").read_text())["pid"])
+        # the dashboard, and where its token lives (never the token itself)
+        shown = orch(["dashboard", "--json", *flag], env, tmp_path)
+        assert shown.returncode == 0, (kind, source, shown.stderr)
+        info = json.loads(shown.stdout)
+        assert info["dashboard_url"] == head.dashboard_url and info["auth"] == "token"
+        assert info["token_path"] == head.token_path
+        assert head.token not in shown.stdout + shown.stderr
     # one queue server answered every form: they all named the same cluster
     assert len(servers) == 1
     status = orch(

@@ -212,10 +212,16 @@ def test_traffic_splits_between_aliases_by_percent(digits_app, store, serve_port
     challenger = register_quick_model(spec, alias="challenger", seed=1)
     endpoint = Client().serve(spec).endpoint
     seen = {"1": 0, challenger: 0}
-    with httpx.Client(timeout=30) as client:
-        for _ in range(300):
-            reply = client.post(f"{endpoint}/predict", json={"instances": DIGITS[:1].tolist()})
-            seen[reply.json()["model"]["version"]] += 1
+
+    def draw(client: httpx.Client) -> list[str]:  # one client's 50 requests, one at a time
+        body = {"instances": DIGITS[:1].tolist()}
+        return [client.post(f"{endpoint}/predict", json=body).json()["model"]["version"]
+                for _ in range(50)]  # fmt: skip
+
+    with httpx.Client(timeout=30) as client, concurrent.futures.ThreadPoolExecutor(6) as pool:
+        for versions in pool.map(draw, [client] * 6):
+            for version in versions:
+                seen[version] += 1
     # 300 draws at p=0.3: mean 90, sd 7.9; the band is over 4 sd wide each side
     assert 55 <= seen[challenger] <= 125 and sum(seen.values()) == 300
     # /v2 routes the shared model name to the app deployed last: split, for now.
