@@ -126,6 +126,7 @@ def test_one_bad_request_does_not_fail_the_good_ones_batched_with_it(digits_app)
 
 def test_open_inference_protocol_v2_with_tritonclient(digits_app, store, serve_port, monkeypatch):
     import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
 
     # a second pipeline, with a bearer key: the v2 router reaches both by model name
     monkeypatch.setenv("IRIS_KEY", "s3cret")
@@ -152,8 +153,9 @@ def test_open_inference_protocol_v2_with_tritonclient(digits_app, store, serve_p
     flowers = load_iris().data[:2].astype(np.float32)
     tensor = triton.InferInput("features", [2, 4], "FP32")
     tensor.set_data_from_numpy(flowers, binary_data=False)
-    with pytest.raises(Exception, match="missing or wrong bearer key"):
+    with pytest.raises(InferenceServerException, match="missing or wrong bearer key") as refused:
         client.infer("iris-classifier", [tensor])
+    assert refused.value.status() == "401"
     result = client.infer("iris-classifier", [tensor], headers={"Authorization": "Bearer s3cret"})
     assert result.as_numpy("class").tolist() == [0, 0]
     base = f"http://127.0.0.1:{serve_port}"

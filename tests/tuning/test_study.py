@@ -20,6 +20,7 @@ from jobs.data import prepare
 from jobs.tracking import load_model
 from orchestrator import Client, load_spec
 from orchestrator.cli import main
+from orchestrator.exceptions import SpecError
 
 pytestmark = pytest.mark.slow
 
@@ -322,7 +323,7 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_session, t
         assert (run.info.run_id, run.info.end_time) == (run_id, end_time)
     assert client.get_run(result.mlflow_run_id).info.status == "FINISHED"
 
-    with pytest.raises(Exception, match="no unfinished study of pipeline 'resumed-study'"):
+    with pytest.raises(SpecError, match="no unfinished study of pipeline 'resumed-study'"):
         Client().run(path, resume=True)
 
 
