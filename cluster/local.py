@@ -19,8 +19,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from cluster.ingress import plan_ingress
 
 # The GCS, raylet and dashboard are gone within a second of SIGTERM; Ray's autoscaler
 # monitor (and `ray start --block`, which waits on it) then spends ten seconds or more
@@ -50,6 +52,8 @@ class LocalHead:
     token_path: str
     temp_dir: str
     log_path: str
+    ingress: str = "proxy"  # how Serve takes HTTP here: haproxy | proxy (cluster.ingress)
+    ingress_env: dict[str, str] = field(default_factory=dict)  # given to every node's ray start
 
     @property
     def token(self) -> str:
@@ -68,6 +72,10 @@ class LocalHead:
         env.pop("RAY_ADDRESS", None)
         env.pop("RAY_AUTH_TOKEN", None)
         return env
+
+    def node_env(self) -> dict[str, str]:
+        """Environment of a ``ray start`` of this cluster: a client's plus its ingress."""
+        return {**self.env(), **self.ingress_env}
 
     def alive(self) -> bool:
         try:
@@ -174,6 +182,7 @@ def start_head(
     resources: dict[str, float] | None = None,
     labels: dict[str, str] | None = None,
     timeout_s: float = 120,
+    ingress: str | None = None,
 ) -> LocalHead:
     """Start ``ray start --head --block`` bound to 127.0.0.1, with token auth on.
 
@@ -182,9 +191,11 @@ def start_head(
         num_cpus: CPUs the head offers (default: the machine's).
         resources: custom resources, e.g. {"trainer_slot": 2}.
         labels: node labels, e.g. {"orch.node": "head"}.
+        ingress: haproxy | proxy (default: $ORCH_SERVE_INGRESS, else haproxy).
 
     Raises:
         RuntimeError: the head did not answer within ``timeout_s`` (its log tail is in it).
+        IngressError: ``ingress`` is not one orch knows, or HAProxy is missing.
     """
     # Unix sockets under the temp dir must stay short: keep it under /tmp.
     temp_dir = Path(tempfile.mkdtemp(prefix="orch-ray-", dir="/tmp"))
@@ -195,6 +206,7 @@ def start_head(
         token_path.write_text(secrets.token_hex(16))
         token_path.chmod(0o600)
     log_path = state / "head.log"
+    plan = plan_ingress(ingress, state / "haproxy")
     dashboard, gcs = free_port(), free_port()
     cmd = [_ray_bin(), "start", "--head", "--block"]
     cmd += ["--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)]
@@ -207,10 +219,12 @@ def start_head(
         token_path=str(token_path),
         temp_dir=str(temp_dir),
         log_path=str(log_path),
+        ingress=plan.mode,
+        ingress_env=plan.environment(),
     )
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            cmd, env=head.env(), start_new_session=True, stdout=log, stderr=subprocess.STDOUT
+            cmd, env=head.node_env(), start_new_session=True, stdout=log, stderr=subprocess.STDOUT
         )
     head.pid = process.pid
     deadline = time.time() + timeout_s
@@ -315,7 +329,7 @@ def start_worker(
     cmd += _node_flags(temp_dir, num_cpus, resources, labels)
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            cmd, env=head.env(), start_new_session=True, stdout=log, stderr=subprocess.STDOUT
+            cmd, env=head.node_env(), start_new_session=True, stdout=log, stderr=subprocess.STDOUT
         )
     return LocalWorker(name, process.pid, num_cpus, labels, str(temp_dir), str(log_path))
 
@@ -337,6 +351,7 @@ def cluster_up(
     cpus_per_node: float,
     labels: dict[str, str] | None = None,
     resources: dict[str, float] | None = None,
+    ingress: str | None = None,
 ) -> tuple[LocalHead, list[LocalWorker]]:
     """A head and ``nodes - 1`` worker raylets on this machine, each its own Ray node.
 
@@ -355,6 +370,7 @@ def cluster_up(
         num_cpus=cpus_per_node,
         resources=resources,
         labels={"orch.node": "head", **(labels or {})},
+        ingress=ingress,
     )
     workers = [
         start_worker(

@@ -87,6 +87,13 @@ def add_commands(sub) -> None:
     up.add_argument("--nodes", type=int, default=2, help="nodes in all, head included (2)")
     up.add_argument("--cpus-per-node", type=int, default=1, help="CPUs each node offers (1)")
     up.add_argument(
+        "--ingress",
+        choices=("haproxy", "proxy"),
+        default=None,
+        help="how Serve takes HTTP on this cluster: haproxy (default, $ORCH_SERVE_INGRESS) "
+        "or Ray's Python proxy",
+    )
+    up.add_argument(
         "--label", action="append", default=[], metavar="KEY=VALUE", help="a label on every node"
     )
     status = csub.add_parser("status", help="the nodes: PIDs, alive, Ray node ids, resources")

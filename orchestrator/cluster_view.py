@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, Field
 
-from orchestrator.exceptions import ClusterError, OrchestratorError
+from orchestrator.exceptions import ClusterError, OrchestratorError, UsageError
 
 
 def cluster_dir() -> Path:
@@ -129,6 +129,7 @@ def _status_of(address: str, as_json: bool) -> int:
 
 
 def cluster_command(args) -> int:
+    from cluster.ingress import IngressError
     from cluster.local import LocalHead, cluster_down, cluster_up, load_workers
 
     state = cluster_dir()
@@ -142,7 +143,11 @@ def cluster_command(args) -> int:
                 raise OrchestratorError(f"--label {item!r}: use KEY=VALUE")
             labels[key] = value
         try:
-            head, workers = cluster_up(state, args.nodes, args.cpus_per_node, labels)
+            head, workers = cluster_up(
+                state, args.nodes, args.cpus_per_node, labels, ingress=args.ingress
+            )
+        except IngressError as exc:
+            raise UsageError(str(exc)) from None
         except RuntimeError as exc:
             raise ClusterError(str(exc)) from None
         nodes = wait_for_nodes(head.dashboard_url, head.token, args.nodes)
@@ -154,6 +159,7 @@ def cluster_command(args) -> int:
             f"  Ray {head.gcs_address} (orch run --address auto), dashboard "
             f"{head.dashboard_url}; token {head.token_path}"
         )
+        print(f"  Serve ingress: {head.ingress} (on the head)")
         return 0
     if args.cluster_command == "status":
         if args.address is not None or os.environ.get("RAY_ADDRESS"):

@@ -25,6 +25,12 @@ class SpecError(OrchestratorError):
     exit_code = 2
 
 
+class UsageError(OrchestratorError):
+    """A setting outside the spec (a flag, an environment variable) has a bad value."""
+
+    exit_code = 2
+
+
 class ClusterError(OrchestratorError):
     """Ray could not be reached or started as asked."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from orchestrator.address import RayAddress
-from orchestrator.exceptions import ClusterError, first_line
+from orchestrator.exceptions import ClusterError, UsageError, first_line
 
 
 def orch_home() -> Path:
@@ -40,8 +40,22 @@ def study_root() -> Path:
     return orch_home() / "studies"
 
 
+def _private_dir(prefix: str) -> str:
+    """A 0700 temp folder removed when this process exits (the embedded Ray goes with it)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 def init_local_ray(**options):
     """Start a private local Ray (``ray.init`` options pass through).
+
+    Serve on it takes requests through HAProxy unless $ORCH_SERVE_INGRESS says ``proxy``
+    (``cluster.ingress``); UsageError names a bad value.
 
     Ray Train frees the workers' placement group of a trial that Tune stops early from a
     helper actor that asks the state API (served by the dashboard) whether the trial's
@@ -51,11 +65,22 @@ def init_local_ray(**options):
     """
     import ray
 
+    from cluster.ingress import IngressError, plan_ingress
+
+    try:
+        ingress = plan_ingress(state_dir=_private_dir("orch-haproxy-"))
+    except IngressError as exc:
+        raise UsageError(str(exc)) from None
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     address = f"{ray.util.get_node_ip_address()}:{port}"
-    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    # The Ray processes inherit this environment while ray.init starts them: Serve reads
+    # its ingress there. The driver gets its own back (Serve's throughput settings would
+    # make its handles need an event loop).
+    started_with = {"RAY_GCS_SERVER_PORT": str(port), **ingress.environment()}
+    saved = {name: os.environ.get(name) for name in started_with}
+    os.environ.update(started_with)
     try:
         return ray.init(
             address="local",
@@ -64,7 +89,11 @@ def init_local_ray(**options):
             **options,
         )
     finally:
-        del os.environ["RAY_GCS_SERVER_PORT"]
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class RayConnection(BaseModel):

@@ -101,7 +101,13 @@ async def _body(request: Request, limit: int) -> bytes:
 
 
 class BatchedModel:
-    """The model behind a ``@serve.batch`` queue: concurrent requests share one forward."""
+    """The model behind a ``@serve.batch`` queue: concurrent requests share one forward.
+
+    A request that arrives while no other is in the replica runs at once: waiting
+    ``batch_wait_timeout_s`` for batch-mates that are not coming would be all of its
+    latency at low load (a 10 ms wait was 24 ms p50 of a model that answers in 0.7 ms).
+    Requests that overlap wait for each other, up to the timeout or ``max_batch_size``.
+    """
 
     def __init__(self, served: ServedModel, max_batch_size: int, batch_wait_timeout_s: float):
         self.served = served
@@ -113,6 +119,7 @@ class BatchedModel:
         self._run.set_max_batch_size(max_batch_size)
         self._run.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.batches = 0
+        self._in_flight = 0  # requests in this replica's model path now
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _run(self, requests: list[np.ndarray]) -> list[np.ndarray]:
@@ -124,7 +131,14 @@ class BatchedModel:
         return np.split(outputs, sizes)
 
     async def __call__(self, rows: np.ndarray) -> np.ndarray:
-        return await self._run(rows)
+        alone = self._in_flight == 0
+        self._in_flight += 1
+        try:
+            if alone:
+                return await asyncio.get_running_loop().run_in_executor(None, self._predict, rows)
+            return await self._run(rows)
+        finally:
+            self._in_flight -= 1
 
 
 @serve.deployment(name="Predictor")

@@ -8,7 +8,9 @@ finish, so clients see no failed request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import yaml
 
@@ -97,12 +99,28 @@ def _quiet_serve_logs() -> None:
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
+def _ask_app(app: str, method: str, timeout_s: float = 30):
+    """Call ``method`` of application ``app``'s ingress from the driver and wait.
+
+    Awaited in an event loop of its own thread: under RAY_SERVE_THROUGHPUT_OPTIMIZED (the
+    HAProxy set-up) a handle's router runs in the caller's event loop, which a plain
+    driver does not have, and a job driver inherits that setting from the cluster.
+    """
+    from ray import serve
+
+    async def ask():
+        return await getattr(serve.get_app_handle(app), method).remote()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, asyncio.wait_for(ask(), timeout_s)).result()
+
+
 def _v2_models() -> dict[str, str]:
     """The router's current model map, minus applications that are gone."""
     from ray import serve
 
     try:
-        current = serve.get_app_handle(V2_APP).models.remote().result(timeout_s=30)
+        current = _ask_app(V2_APP, "models")
     except Exception:  # no router yet
         return {}
     live = set(serve.status().applications)
@@ -127,7 +145,7 @@ def undeploy(name: str) -> bool:
         if not orphaned:
             break
         try:
-            model = serve.get_app_handle(app).metadata.remote().result(timeout_s=30)["model_name"]
+            model = _ask_app(app, "metadata")["model_name"]
         except Exception:  # not one of ours, or not answering: leave it out of /v2
             continue
         if model in orphaned:

@@ -74,7 +74,8 @@ class BatchingSpec(_Section):
         0.005,
         ge=0.0,
         le=10.0,
-        description="How long the first request of a batch waits for others to join. "
+        description="How long the first request of a batch waits for others to join, when "
+        "other requests are in the replica; a request alone runs at once. "
         "0 with max_batch_size 1 = no batching.",
     )
 

