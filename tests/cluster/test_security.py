@@ -164,3 +164,92 @@ def test_a_driver_with_a_wrong_token_is_refused_in_one_line(queue_head, tmp_path
     assert refused.returncode != 0
     assert "Traceback" not in refused.stderr
     assert refused.stderr.strip().splitlines()[-1].startswith("error: cannot connect to Ray")
+
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, set[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, set()).add(int(stat.parent.name))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+def _answers_http(host: str, port: int) -> int | None:
+    """The HTTP status a plain GET gets, None when what listens there does not speak HTTP/1
+    (Ray's gRPC servers, which ask for the cluster token anyway)."""
+    try:
+        return httpx.get(f"http://{host}:{port}/", timeout=3).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def test_serve_under_haproxy_answers_the_network_only_with_its_api(ray_session, tmp_path):
+    """HAProxy (the embedded Ray's default ingress), its stats and Prometheus listeners,
+    the replicas' own ports and the fallback proxy listen on 127.0.0.1 only; HAProxy's admin
+    socket sits in a folder only its user can enter."""
+    import socket
+
+    from ray import serve
+
+    from orchestrator import Client
+    from tests.serve.conftest import pipeline, register_quick_model
+
+    port = free_port()
+    spec = pipeline(
+        name="iris-secure",
+        data={"source": "sklearn://iris"},
+        model={"type": "mlp", "params": {"hidden_sizes": [8]}},
+        tracking={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        register={"model_name": "iris-secure"},
+        serve={"name": "secure", "cpus_per_replica": 0.25, "port": port},
+    )
+    register_quick_model(spec, epochs=5)
+    try:
+        served = Client().serve(spec)
+        flower = {"instances": [[5.1, 3.5, 1.4, 0.2]]}
+        assert httpx.post(f"{served.endpoint}/predict", json=flower, timeout=30).status_code == 200
+        ray_processes = _descendants(os.getpid())
+        haproxy = {pid for pid in ray_processes if "haproxy.cfg" in _command(pid)}
+        assert haproxy, "the embedded Ray serves through HAProxy by default"
+        config = next(
+            arg for pid in haproxy for arg in _command(pid).split() if arg.endswith("haproxy.cfg")
+        )
+        state_dir = Path(config).parent.parent  # <state>/<node id>/haproxy.cfg
+        assert state_dir.stat().st_mode & 0o077 == 0  # the admin socket's folder is private
+        assert list(state_dir.glob("*/admin.sock"))
+        serving = haproxy | {
+            pid for pid in ray_processes
+            if any(name in _command(pid) for name in ("ServeReplica", "ProxyActor"))
+        }  # fmt: skip
+        listeners = _listening(serving)
+        haproxy_ports = {p for pid, _, p in listeners if pid in haproxy}
+        assert port in haproxy_ports and len(haproxy_ports) >= 3  # the API, stats, Prometheus
+        assert {host for pid, host, _ in listeners if pid in haproxy} == {"127.0.0.1"}
+        # what else listens off loopback in those processes is Ray's own gRPC (token-guarded)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: finds the outward address
+            outward = probe.getsockname()[0]
+        for pid, host, listen_port in listeners if not outward.startswith("127.") else ():
+            if host != "127.0.0.1":
+                assert _answers_http(outward, listen_port) is None, _command(pid)
+            else:
+                with pytest.raises(httpx.ConnectError):
+                    httpx.get(f"http://{outward}:{listen_port}/", timeout=3)
+    finally:
+        serve.shutdown()
