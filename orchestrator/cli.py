@@ -190,6 +190,7 @@ def _cmd_run(args) -> int:
         if display:
             display.close()
     out = term.out
+    _ingress_note(result.served, term.err)
     if args.json:
         print(result.model_dump_json(), file=out, flush=True)
         if result.served is not None:
@@ -293,6 +294,14 @@ def _print_served(served, stream=None) -> None:
     )
 
 
+def _ingress_note(served, err) -> None:
+    """One line on stderr when Serve there runs Ray's Python proxy (JSON output too)."""
+    if served is not None and served.ingress == "proxy":
+        from cluster.ingress import HAPROXY_ADVICE
+
+        print(f"note: {HAPROXY_ADVICE}", file=err, flush=True)
+
+
 def _foreground(args):
     """A ForegroundServing when this command serves in its own process, else None."""
     from orchestrator.address import given_address
@@ -343,6 +352,7 @@ def _cmd_serve(args) -> int:
     else:
         _print_served(served, term.out)
         term.out.flush()
+    _ingress_note(served, term.err)
     if served.endpoint is not None:
         _serve_in_foreground(foreground, served.app)
     return 0

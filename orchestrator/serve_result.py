@@ -23,3 +23,6 @@ class ServeResult(BaseModel):
     versions: dict[str, str] = Field(description="alias (or 'model') -> version served")
     variants: list[VariantReport]
     config_path: str | None = None
+    ingress: str | None = Field(
+        None, description="How Serve takes HTTP there: haproxy | proxy (Ray's Python proxy)."
+    )

@@ -183,7 +183,7 @@ def run_serving(
         "dashboard_url": connection.dashboard_url,
         "token_path": connection.token_path,
     })  # fmt: skip
-    from serve.deploy import deploy
+    from serve.deploy import deploy, ingress_in_use
 
     try:
         endpoint = deploy(config, spec.serve)
@@ -196,6 +196,7 @@ def run_serving(
         model_name=config.model_name,
         versions=versions,
         variants=reports,
+        ingress=ingress_in_use(),
     )
     emit({"type": "served", "result": result})
     return result

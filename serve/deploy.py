@@ -93,6 +93,23 @@ def deploy(config: AppConfig, spec: ServeSpec) -> str:
     return f"{http_address(spec)}/{config.name}"
 
 
+def ingress_in_use() -> str:
+    """``haproxy`` or ``proxy``: how Serve takes HTTP on the connected cluster.
+
+    Serve reads it from its processes' environment, which every Ray worker on a node
+    shares, so a zero-CPU task reads it there (the driver's own may differ).
+    """
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def read() -> str | None:
+        import os
+
+        return os.environ.get("RAY_SERVE_ENABLE_HA_PROXY")
+
+    return "haproxy" if ray.get(read.remote(), timeout=60) == "1" else "proxy"
+
+
 def _quiet_serve_logs() -> None:
     # Serve's driver-side INFO lines ("Started Serve", "Connecting to existing Serve app")
     # would interleave with the CLI's own report.

@@ -98,7 +98,8 @@ def queue_head(tmp_path_factory):
     from cluster.local import start_head
     from tests.helpers import kill_server
 
-    head = start_head(tmp_path_factory.mktemp("queue-head"), num_cpus=2)
+    # Ray's Python proxy here, HAProxy on the embedded Ray: both ingress modes get served
+    head = start_head(tmp_path_factory.mktemp("queue-head"), num_cpus=2, ingress="proxy")
     head.queue_dirs = []
     yield head
     for queue_dir in head.queue_dirs:
