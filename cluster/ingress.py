@@ -110,11 +110,14 @@ def requested_mode(mode: str | None = None) -> IngressMode:
     return chosen  # type: ignore[return-value]
 
 
-def plan_ingress(mode: str | None = None, state_dir: str | Path | None = None) -> IngressSettings:
+def plan_ingress(mode: str | None = None) -> IngressSettings:
     """The settings for a cluster about to start.
 
-    HAProxy falls back to Ray's proxy, with ``fallback_reason`` set, where the platform has
-    no HAProxy binary; asking for it explicitly there is an IngressError.
+    HAProxy falls back to Ray's proxy where the platform has no HAProxy binary; asking for
+    it explicitly there is an IngressError. HAProxy's files go to a new private folder
+    directly under /tmp: Ray adds a 56-character node id below it, and HAProxy refuses a
+    unix socket path over 97 characters. Whoever stops the cluster removes the folder
+    (``remove_state``).
     """
     chosen = requested_mode(mode)
     if chosen == "proxy":
@@ -127,11 +130,7 @@ def plan_ingress(mode: str | None = None, state_dir: str | Path | None = None) -
                 "(Linux only); use --ingress proxy here"
             )
         return IngressSettings(mode="proxy")
-    if state_dir is None:
-        state_dir = tempfile.mkdtemp(prefix="orch-haproxy-")
-    state = Path(state_dir)
-    state.mkdir(parents=True, exist_ok=True)
-    state.chmod(0o700)
+    state = Path(tempfile.mkdtemp(prefix="orch-h-", dir="/tmp"))  # 0700
     return IngressSettings(
         mode="haproxy",
         state_dir=str(state),
@@ -141,6 +140,15 @@ def plan_ingress(mode: str | None = None, state_dir: str | Path | None = None) -
         fallback_http_port=_free_port(),
         fallback_grpc_port=_free_port(),
     )
+
+
+def remove_state(environment: dict[str, str]) -> None:
+    """Remove the HAProxy folder a cluster with this environment used (after it stopped)."""
+    import shutil
+
+    state = environment.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
+    if state and Path(state).name.startswith("orch-h-"):
+        shutil.rmtree(state, ignore_errors=True)
 
 
 HAPROXY_ADVICE = (

@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cluster.ingress import plan_ingress
+from cluster.ingress import plan_ingress, remove_state
 
 # The GCS, raylet and dashboard are gone within a second of SIGTERM; Ray's autoscaler
 # monitor (and `ray start --block`, which waits on it) then spends ten seconds or more
@@ -89,6 +89,7 @@ class LocalHead:
     def stop(self, timeout_s: float = STOP_GRACE_S) -> None:
         """SIGTERM to the head's own process group, SIGKILL if it does not go."""
         _stop_group(self.pid, signal.SIGTERM, timeout_s)
+        remove_state(self.ingress_env)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -206,7 +207,7 @@ def start_head(
         token_path.write_text(secrets.token_hex(16))
         token_path.chmod(0o600)
     log_path = state / "head.log"
-    plan = plan_ingress(ingress, state / "haproxy")
+    plan = plan_ingress(ingress)
     dashboard, gcs = free_port(), free_port()
     cmd = [_ray_bin(), "start", "--head", "--block"]
     cmd += ["--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)]

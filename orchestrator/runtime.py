@@ -40,17 +40,6 @@ def study_root() -> Path:
     return orch_home() / "studies"
 
 
-def _private_dir(prefix: str) -> str:
-    """A 0700 temp folder removed when this process exits (the embedded Ray goes with it)."""
-    import atexit
-    import shutil
-    import tempfile
-
-    path = tempfile.mkdtemp(prefix=prefix)
-    atexit.register(shutil.rmtree, path, True)
-    return path
-
-
 def init_local_ray(**options):
     """Start a private local Ray (``ray.init`` options pass through).
 
@@ -63,14 +52,17 @@ def init_local_ray(**options):
     soon as a second Ray runs on the machine; the leaked placement group then starves the
     next trials. So the GCS port is chosen here and every worker is told the address.
     """
+    import atexit
+
     import ray
 
-    from cluster.ingress import IngressError, plan_ingress
+    from cluster.ingress import IngressError, plan_ingress, remove_state
 
     try:
-        ingress = plan_ingress(state_dir=_private_dir("orch-haproxy-"))
+        ingress = plan_ingress()
     except IngressError as exc:
         raise UsageError(str(exc)) from None
+    atexit.register(remove_state, ingress.environment())  # after Ray's own exit handler
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
