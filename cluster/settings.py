@@ -18,6 +18,10 @@ ENV = {
     "ORCH_HOME": DATA_DIR,
     "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{PORTS['mlflow']}",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Serve's ingress: HAProxy on each node in front of the replicas' own ports (README,
+    # "Serving ingress"); it must be in the Ray processes' environment before Serve starts
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
 }
 # What a pipeline job runs (as under `ray job submit --`).
 ENTRYPOINT = "python -m orchestrator run"
