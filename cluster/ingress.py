@@ -29,6 +29,7 @@ machine or open to the network:
 from __future__ import annotations
 
 import os
+import random
 import socket
 import tempfile
 from pathlib import Path
@@ -45,10 +46,26 @@ class IngressError(Exception):
     """An ingress that cannot be used as asked; the message says what to change."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# HAProxy binds its ports seconds after they are chosen, so they are picked outside the
+# kernel's ephemeral range (32768-60999 by default), where the outgoing connections of the
+# starting Ray took one in between (seen once: HAProxy "Address already in use"), and
+# below the worker port ranges of cluster.local (20000-29099).
+_PORT_RANGE = (10000, 20000)
+
+
+def _free_port(taken: set[int]) -> int:
+    for _ in range(200):
+        port = random.randrange(*_PORT_RANGE)
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    raise IngressError(f"no free port in {_PORT_RANGE[0]}-{_PORT_RANGE[1]} for HAProxy")
 
 
 def haproxy_binary() -> str | None:
@@ -131,14 +148,15 @@ def plan_ingress(mode: str | None = None) -> IngressSettings:
             )
         return IngressSettings(mode="proxy")
     state = Path(tempfile.mkdtemp(prefix="orch-h-", dir="/tmp"))  # 0700
+    taken: set[int] = set()
     return IngressSettings(
         mode="haproxy",
         state_dir=str(state),
         binary=binary,
-        stats_port=_free_port(),
-        metrics_port=_free_port(),
-        fallback_http_port=_free_port(),
-        fallback_grpc_port=_free_port(),
+        stats_port=_free_port(taken),
+        metrics_port=_free_port(taken),
+        fallback_http_port=_free_port(taken),
+        fallback_grpc_port=_free_port(taken),
     )
 
 
