@@ -51,40 +51,49 @@ def _spec(tracking_uri: str) -> dict:
         "serve": {
             "name": "spread",
             "quantization": "dynamic-int8",
-            "cpus_per_replica": 1,  # a node has 1 CPU: one replica per node
+            "cpus_per_replica": 0.6,  # a node has 1 CPU: one replica per node, and the router
             "autoscaling": {"min_replicas": 2, "max_replicas": 2},
         },
     }
 
 
 def _stats(port: int) -> dict[str, dict]:
-    """HAProxy's per-server rows of the app's backend: name -> {status, total, address}."""
+    """HAProxy's per-server rows of the app's backend: name -> {status, total requests}."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats;csv", timeout=5) as reply:
         text = reply.read().decode()
     rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
     return {
-        row["svname"]: {"status": row["status"], "total": int(row["stot"] or 0),
-                        "address": row.get("addr", "")}
+        row["svname"]: {"status": row["status"], "total": int(row["stot"] or 0)}
         for row in rows
         if row["svname"].startswith("SERVE_REPLICA") and "spread" in row["svname"]
     }  # fmt: skip
 
 
-def _replica_ports_on(pgid: int) -> set[int]:
-    """Listening ports of the Serve replicas in one node's process group (its raylet's)."""
+def _server_ports(state_dir: Path) -> dict[str, int]:
+    """HAProxy server name -> the replica port it sends to (its config's `server` lines)."""
+    ports = {}
+    for config in state_dir.glob("*/haproxy.cfg"):
+        for line in config.read_text().splitlines():
+            words = line.split()
+            if len(words) >= 3 and words[0] == "server" and ":" in words[2]:
+                ports[words[1]] = int(words[2].rsplit(":", 1)[1])
+    return ports
+
+
+def _replica_ports_on(node_pid: int) -> set[int]:
+    """Listening ports of the Serve replicas a node started: processes that descend from
+    its ``ray start`` process (the node's raylet starts its workers)."""
     import psutil
 
     ports = set()
-    for process in psutil.process_iter(["cmdline"]):
+    for process in psutil.Process(node_pid).children(recursive=True):
         try:
-            if os.getpgid(process.pid) != pgid:
-                continue
-            if "ServeReplica" not in " ".join(process.info["cmdline"] or []):
+            if "ServeReplica" not in " ".join(process.cmdline()):
                 continue
             for conn in process.net_connections(kind="tcp"):
                 if conn.status == psutil.CONN_LISTEN and conn.laddr.ip == "127.0.0.1":
                     ports.add(conn.laddr.port)
-        except (psutil.Error, ProcessLookupError):
+        except psutil.Error:
             continue
     return ports
 
@@ -138,7 +147,7 @@ class Load:
 def _orch(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=600,
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
 
@@ -232,11 +241,12 @@ def run(quick: bool = False) -> dict:
     try:
         stats_port = int(head.ingress_env["RAY_SERVE_HAPROXY_STATS_PORT"])
         served = Served(work, head)
+        up = _wait_up(stats_port, 2)
         on_worker = _replica_ports_on(workers[0].pid)
-        node_of = {
-            name: "worker-1" if int(s["address"].rsplit(":", 1)[1]) in on_worker else "head"
-            for name, s in _wait_up(stats_port, 2).items()
-        }
+        ports = _server_ports(Path(head.ingress_env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]))
+        node_of = {name: "worker-1" if ports[name] in on_worker else "head" for name in up}
+        if sorted(node_of.values()) != ["head", "worker-1"]:
+            raise RuntimeError(f"the two replicas are not one per node: {node_of}, {ports}")
         results["spread"] = _spread(served, stats_port, node_of, spread_s)
         _log(f"spread: {results['spread']}")
         lost = [name for name, node in node_of.items() if node == "worker-1"]
@@ -277,7 +287,7 @@ def render(results: dict) -> str:
 - Command: `{results["command"]}`, started {results["started_at"]}.
 - Machine: {describe_machine(results["machine"])}
 - Set-up: `orch cluster up --nodes 2 --cpus-per-node 1` (HAProxy on the head), the int8
-  breast_cancer MLP served with `orch serve --address` as 2 replicas of 1 CPU (one per
+  breast_cancer MLP served with `orch serve --address` as 2 replicas of 0.6 CPU (one per
   node), {CONCURRENCY} closed-loop clients on the one address; per-replica counts from
   HAProxy's own statistics (`/stats;csv` on its loopback stats port). Then the worker node's
   process group is SIGKILLed {loss["killed_at_s"]:.0f} s into a run under the same load.

@@ -41,6 +41,7 @@ from serve.quantize import load_predictor
 from serve.registry import Registry
 
 V2_APP = "orch-v2"
+ROUTER_CPUS = 0.1  # the /v2 router's and a traffic split's ingress replica
 
 
 class ServedModel(BaseModel):
@@ -280,7 +281,7 @@ def build_app(args: dict):
         for m in config.models
     ]
     ingress_options = {k: v for k, v in options.items() if k != "ray_actor_options"}
-    ingress_options["ray_actor_options"] = {"num_cpus": 0.1}
+    ingress_options["ray_actor_options"] = {"num_cpus": ROUTER_CPUS}
     return Ingress.options(**ingress_options).bind(config.model_dump(), predictors)
 
 
@@ -289,7 +290,7 @@ def build_app(args: dict):
 v2_api = FastAPI(title="orch Open Inference Protocol v2", docs_url="/docs")
 
 
-@serve.deployment(name="V2Router", ray_actor_options={"num_cpus": 0.1})
+@serve.deployment(name="V2Router", ray_actor_options={"num_cpus": ROUTER_CPUS})
 @serve.ingress(v2_api)
 class V2Router:
     """``/v2/...``: model name -> that pipeline's ingress. The map is the ``user_config``

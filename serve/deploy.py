@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import yaml
 
-from serve.app import V2_APP, AppConfig, build_app, build_v2_app
+from serve.app import ROUTER_CPUS, V2_APP, AppConfig, build_app, build_v2_app
 from serve.spec import ServeSpec
 
 
@@ -44,8 +44,11 @@ def deployment_options(spec: ServeSpec) -> dict:
 
 
 def _replica_cpus(config: AppConfig) -> float:
+    """CPUs the application holds at min_replicas: its replicas, the /v2 router's share and,
+    with a traffic split, its routing ingress (Serve would wait forever without them)."""
     per = config.deployment["ray_actor_options"]["num_cpus"]
-    return per * config.deployment["autoscaling_config"]["min_replicas"] * len(config.models)
+    replicas = per * config.deployment["autoscaling_config"]["min_replicas"] * len(config.models)
+    return replicas + ROUTER_CPUS * (2 if config.weights else 1)
 
 
 def check_resources(config: AppConfig) -> None:
@@ -59,7 +62,8 @@ def check_resources(config: AppConfig) -> None:
             f"serving {config.name} needs {need:g} CPUs (serve.cpus_per_replica "
             f"{config.deployment['ray_actor_options']['num_cpus']:g} x "
             f"autoscaling.min_replicas {config.deployment['autoscaling_config']['min_replicas']}"
-            f" x {len(config.models)} model(s)) but the Ray cluster has {total:g}; lower "
+            f" x {len(config.models)} model(s), and {ROUTER_CPUS:g} per router) but the Ray "
+            f"cluster has {total:g}; lower "
             "serve.cpus_per_replica or min_replicas, or add nodes"
         )
 

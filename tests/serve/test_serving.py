@@ -276,7 +276,8 @@ def test_promoting_and_serving_again_rolls_replicas_without_failing_a_request(
 
 def test_replicas_that_cannot_fit_are_refused_up_front(store, serve_port):
     spec = spec_for(store, serve_port, name="huge", cpus_per_replica=64)
-    with pytest.raises(ClusterError, match="needs 64 CPUs .* but the Ray cluster has 2"):
+    refused = r"needs 64.1 CPUs .* 0.1 per router\) but the Ray cluster has 2"
+    with pytest.raises(ClusterError, match=refused):
         Client().serve(spec)
 
 
