@@ -43,6 +43,7 @@ from bench.common import (
     run_lines,
     write_json,
 )
+from bench.serve_throughput import _free_port as free_port
 
 TITLE = "Serve ingress: HAProxy vs Ray's proxy vs bare uvicorn (issue 14)"
 ORDER = 35
@@ -193,14 +194,6 @@ def _register(keys: list[str], tracking_uri: str) -> dict:
 # --------------------------------------------------------------------------- load
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_ok(url: str, body: bytes, timeout_s: float = 60) -> None:
     """Until a POST answers 200: HAProxy routes to a new replica only after it rewrites its
     config, and an error in the closed loop's warm-up would still count."""
@@ -291,7 +284,7 @@ def _child_main(plan_path: str) -> None:
         out["ingress"] = ingress_in_use()
         if out["ingress"] != plan["mode"]:
             raise RuntimeError(f"asked for {plan['mode']} ingress, Serve runs {out['ingress']}")
-        port = out["port"] = _free_port()
+        port = out["port"] = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port, "location": "HeadOnly"})
         for case in _cases(plan["mode"], plan["quick"]):
             url, variant = _serve_case(case, plan, port)
@@ -344,7 +337,7 @@ def _uvicorn(app: str, port: int, env: dict[str, str]) -> subprocess.Popen:
 
 def _bare(case: Case, plan: dict, onnx_path: Path) -> dict:
     """The case's bare server (no-op, or FastAPI + ONNX Runtime on ``onnx_path``), loaded."""
-    port = _free_port()
+    port = free_port()
     if case.app == "noop":
         server = _uvicorn("bench._bare_server:app", port, {"BENCH_MODE": "noop"})
     else:
