@@ -141,6 +141,19 @@ def spread(values: Sequence[float], warmup: int = 1) -> float | None:
     return (max(steady) - min(steady)) / statistics.median(steady)
 
 
+def median_ms(call, repeats: int) -> float:
+    """Median wall time of ``call()`` in ms, after one untimed warm-up call."""
+    import time
+
+    call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
 def fmt(value: float | None, digits: int = 0, suffix: str = "") -> str:
     if value is None or value != value:  # None or NaN
         return "–"

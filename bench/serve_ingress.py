@@ -24,7 +24,6 @@ import json
 import operator
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from bench.common import (
     fmt,
     load_average,
     md_table,
+    median_ms,
     read_json,
     result_header,
     run_lines,
@@ -374,13 +374,7 @@ def _offline(path: Path, body: str) -> dict:
     out = {}
     for batch in (1, OFFLINE_BATCH):
         rows = np.repeat(row, batch, axis=0)
-        predict(rows)
-        times = []
-        for _ in range(100 if batch == 1 else 30):
-            started = time.perf_counter()
-            predict(rows)
-            times.append(time.perf_counter() - started)
-        out[str(batch)] = 1000 * statistics.median(times)
+        out[str(batch)] = median_ms(lambda rows=rows: predict(rows), 100 if batch == 1 else 30)
     return out
 
 

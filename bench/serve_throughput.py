@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import describe_machine, fmt, md_table, result_header
+from bench.common import describe_machine, fmt, md_table, median_ms, result_header
 
 TITLE = "Serving throughput: Ray Serve vs bare uvicorn, batching, int8"
 ORDER = 30
@@ -191,13 +191,7 @@ def _offline(model, predictors: dict, n_features: int) -> dict:
         row = {}
         for batch in (1, MAX_BATCH):
             x = rng.normal(size=(batch, n_features)).astype(np.float32)
-            predict(x)
-            times = []
-            for _ in range(30 if batch == 1 else 10):
-                start = time.perf_counter()
-                predict(x)
-                times.append(time.perf_counter() - start)
-            ms = 1000 * statistics.median(times)
+            ms = median_ms(lambda x=x, predict=predict: predict(x), 30 if batch == 1 else 10)
             row[str(batch)] = {"ms": ms, "samples_per_s": batch / ms * 1000}
         out[name] = row
         _log(f"  offline {name}: {row}")

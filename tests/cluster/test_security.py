@@ -208,17 +208,10 @@ def test_serve_under_haproxy_answers_the_network_only_with_its_api(ray_session, 
     from ray import serve
 
     from orchestrator import Client
-    from tests.serve.conftest import pipeline, register_quick_model
+    from tests.serve.conftest import iris_pipeline, register_quick_model
 
     port = free_port()
-    spec = pipeline(
-        name="iris-secure",
-        data={"source": "sklearn://iris"},
-        model={"type": "mlp", "params": {"hidden_sizes": [8]}},
-        tracking={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-        register={"model_name": "iris-secure"},
-        serve={"name": "secure", "cpus_per_replica": 0.25, "port": port},
-    )
+    spec = iris_pipeline("iris-secure", f"sqlite:///{tmp_path / 'mlflow.db'}", port)
     register_quick_model(spec, epochs=5)
     try:
         served = Client().serve(spec)

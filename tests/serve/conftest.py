@@ -77,6 +77,18 @@ def pipeline(**sections) -> PipelineSpec:
     return PipelineSpec.model_validate(base | sections)
 
 
+def iris_pipeline(name: str, tracking_uri: str, port: int, **serve) -> PipelineSpec:
+    """A small iris MLP registered and served under ``name`` (the serving tests' second data)."""
+    return pipeline(
+        name=name,
+        data={"source": "sklearn://iris"},
+        model={"type": "mlp", "params": {"hidden_sizes": [16]}},
+        tracking={"tracking_uri": tracking_uri},
+        register={"model_name": name},
+        serve={"name": name, "cpus_per_replica": 0.25, "port": port} | serve,
+    )
+
+
 @pytest.fixture
 def digits_spec() -> PipelineSpec:
     return pipeline()

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import assert_head_left_idle, free_port
-from tests.serve.conftest import pipeline, register_quick_model
+from tests.serve.conftest import iris_pipeline, register_quick_model
 
 pytestmark = pytest.mark.slow
 ORCH = [sys.executable, "-m", "orchestrator"]
@@ -24,14 +24,7 @@ def test_a_cluster_on_rays_python_proxy_serves_the_same_api_and_says_how_to_get_
     queue_head, tmp_path
 ):
     port = free_port()
-    spec = pipeline(
-        name="iris-proxy",
-        data={"source": "sklearn://iris"},
-        model={"type": "mlp", "params": {"hidden_sizes": [16]}},
-        tracking={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-        register={"model_name": "iris-proxy"},
-        serve={"name": "iris-proxy", "cpus_per_replica": 0.25, "port": port},
-    )
+    spec = iris_pipeline("iris-proxy", f"sqlite:///{tmp_path / 'mlflow.db'}", port)
     register_quick_model(spec)
     path = tmp_path / "iris.yaml"
     path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True)))
