@@ -30,11 +30,18 @@ class WorkerStarted:
 
 @dataclass(frozen=True)
 class EpochEnded:
-    """Rank 0's metrics of one epoch (already reduced over ranks)."""
+    """Rank 0's metrics of one epoch (already reduced over ranks).
+
+    ``replayed``: sent again by a worker that resumed from this epoch's checkpoint. A
+    worker killed after writing a checkpoint but before its event left the process would
+    otherwise lose that epoch's metrics; the driver keeps a replay only when it never got
+    the epoch (``jobs.trainer``).
+    """
 
     metrics: dict[str, float]
     checkpointed: bool
     rank: int = 0
+    replayed: bool = False
     time: float = field(default_factory=time.time)
 
 

@@ -96,6 +96,8 @@ class _Relay:
         if isinstance(event, Diverged):
             self.diverged.append(event.message)
         elif isinstance(event, EpochEnded):
+            if event.replayed and not self._lost(event.metrics["epoch"]):
+                return
             self.history.append(event.metrics)
         elif isinstance(event, WorkerStarted):
             self.runner = event.runner
@@ -105,6 +107,12 @@ class _Relay:
                 self.resumed.append(event.resumed_from_epoch)
         if self.on_event is not None:
             self.on_event(event)
+
+    def _lost(self, epoch: float) -> bool:
+        """A replayed epoch was lost in this run: earlier epochs arrived, this one never did.
+        (A run resumed by a new driver starts its history after the checkpoint's epoch.)"""
+        seen = {metrics["epoch"] for metrics in self.history}
+        return bool(seen) and epoch not in seen
 
 
 def _drain_while(hub, run_key: str, relay: _Relay, running: Callable[[], bool]) -> None:

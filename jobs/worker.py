@@ -276,8 +276,16 @@ def _build_engine(runtime: TrainingRuntime, job: LoopConfig, deepspeed) -> _Engi
     return _Engine(engine, layout, criterion, dtype)
 
 
-def _resume(runtime: TrainingRuntime, built: _Engine) -> int | None:
-    """Load the runtime's latest checkpoint into the engine; its epoch, or None."""
+@dataclass(frozen=True)
+class _Resumed:
+    """The checkpoint a worker resumed from: its epoch and that epoch's metrics."""
+
+    epoch: int
+    metrics: dict | None
+
+
+def _resume(runtime: TrainingRuntime, built: _Engine) -> _Resumed | None:
+    """Load the runtime's latest checkpoint into the engine; None for a fresh start."""
     with runtime.latest_checkpoint() as ckpt_dir:
         if ckpt_dir is None:
             return None
@@ -287,7 +295,9 @@ def _resume(runtime: TrainingRuntime, built: _Engine) -> int | None:
                 f"checkpoint {ckpt_dir} has no loadable DeepSpeed state; refusing to "
                 "restart from scratch silently"
             )
-    return int(client_state["epoch"])
+        state_file = Path(ckpt_dir) / STATE_FILE  # rank 0 writes it
+        metrics = json.loads(state_file.read_text())["metrics"] if state_file.exists() else None
+    return _Resumed(int(client_state["epoch"]), metrics)
 
 
 def train_loop(runtime: TrainingRuntime, job: LoopConfig) -> None:
@@ -302,7 +312,8 @@ def train_loop(runtime: TrainingRuntime, job: LoopConfig) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     built = _build_engine(runtime, job, deepspeed)
     try:
-        resumed_from = _resume(runtime, built)
+        resumed = _resume(runtime, built)
+        resumed_from = resumed.epoch if resumed else None
         start_epoch = (resumed_from or 0) + 1
         warning = slow_bf16_warning(job.train.deepspeed.precision, device)
         if warning and runtime.rank == 0:
@@ -318,6 +329,8 @@ def train_loop(runtime: TrainingRuntime, job: LoopConfig) -> None:
                 resumed_from_epoch=resumed_from,
             )
         )
+        if resumed and resumed.metrics and runtime.rank == 0:
+            runtime.emit(EpochEnded(metrics=resumed.metrics, checkpointed=True, replayed=True))
         for epoch in range(start_epoch, job.train.epochs + 1):
             metrics = _train_epoch(runtime, job, built, epoch)
             if metrics is None:

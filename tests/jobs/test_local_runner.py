@@ -113,3 +113,25 @@ def test_a_killed_local_run_resumes_from_its_last_checkpoint(ray_session, tmp_pa
     assert run.data.tags["orch.resumed_from_epoch"] == str(resumed)
     steps = sorted({m.step for m in client.get_metric_history(result.mlflow_run_id, "val_loss")})
     assert steps == list(range(1, 31))
+
+
+def test_an_epoch_whose_event_died_with_its_worker_is_replayed_from_the_checkpoint():
+    # A worker killed between writing epoch 4's checkpoint and sending its event resumes
+    # from epoch 4 and sends that epoch again from the checkpoint: the driver keeps it only
+    # when it never got it, so every epoch reaches MLflow once.
+    from jobs.trainer import _Relay
+
+    seen: list[float] = []
+    relay = _Relay(lambda event: seen.append(event.metrics["epoch"]))
+    for epoch in (1.0, 2.0, 3.0):
+        relay(EpochEnded(metrics={"epoch": epoch}, checkpointed=True))
+    relay(EpochEnded(metrics={"epoch": 4.0}, checkpointed=True, replayed=True))  # was lost
+    relay(EpochEnded(metrics={"epoch": 4.0}, checkpointed=True, replayed=True))  # now known
+    relay(EpochEnded(metrics={"epoch": 5.0}, checkpointed=True))
+    assert seen == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert [m["epoch"] for m in relay.history] == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+    # a new driver resuming a run starts after the checkpoint's epoch, as before
+    fresh = _Relay(None)
+    fresh(EpochEnded(metrics={"epoch": 3.0}, checkpointed=True, replayed=True))
+    assert fresh.history == []
