@@ -28,6 +28,7 @@ from tuning.errors import TuningError
 from tuning.search import TIME_ATTR, create_scheduler, create_searcher
 from tuning.space import apply_values, decode, param_space
 from tuning.spec import TuneSpec
+from tuning.state_copy import StateCopy, put_back_if_cut_off
 from tuning.summary import TrialSummary
 from tuning.trial import CHECKPOINT_KEY, run_trial
 
@@ -129,10 +130,14 @@ class _StudyCallback(Callback, Stopper):
     finds the live event handler through ``tuning.events``.
     """
 
-    def __init__(self, study: str, max_failed_trials: int | None):
+    def __init__(self, study: str, max_failed_trials: int | None, state_copy: StateCopy):
         self.study = study
         self.max_failed_trials = max_failed_trials
         self.failed: set[str] = set()
+        self.state_copy = state_copy
+
+    def on_step_end(self, iteration, trials, **info):
+        self.state_copy.refresh()  # Tune's loop is between writes here
 
     def on_trial_start(self, iteration, trials, trial, **info):
         events.emit(
@@ -435,6 +440,10 @@ def run_study(
     tune_path = study_dir / TUNE_DIR
     try:
         if resume:
+            try:
+                put_back_if_cut_off(tune_path)
+            except ValueError as exc:
+                raise TuningError(str(exc)) from None
             if not ray_tune.Tuner.can_restore(str(tune_path)):
                 raise TuningError(f"{tune_path}: no Ray Tune state to resume from")
             tuner = ray_tune.Tuner.restore(
@@ -445,7 +454,7 @@ def run_study(
                 param_space=param_space(tune),
             )
         else:
-            callback = _StudyCallback(study, tune.max_failed_trials)
+            callback = _StudyCallback(study, tune.max_failed_trials, StateCopy(str(tune_path)))
             tuner = ray_tune.Tuner(
                 trainable,
                 param_space=param_space(tune),
