@@ -81,11 +81,72 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# `make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`), each with its own
+# embedded Ray. Tests on clusters started with `ray start` (the shared head, `orch cluster
+# up`) are one unit of work: `ray start` records its cluster as the one `--address auto`
+# finds, so they run one after another in one worker, never beside another `ray start`.
+RAY_START_GROUP = "ray-start-clusters"
+RAY_START_FILES = ("tests/chaos/test_node_loss.py",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(session, config, items):
-    """Tests on the shared head (``queue_head``) run last, one after another: the head
-    starts once (about 10 s with its stop) and does not idle under the other tests."""
+    """One test file is one unit of work (its module fixtures, e.g. the serving tests'
+    trained model, are paid once), but the `ray start` tests are one unit together.
+
+    Order, which xdist keeps (``--no-loadscope-reorder``): the `ray start` unit first (the
+    longest), then the files with slow tests, then the quick ones, so neither worker is left
+    alone with a long file at the end. In the unit, the tests on the shared head
+    (``queue_head``) come last, one after another: the head starts once (about 10 s with
+    its stop) and does not idle under the other tests."""
     on_head = [item for item in items if "queue_head" in getattr(item, "fixturenames", ())]
-    items[:] = [item for item in items if item not in on_head] + on_head
+    groups = {}
+    for item in items:
+        file = item.nodeid.split("::", 1)[0]
+        on_ray_start = item in on_head or file in RAY_START_FILES
+        groups[item] = RAY_START_GROUP if on_ray_start else file
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
+    slow_groups = {groups[item] for item in items if item.get_closest_marker("slow")}
+
+    def rank(item) -> int:
+        group = groups[item]
+        return 0 if group == RAY_START_GROUP else 1 if group in slow_groups else 2
+
+    before_head = [item for item in items if rank(item) == 0 and item not in on_head]
+    rest = sorted((item for item in items if rank(item) > 0), key=rank)  # stable
+    items[:] = before_head + on_head + rest
+
+
+def pytest_collection_finish(session):
+    """A worker whose tests lost their group would start a second shared cluster beside
+    the first (pytest 9.2 moved the node id where pytest-xdist 3.8 writes the group)."""
+    config = session.config
+    if not (hasattr(config, "workerinput") and config.getvalue("loadgroup")):
+        return
+    ungrouped = [item.nodeid for item in session.items if "@" not in item.nodeid]
+    if ungrouped:
+        raise pytest.UsageError(
+            f"pytest-xdist did not group {ungrouped[0]} (pytest {pytest.__version__}): "
+            "keep pytest within the range pyproject.toml pins"
+        )
+
+
+def pytest_configure(config):
+    """Ray writes the default token file (~/.ray/auth_token) the first time a cluster
+    starts; two workers starting their Ray at once must not each write a different one.
+    The pytest process makes sure it exists before the workers start."""
+    # the groups are set on every test, also when pytest runs without pytest-xdist
+    config.addinivalue_line("markers", "xdist_group(name): run in one pytest-xdist worker")
+    if hasattr(config, "workerinput") or os.environ.get("RAY_AUTH_TOKEN"):
+        return
+    if os.environ.get("RAY_AUTH_TOKEN_PATH") or (Path.home() / ".ray" / "auth_token").exists():
+        return
+    import subprocess
+    import sys
+
+    ray_cli = Path(sys.executable).with_name("ray")
+    subprocess.run([str(ray_cli), "get-auth-token", "--generate"], check=True,
+                   capture_output=True, timeout=120)  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -130,14 +130,17 @@ class _StudyCallback(Callback, Stopper):
     finds the live event handler through ``tuning.events``.
     """
 
-    def __init__(self, study: str, max_failed_trials: int | None, state_copy: StateCopy):
+    def __init__(
+        self, study: str, max_failed_trials: int | None, state_copy: StateCopy | None = None
+    ):
         self.study = study
         self.max_failed_trials = max_failed_trials
         self.failed: set[str] = set()
         self.state_copy = state_copy
 
     def on_step_end(self, iteration, trials, **info):
-        self.state_copy.refresh()  # Tune's loop is between writes here
+        if self.state_copy is not None:
+            self.state_copy.refresh()  # Tune's loop is between writes here
 
     def on_trial_start(self, iteration, trials, trial, **info):
         events.emit(

@@ -19,12 +19,16 @@ DIGITS = load_digits().data
 
 
 def _replicas(app: str) -> dict[str, str]:
-    """Live replica actors of ``app``: actor name -> state."""
+    """Live replica actors of ``app`` on the connected Ray: actor name -> state."""
+    import ray
     from ray.util.state import list_actors
 
+    # this Ray by its address: with no address the state API looks for "the" local Ray,
+    # and another test worker's Ray may be running beside it
+    address = ray.get_runtime_context().gcs_address
     return {
         a.name: a.state
-        for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+        for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000)
         if a.class_name.startswith(f"ServeReplica:{app}:")
     }
 
