@@ -250,6 +250,21 @@ def test_a_multi_worker_trial_trains_on_ray_train_and_refit_trains_the_best_agai
     )
 
 
+def snapshotted_terminated(orch_home: Path) -> set[str]:
+    """The trials Ray Tune's last whole snapshot of the study records as finished, read with
+    Tune's public ``ExperimentAnalysis`` (a snapshot cut off mid-copy reads as none)."""
+    from ray.tune import ExperimentAnalysis
+
+    finished: set[str] = set()
+    for tune_dir in orch_home.glob("studies/*/tune"):
+        try:
+            trials = ExperimentAnalysis(str(tune_dir)).trials
+        except Exception:  # no snapshot yet, or one being copied: ask again on the next poll
+            continue
+        finished |= {t.trial_id for t in trials if t.status == "TERMINATED"}
+    return finished
+
+
 def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_session, tmp_path):
     path = write_spec(
         tmp_path,
@@ -283,10 +298,9 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_session, t
                 runs = client.search_runs(
                     [experiment.experiment_id], filter_string="tags.`orch.stage` = 'trial'"
                 )
-                done = [r for r in runs if r.info.status == "FINISHED"]
-                if done:
-                    time.sleep(0.5)  # let Ray Tune snapshot the finished trial
-                    break
+                done = {r.data.tags["orch.trial_id"] for r in runs if r.info.status == "FINISHED"}
+                if done and done <= snapshotted_terminated(tmp_path / "orch-home"):
+                    break  # Tune's own snapshot has the finished trial: kill now
             time.sleep(0.25)
     finally:
         if driver.poll() is None:
