@@ -111,7 +111,7 @@ def recorded_head():
     """The head ``orch cluster up`` (or the queue's embedded default) recorded under
     ORCH_HOME, if it is alive; its token settings are put in the environment."""
     from cluster.local import HEAD_FILE, LocalHead
-    from orchestrator.runtime import orch_home
+    from orchestrator.home import orch_home
 
     head = LocalHead.load(orch_home() / "cluster" / HEAD_FILE)
     if head is None or not head.alive():

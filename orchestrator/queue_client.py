@@ -32,6 +32,7 @@ from orchestrator.exceptions import (
     SpecError,
     first_line,
 )
+from orchestrator.home import orch_home
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.token import ray_token
 
@@ -39,8 +40,7 @@ SERVER_START_TIMEOUT_S = 120
 
 
 def queue_dir() -> Path:
-    home = Path(os.environ.get("ORCH_HOME") or Path.cwd() / ".orch").resolve()
-    return home / "queue"
+    return orch_home() / "queue"
 
 
 def _same_url(a: str, b: str) -> bool:
@@ -282,7 +282,7 @@ class Job:
         Raises:
             JobFailedError: the job failed or was cancelled (the message says why).
         """
-        from orchestrator.client import RunResult
+        from orchestrator.results import RunResult
 
         info = self.refresh()
         if info.state != "succeeded" or not info.result:

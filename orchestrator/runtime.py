@@ -10,11 +10,7 @@ from pydantic import BaseModel, Field
 
 from orchestrator.address import RayAddress
 from orchestrator.exceptions import ClusterError, UsageError, first_line
-
-
-def orch_home() -> Path:
-    """Root of the embedded state: $ORCH_HOME, else ./.orch in the working directory."""
-    return Path(os.environ.get("ORCH_HOME") or Path.cwd() / ".orch").resolve()
+from orchestrator.home import orch_home
 
 
 def default_tracking_uri() -> str:
