@@ -30,14 +30,13 @@ def _state_files(tune_path: Path) -> list[Path]:
 
 
 def _whole(tune_path: Path) -> bool:
-    """Every experiment state JSON parses (a cut-off one cannot: its last brace is gone)."""
-    states = list(tune_path.glob(EXPERIMENT_STATE))
+    """The newest experiment state (the one ``Tuner.restore`` reads; a resumed study keeps
+    its earlier sessions' too) parses: a cut-off one cannot, its last brace is gone."""
+    states = sorted(tune_path.glob(EXPERIMENT_STATE))  # named by session start time
     try:
-        for state in states:
-            json.loads(state.read_text())
+        return bool(states) and json.loads(states[-1].read_text()) is not None
     except (OSError, ValueError):
         return False
-    return bool(states)
 
 
 class StateCopy:
@@ -53,7 +52,8 @@ class StateCopy:
         if not tune_path.is_dir():
             return
         files = _state_files(tune_path)
-        signature = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+        stats = [(p.name, p.stat()) for p in files]
+        signature = tuple((name, st.st_mtime_ns, st.st_size) for name, st in stats)
         settled, self._seen = signature == self._seen, signature
         if not settled or signature == self._copied or not _whole(tune_path):
             return
