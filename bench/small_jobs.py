@@ -11,7 +11,8 @@ One run measures, on the same machine and the same data split:
 * (b) a 16-trial study over examples/digits.yaml's space (20 epochs, ASHA grace 2 factor 3),
   1-worker trials on a running head, against the plain Optuna + PyTorch peer.
 * (c) ``orch run`` of a 1-worker 20-epoch iris training (no tune) against a plain PyTorch
-  script training the same MLP: the wall-time difference, on a running head and cold.
+  script training the same MLP: the wall-time difference of the medians of 3 runs each,
+  ours and the script in turn, both with the head running; cold once.
 * (d) per-trial overhead: the marginal cost of a trial on the local runner. Two studies of
   one-epoch iris trials (8 and 32), 2 at a time, on the running head; overhead per trial =
   (study phase(32) - study phase(8)) / ((32 - 8) / 2) - one trial's work (its epoch and
@@ -31,7 +32,7 @@ Events are read whether they are dicts with a "type" or typed objects (``EpochEn
 as ``epoch_ended``): see ``_small_jobs_peers._kind``.
 
 Warm runs share one head (``orch cluster up --nodes 1 --cpus-per-node 2``, stopped with
-``orch cluster down``); the cold runs and the peers run after it is down. Everything lives
+``orch cluster down``); the cold runs and the study peers run after it is down. Everything lives
 in a temp dir (ORCH_HOME, MLflow store, studies), whose MLflow store is created before the
 first measured run (``orch models list``; its cost is reported on its own).
 
@@ -94,6 +95,7 @@ ACCEPTANCE = (
     "iris `orch run` within 5 s of a plain PyTorch script; (d) <= 0.3 s overhead per trial; "
     "(e) 2-worker ZeRO-2 start-up at least 30% lower than before"
 )
+C_ROUNDS = 3  # (c): ours and the peer in turn, this many times each; medians compared
 MUST = {"a_whole": 10.0, "a_study": 3.0, "a_accuracy": 0.02, "b": 5.0, "c": 5.0, "d": 0.3}
 GOAL = {"a_whole": 3.0, "e": 0.7}  # e: after <= 0.7 x before
 TIMEOUT_S = {"full": 1800, "quick": 600}
@@ -459,7 +461,7 @@ def measure(ws: Workspace, sizes: specs.Sizes, parts: str) -> dict:
         if "b" in paths:
             parts_out["b"]["ours_warm"] = _say("b ours", orch_run(ws, "b-warm", paths["b"], "auto"))
         if "c" in paths:
-            parts_out["c"]["ours_warm"] = _say("c ours", orch_run(ws, "c-warm", paths["c"], "auto"))
+            measure_c(ws, paths["c"], specs.peer_config(out["specs"]["c"]), parts_out["c"])
         if "d" in parts:
             for key, n in zip(("d1", "d2"), sizes.d_trials, strict=True):
                 run = sdk_run(ws, f"{key}-sdk", paths[key], "auto")
@@ -484,9 +486,6 @@ def measure(ws: Workspace, sizes: specs.Sizes, parts: str) -> dict:
             parts_out[part]["peer"] = _say(
                 f"{part} peer", peer(ws, f"{part}-peer", "study", config)
             )
-    if "c" in paths:
-        config = specs.peer_config(out["specs"]["c"])
-        parts_out["c"]["peer"] = _say("c peer", peer(ws, "c-peer", "train", config))
     if "d" in parts:
         config = specs.peer_config({**out["specs"]["d1"], "tune": None})
         parts_out["d"]["peer_work"] = _say("d work", peer(ws, "d-work", "train", config))
@@ -494,6 +493,27 @@ def measure(ws: Workspace, sizes: specs.Sizes, parts: str) -> dict:
     out["split_identical"] = split_check(out["specs"])
     _summaries(out)
     return out
+
+
+def measure_c(ws: Workspace, spec: Path, config: dict, c: dict) -> None:
+    """(c) ours and the plain script in turn, ``C_ROUNDS`` rounds, both with the head running
+    (what (c) compares): a single pair of runs of about 10 s differs by a second or more
+    from one try to the next on 2 cores. The medians count; every run is recorded."""
+    ours, peers = [], []
+    for round_ in range(1, C_ROUNDS + 1):
+        ours.append(_say(f"c ours {round_}", orch_run(ws, f"c-warm-{round_}", spec, "auto")))
+        peers.append(_say(f"c peer {round_}", peer(ws, f"c-peer-{round_}", "train", config)))
+    c.update(ours_warm_runs=ours, peer_runs=peers)
+    c["ours_warm"], c["peer"] = _median_run(ours), _median_run(peers)
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median wall time (an odd count of runs); the first failed run if any."""
+    failed = [run for run in runs if run.get("error")]
+    if failed:
+        return failed[0]
+    ordered = sorted(runs, key=lambda run: run["wall_s"])
+    return ordered[len(ordered) // 2]
 
 
 def measure_e(ws: Workspace, sizes: specs.Sizes, spec: Path, e: dict) -> None:
@@ -835,10 +855,14 @@ def _runs_table(results: dict, before: dict | None) -> str:
             f"{run.get(ended, '–')} {ended}), {times}, best val_accuracy {fmt(best, 4)}"
         )
 
-    def acc(run: dict) -> str:
+    def acc(run: dict, runs_key: str | None = None) -> str:
         if not run or run.get("error"):
             return ""
         parts = [f"val_accuracy {fmt(run.get('val_accuracy'), 4)}"]
+        runs = results.get("c", {}).get(runs_key) if runs_key else None
+        if runs:
+            walls = ", ".join(fmt(r.get("wall_s"), 1) for r in runs)
+            parts.insert(0, f"median of {len(runs)} runs ({walls} s)")
         if "train_s" in run:
             parts.append(
                 f"imports {fmt(run['import_s'], 1)} s, data {fmt(run['data_s'], 1)} s, "
@@ -852,9 +876,11 @@ def _runs_table(results: dict, before: dict | None) -> str:
     add("(a) peer: Optuna + PyTorch, one process", "a", "peer", study)
     add("(b) `orch run --address auto` (head running)", "b", "ours_warm", study)
     add("(b) peer: Optuna + PyTorch, one process", "b", "peer", study)
-    add("(c) `orch run --address auto` (head running)", "c", "ours_warm", acc)
+    add("(c) `orch run --address auto` (head running)", "c", "ours_warm",
+        lambda run: acc(run, "ours_warm_runs"))  # fmt: skip
     add("(c) `orch run`, cold", "c", "ours_cold", acc)
-    add("(c) peer: plain PyTorch script", "c", "peer", acc)
+    add("(c) peer: plain PyTorch script (head running)", "c", "peer",
+        lambda run: acc(run, "peer_runs"))  # fmt: skip
     return md_table(["run", "wall now", "wall before", "details (now)"], rows, "lrrl")
 
 
@@ -1031,7 +1057,9 @@ def render(results: dict) -> str:
         *run_lines(results, ONLY_COMMAND, code_where),
         "- Head: `orch cluster up --nodes 1 --cpus-per-node 2` "
         f"({fmt(results.get('cluster_up_s'), 1)} s), "
-        "down for the cold runs and the peers. ORCH_HOME, the MLflow store and the studies in a "
+        "down for the cold runs and the study peers ((c)'s script runs in turn with ours, "
+        f"{C_ROUNDS} times each, on the running head; medians compared). ORCH_HOME, the "
+        "MLflow store and the studies in a "
         f"temp dir; the store is created before the first run (`orch models list`, "
         f"{fmt(results.get('store_init_s'), 1)} s, not in any number below).",
         f"- Sizes: (a) {sizes['a_trials']} trials x {sizes['a_epochs']} epochs; (b) "

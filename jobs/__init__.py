@@ -7,8 +7,8 @@ must load without torch or Ray, so that ``orch validate`` answers at editor spee
 from importlib import import_module
 
 _EXPORTS = {
-    "DataInfo": "jobs.data",
-    "PreparedData": "jobs.data",
+    "DataInfo": "jobs.prepared",
+    "PreparedData": "jobs.prepared",
     "prepare": "jobs.data",
     "probe": "jobs.data",
     "DataError": "jobs.errors",

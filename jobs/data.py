@@ -17,10 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-from pydantic import BaseModel, Field
 
 from jobs.errors import DataError
+from jobs.prepared import DataInfo, PreparedData
 from jobs.spec import DataSpec
+
+__all__ = ["DataInfo", "DataSchema", "PreparedData", "prepare", "probe", "to_ray_datasets"]
 
 _SKLEARN_TASKS = {
     "digits": "classification",
@@ -29,43 +31,6 @@ _SKLEARN_TASKS = {
     "iris": "classification",
     "diabetes": "regression",
 }
-
-
-class DataInfo(BaseModel):
-    """What the model must remember about its data; saved beside the weights."""
-
-    task: str = Field(description="classification | regression")
-    feature_names: list[str]
-    label: str
-    classes: list[str | int | float] = Field(
-        default_factory=list, description="Label value of each output index (classification)."
-    )
-    feature_mean: list[float]
-    feature_std: list[float]
-    target_mean: float = 0.0
-    target_std: float = 1.0
-    n_train: int
-    n_val: int
-    fingerprint: str = Field(description="sha256 of the source table's contents.")
-
-    @property
-    def n_features(self) -> int:
-        return len(self.feature_names)
-
-    @property
-    def n_outputs(self) -> int:
-        return len(self.classes) if self.task == "classification" else 1
-
-
-@dataclass
-class PreparedData:
-    """Standardised feature matrices and encoded labels, ready for Ray Data."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    info: DataInfo
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from jobs.data import DataInfo
 from jobs.models import DataShape, build_layers
+from jobs.prepared import DataInfo
 from jobs.spec import ModelSpec
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from jobs.data import PreparedData
 from jobs.events import Runner, TrainingEvent
+from jobs.prepared import PreparedData
 from jobs.runtime import TrainingRuntime
 from jobs.splits import InMemorySplit
 from jobs.worker import STATE_FILE, LoopConfig, train_loop

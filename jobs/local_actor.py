@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from jobs.data import PreparedData
+    from jobs.prepared import PreparedData
     from jobs.spec import TrainSpec
     from jobs.worker import LoopConfig
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from jobs.data import DataInfo
 from jobs.events import Runner, TrainingEvent
+from jobs.prepared import DataInfo
 from jobs.splits import Split, StreamedSplit
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from jobs.data import PreparedData
+from jobs.prepared import PreparedData
 
 # Splits up to this size go through the object store (and stay in each worker's memory);
 # larger ones stream through Ray Data. ORCH_IN_MEMORY_DATA_MB sets it in the driver (read

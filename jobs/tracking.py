@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jobs.data import DataInfo
+from jobs.prepared import DataInfo
 
 if TYPE_CHECKING:  # torch (about 2 s): a driver imports it while it waits for training
     from jobs.export import InferenceModel
@@ -28,27 +29,50 @@ _export_warm_up: threading.Thread | None = None
 
 
 def warm_up_export() -> None:
-    """Pay torch.export's first use (about 2 s: importing torch._dynamo, its lazy set-up) on
-    a thread, while the driver waits for training; ``log_model`` waits for it to end.
+    """Pay a model save's first-use costs on a thread, while the driver waits for training;
+    ``log_model`` waits for it to end.
 
-    The process's first export is what makes ``log_model`` slow; a tiny module exported
-    once makes the next export cost tens of milliseconds. Once per process.
+    A process's first ``mlflow.pytorch.save_model`` costs about 2.5 s here: torch.export's
+    first use (importing torch._dynamo, its lazy set-up) and MLflow's map of installed
+    packages (built once per process to check the model's requirements). Saving a tiny
+    module once, through the same public call, makes ``log_model`` pay only its own model.
+    Once per process.
     """
     global _export_warm_up
     if _export_warm_up is None:
         _export_warm_up = threading.Thread(
-            target=_export_once, name="orch-export-warm-up", daemon=True
+            target=_save_once, name="orch-export-warm-up", daemon=True
         )
         _export_warm_up.start()
 
 
-def _export_once() -> None:
+def _save_once() -> None:
+    import mlflow.pytorch
     import torch
 
+    _quiet_requirement_checks()
     try:
-        torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(2, 2),))
+        with tempfile.TemporaryDirectory(prefix="orch-warm-up-") as tmp:
+            mlflow.pytorch.save_model(
+                torch.nn.Linear(2, 2),
+                f"{tmp}/model",
+                serialization_format="pt2",
+                input_example=np.zeros((2, 2), dtype=np.float32),
+                pip_requirements=[_torch_requirement()],
+            )
     except Exception:  # a warm-up only: log_model reports what really fails
-        logging.getLogger(__name__).debug("torch.export warm-up failed", exc_info=True)
+        logging.getLogger(__name__).debug("model save warm-up failed", exc_info=True)
+
+
+def _torch_requirement() -> str:
+    import torch
+
+    return f"torch=={torch.__version__.split('+')[0]}"
+
+
+def _quiet_requirement_checks() -> None:
+    # "torch 2.13.0+cpu has a local version label" is noise for every CPU install.
+    logging.getLogger("mlflow.utils.requirements_utils").setLevel(logging.ERROR)
 
 
 def _export_warmed_up() -> None:
@@ -147,7 +171,7 @@ class Outbox:
                     self._cv.notify_all()
                     self._cv.wait()
                 self._busy = True
-                metrics, tags = self._items[0]
+                count, metrics, tags = self._next_batch()
             try:
                 self._client.log_batch(self._run_id, metrics=metrics, tags=tags)
             except Exception as exc:  # server away: keep the item, retry with backoff
@@ -159,7 +183,16 @@ class Outbox:
                 continue
             delay = 0.5
             with self._cv:
-                self._items.popleft()
+                for _ in range(count):
+                    self._items.popleft()
+
+    def _next_batch(self) -> tuple[int, list, list]:
+        """Everything queued, as one ``log_batch`` (MLflow's client cuts it into requests of
+        the sizes its server takes): a short training's epochs queue faster than one write
+        each lands, and ``flush`` would wait for every write in turn."""
+        metrics = [m for item_metrics, _ in self._items for m in item_metrics]
+        tags = [t for _, item_tags in self._items for t in item_tags]
+        return len(self._items), metrics, tags
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until everything is written; False if ``timeout_s`` passed first."""
@@ -282,7 +315,6 @@ class RunTracker:
         _export_warmed_up()  # no two exports at once
         import mlflow
         import mlflow.pytorch
-        import torch
         from mlflow.models import ModelSignature
         from mlflow.types import Schema, TensorSpec
 
@@ -291,8 +323,7 @@ class RunTracker:
             inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, info.n_features))]),
             outputs=Schema([TensorSpec(np.dtype(np.float32), outputs)]),
         )
-        # "torch 2.13.0+cpu has a local version label" is noise for every CPU install.
-        logging.getLogger("mlflow.utils.requirements_utils").setLevel(logging.ERROR)
+        _quiet_requirement_checks()
         mlflow.set_tracking_uri(self.tracking_uri)
         with mlflow.start_run(run_id=self.run_id):
             logged = mlflow.pytorch.log_model(
@@ -302,7 +333,7 @@ class RunTracker:
                 input_example=example.astype(np.float32),
                 serialization_format="pt2",
                 # Inferring requirements runs a subprocess that imports the model (~7 s).
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                pip_requirements=[_torch_requirement()],
                 metadata={
                     "task": info.task,
                     "classes": info.classes,

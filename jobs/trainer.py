@@ -14,19 +14,23 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from jobs.data import DataInfo, PreparedData, to_ray_datasets
 from jobs.errors import TrainingError
 from jobs.events import Diverged, EpochEnded, TrainingEvent, WorkerStarted
-from jobs.export import InferenceModel
+from jobs.loop_config import DATA_INFO_FILE, MODEL_FILE, STATE_FILE, LoopConfig
 from jobs.spec import ModelSpec, TrainSpec
-from jobs.splits import fits_in_memory
-from jobs.worker import DATA_INFO_FILE, MODEL_FILE, STATE_FILE, LoopConfig, train_loop_per_worker
+
+if TYPE_CHECKING:
+    from jobs.export import InferenceModel
+
+# torch (about 2 s to import here) is imported where a model is built or read back: a driver
+# on the local runner hands its training over first (see jobs.loop_config).
 
 EventHandler = Callable[[TrainingEvent], None]
 POLL_S = 0.25  # how often the driver collects events
@@ -58,6 +62,10 @@ class TrainResult:
 
 
 def _load_model(checkpoint_dir: Path, model: ModelSpec) -> tuple[InferenceModel, DataInfo]:
+    import torch
+
+    from jobs.export import InferenceModel
+
     info = DataInfo.model_validate_json((checkpoint_dir / DATA_INFO_FILE).read_text())
     state = torch.load(checkpoint_dir / MODEL_FILE, weights_only=True)
     inference = InferenceModel.build(model, info)
@@ -148,8 +156,6 @@ def fit(
     Raises:
         TrainingError: the run failed beyond ``train.max_failures``; the message has the cause.
     """
-    from ray.train import Checkpoint
-
     from jobs.event_hub import event_hub
 
     job = LoopConfig(model=model, train=train, info=data.info, seed=seed)
@@ -161,9 +167,9 @@ def fit(
         checkpoint_path = _fit_local(job, data, run_dir, hub, run_key, relay, local_worker)
     else:
         checkpoint_path = _fit_ray_train(job, data, run_name, storage_path, hub, run_key, relay)
-    with Checkpoint(checkpoint_path).as_directory() as ckpt_dir:
-        inference, info = _load_model(Path(ckpt_dir), model)
-        state = json.loads((Path(ckpt_dir) / STATE_FILE).read_text())
+    with _checkpoint_directory(checkpoint_path) as ckpt_dir:
+        inference, info = _load_model(ckpt_dir, model)
+        state = json.loads((ckpt_dir / STATE_FILE).read_text())
     return TrainResult(
         metrics=state["metrics"],
         model=inference,
@@ -174,6 +180,20 @@ def fit(
         resumed_from_epochs=relay.resumed,
         worker_nodes=relay.nodes,
     )
+
+
+@contextmanager
+def _checkpoint_directory(checkpoint_path: str) -> Iterator[Path]:
+    """The checkpoint as a local directory. A local path is read where it lies: importing
+    ``ray.train`` for its ``Checkpoint`` (about 1 s here) would delay every local-runner run;
+    any other storage goes through Ray Train's ``Checkpoint``, which downloads it."""
+    if Path(checkpoint_path).is_dir():
+        yield Path(checkpoint_path)
+        return
+    from ray.train import Checkpoint
+
+    with Checkpoint(checkpoint_path).as_directory() as ckpt_dir:
+        yield Path(ckpt_dir)
 
 
 def _fit_local(
@@ -238,6 +258,8 @@ def _fit_ray_train(
 
     from jobs.local import latest_checkpoint_in
     from jobs.ray_train import InMemoryDataTorchTrainer
+    from jobs.splits import fits_in_memory
+    from jobs.worker import train_loop_per_worker
 
     train = job.train
     for name, value in RAY_TRAIN_SETTINGS.items():  # a value the user set wins

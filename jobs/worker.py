@@ -26,17 +26,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jobs.data import DataInfo
 from jobs.errors import TrainingError
 from jobs.events import Diverged, EpochEnded, TrainingWarning, WorkerStarted
+from jobs.loop_config import DATA_INFO_FILE, MODEL_FILE, STATE_FILE, LoopConfig
 from jobs.models import DataShape, build_layers
+from jobs.prepared import DataInfo
 from jobs.runtime import TrainingRuntime
 from jobs.schedule import build_optimizer, build_scheduler
-from jobs.spec import ModelSpec, TrainSpec
+from jobs.spec import TrainSpec
 
-STATE_FILE = "orch_state.json"
-MODEL_FILE = "model_state.pt"
-DATA_INFO_FILE = "data_info.json"
 VAL_CHUNK = 1024  # validation rows per data-parallel rank per step
 
 
@@ -209,16 +207,6 @@ def _rank_slice(x, y, layout: Layout, pad: bool):
         ys = torch.cat([ys, y[:1].expand(fill)])
         weight = torch.cat([weight, torch.zeros(fill, dtype=torch.float64)])
     return xs, ys, weight
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    """What one training needs besides its runtime: the spec sections, the data, the seed."""
-
-    model: ModelSpec
-    train: TrainSpec
-    info: DataInfo
-    seed: int
 
 
 @dataclass

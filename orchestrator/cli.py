@@ -305,7 +305,7 @@ def _ingress_note(served, err) -> None:
 def _foreground(args):
     """A ForegroundServing when this command serves in its own process, else None."""
     from orchestrator.address import given_address
-    from orchestrator.serving import ForegroundServing, in_foreground
+    from orchestrator.foreground import ForegroundServing, in_foreground
 
     return ForegroundServing() if in_foreground(given_address(args.address)) else None
 

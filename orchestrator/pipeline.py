@@ -44,8 +44,9 @@ if TYPE_CHECKING:
     from tuning.study import StudyOutcome, StudyState
 
 # tuning.study and tuning.tracking import Ray Tune (about 1 s): only studies import them.
-# jobs.trainer imports torch (about 2 s), jobs.tracking MLflow: a training imports them once
-# the local runner's actor is starting, so that the actor's start-up overlaps the imports.
+# jobs.tracking imports MLflow (about 2 s with its store): a training imports it once the
+# local runner's actor is starting, so that the actor's start-up overlaps the import; torch
+# comes later still, on a thread, while the driver waits for the training.
 
 EventHandler = Callable[[dict], None]
 
@@ -177,24 +178,26 @@ def run_training(
     # 2 s: its import, the store's schema check) on threads while Ray connects (or starts).
     # On the local runner the actor's start (process, torch, DeepSpeed: about 5 s) is the
     # longest path: it starts as soon as Ray is connected, and MLflow is set up while it
-    # does. A data problem found meanwhile stops the actor before anything is tracked.
+    # does; torch is imported on a thread (warm_up_export) once the training is handed
+    # over. A data problem found meanwhile stops the actor before anything is tracked.
     with ThreadPoolExecutor(2, thread_name_prefix="orch-setup") as pool:
         emit({"type": "stage", "stage": "data"})
         reading = pool.submit(_read_data, spec, check_data)
         tracking = None if local else pool.submit(_tracker, spec)
         emit({"type": "stage", "stage": "connect"})
-        _connected(connect_ray(address, show_worker_logs=show_worker_logs), emit)
-        _start_event_hub()
+        connection = connect_ray(address, show_worker_logs=show_worker_logs)
         local_worker = None
-        if local:
+        if local:  # first: its start is the longest path
             from jobs.local_actor import start_local_worker
 
             local_worker = start_local_worker(spec.train)
+        _connected(connection, emit)
+        _start_event_hub()
     try:
         data = reading.result()
         tracker, tracking_uri = tracking.result() if tracking else _tracker(spec)
         from jobs.tracking import flatten, warm_up_export
-        from jobs.trainer import fit  # torch
+        from jobs.trainer import fit  # no torch yet: see jobs.loop_config
 
         run_name = run_name or _unique_name(spec.name)
         run_id = tracker.start(run_name, tags=_lineage_tags(spec, data, "train"))

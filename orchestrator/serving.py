@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -215,42 +213,3 @@ def stop_serving(spec: PipelineSpec, *, address: RayAddress | None = None) -> bo
     from serve.deploy import undeploy
 
     return undeploy(spec.serve.name)
-
-
-def in_foreground(address: RayAddress | None) -> bool:
-    """Serving stays in this process (embedded Ray) unless a cluster was named
-    (``address`` already reads RAY_ADDRESS: see ``orchestrator.address.given_address``)."""
-    return address is None
-
-
-class ForegroundServing:
-    """Serving in this process until Ctrl-C or SIGTERM, then a clean Serve shutdown.
-
-    ``arm()`` is called when the serve stage starts: from then on Ctrl-C only asks to stop,
-    so an interrupt during the deploy still ends in ``wait_then_shutdown``'s clean exit
-    instead of leaving Serve half deployed.
-    """
-
-    def __init__(self, *, shutdown_ray: bool = True):
-        self.stop = threading.Event()
-        self.shutdown_ray = shutdown_ray
-        self._previous: dict = {}
-
-    def arm(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous.setdefault(sig, signal.signal(sig, lambda *_: self.stop.set()))
-
-    def wait_then_shutdown(self) -> None:
-        import ray
-        from ray import serve
-
-        self.arm()
-        try:
-            while not self.stop.wait(0.5):
-                pass
-        finally:
-            for sig, handler in self._previous.items():
-                signal.signal(sig, handler)
-            serve.shutdown()
-            if self.shutdown_ray:
-                ray.shutdown()

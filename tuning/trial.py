@@ -18,8 +18,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from jobs.data import PreparedData
 from jobs.errors import TrainingError
+from jobs.prepared import PreparedData
 from jobs.spec import ModelSpec, TrainSpec
 from jobs.trainer import fit
 from jobs.worker import STATE_FILE

@@ -315,7 +315,7 @@ def test_foreground_serving_turns_ctrl_c_into_a_clean_stop(store, serve_port, di
     import os
     import signal
 
-    from orchestrator.serving import ForegroundServing
+    from orchestrator.foreground import ForegroundServing
 
     before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
     foreground = ForegroundServing(shutdown_ray=False)  # the test session's Ray stays up

@@ -1,0 +1,51 @@
+"""Prepared data and what the model remembers of it: numpy and pydantic only.
+
+Apart from ``jobs.data`` (which reads sources with pyarrow, about 0.5 s to import here):
+a training process receives its data ready-made and never reads a source, so the modules
+that run there (``jobs.worker``, ``jobs.local``, ``jobs.runtime``) import this one.
+``jobs.data`` re-exports both names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+
+class DataInfo(BaseModel):
+    """What the model must remember about its data; saved beside the weights."""
+
+    task: str = Field(description="classification | regression")
+    feature_names: list[str]
+    label: str
+    classes: list[str | int | float] = Field(
+        default_factory=list, description="Label value of each output index (classification)."
+    )
+    feature_mean: list[float]
+    feature_std: list[float]
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    n_train: int
+    n_val: int
+    fingerprint: str = Field(description="sha256 of the source table's contents.")
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.classes) if self.task == "classification" else 1
+
+
+@dataclass
+class PreparedData:
+    """Standardised feature matrices and encoded labels, ready for Ray Data."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    info: DataInfo
