@@ -101,9 +101,7 @@ def _library_names(tree: ast.Module) -> set[str]:
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names |= {
-                (a.asname or a.name).split(".")[0] for a in node.names if _library(a.name)
-            }
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names if _library(a.name)}
         elif isinstance(node, ast.ImportFrom) and not node.level and _library(node.module or ""):
             names |= {a.asname or a.name for a in node.names}
     return names
