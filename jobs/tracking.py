@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jobs.mlflow_fluent import fluent_calls
 from jobs.prepared import DataInfo
 
 if TYPE_CHECKING:  # torch (about 2 s): a driver imports it while it waits for training
@@ -324,8 +325,7 @@ class RunTracker:
             outputs=Schema([TensorSpec(np.dtype(np.float32), outputs)]),
         )
         _quiet_requirement_checks()
-        mlflow.set_tracking_uri(self.tracking_uri)
-        with mlflow.start_run(run_id=self.run_id):
+        with fluent_calls(self.tracking_uri), mlflow.start_run(run_id=self.run_id):
             logged = mlflow.pytorch.log_model(
                 model,
                 name=MODEL_ARTIFACT,
@@ -346,11 +346,10 @@ class RunTracker:
 
 def load_model(model_uri: str, tracking_uri: str):
     """Read a logged model back as a torch module (``torch.export`` program, no pickle)."""
-    import mlflow
     import mlflow.pytorch
 
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.pytorch.load_model(model_uri)
+    with fluent_calls(tracking_uri):
+        return mlflow.pytorch.load_model(model_uri)
 
 
 def run_tags(run_id: str, tracking_uri: str) -> dict[str, str]:
@@ -380,8 +379,6 @@ def load_inference_model(model_uri: str, tracking_uri: str) -> tuple[InferenceMo
     from jobs.spec import ModelSpec
 
     client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
     run_id = _run_of(client, model_uri)
     names = {a.path for a in client.list_artifacts(run_id)}
     spec_file = next((f for f in ("best_spec.yaml", "spec.yaml") if f in names), None)
@@ -396,7 +393,8 @@ def load_inference_model(model_uri: str, tracking_uri: str) -> tuple[InferenceMo
             Path(client.download_artifacts(run_id, "data_info.json", tmp)).read_text()
         )
     model = InferenceModel.build(ModelSpec.model_validate(spec["model"]), info)
-    program = mlflow.pytorch.load_model(model_uri)
+    with fluent_calls(tracking_uri):
+        program = mlflow.pytorch.load_model(model_uri)
     model.load_state_dict(program.state_dict())
     return model.eval(), info
 

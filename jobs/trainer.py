@@ -257,8 +257,8 @@ def _fit_ray_train(
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
     from jobs.local import latest_checkpoint_in
-    from jobs.ray_train import InMemoryDataTorchTrainer
     from jobs.splits import fits_in_memory
+    from jobs.train_internals import InMemoryDataTorchTrainer
     from jobs.worker import train_loop_per_worker
 
     train = job.train

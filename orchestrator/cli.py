@@ -51,11 +51,30 @@ def _parser() -> argparse.ArgumentParser:
         prog="orch", description="Run YAML ML pipelines on Ray: train, track, (tune, serve)."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
     validate = sub.add_parser("validate", help="check a pipeline spec; starts nothing")
     validate.add_argument("spec", help="pipeline YAML file")
     validate.add_argument("--no-data", action="store_true", help="skip opening the data source")
+    _add_run(sub)
+    _add_serve(sub)
+    sub.add_parser("schema", help="print the spec's JSON Schema (for editors)")
+    _add_models(sub)
+    cli_queue.add_commands(sub)
+    dashboard = sub.add_parser(
+        "dashboard", help="where the Ray dashboard is, and the file holding the token it asks for"
+    )
+    dashboard.add_argument(
+        "--address",
+        default=None,
+        help=ADDRESS_HELP.format(default="the cluster recorded under $ORCH_HOME/cluster"),
+    )
+    dashboard.add_argument("--json", action="store_true", help="print JSON")
+    ui = sub.add_parser("ui", help="open the MLflow UI on the embedded store")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    return parser
 
+
+def _add_run(sub) -> None:
     run = sub.add_parser("run", help="run a pipeline to the end")
     run.add_argument("spec", help="pipeline YAML file")
     run.add_argument(
@@ -77,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
         "resumes from its checkpoints (the queue uses this to resume preempted jobs)",
     )
 
+
+def _add_serve(sub) -> None:
     serve = sub.add_parser(
         "serve", help="deploy the spec's serve section: the registered model on Ray Serve"
     )
@@ -101,8 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     serve.add_argument("--verbose", action="store_true", help="show Ray worker logs")
 
-    sub.add_parser("schema", help="print the spec's JSON Schema (for editors)")
 
+def _add_models(sub) -> None:
     models = sub.add_parser(
         "models", help="the MLflow model registry: list, show, promote, rollback"
     )
@@ -122,23 +143,6 @@ def _parser() -> argparse.ArgumentParser:
     mrollback = msub.add_parser("rollback", help="move an alias back to its previous version")
     mrollback.add_argument("name")
     mrollback.add_argument("--alias", default="champion", help="default: champion")
-
-    cli_queue.add_commands(sub)
-
-    dashboard = sub.add_parser(
-        "dashboard", help="where the Ray dashboard is, and the file holding the token it asks for"
-    )
-    dashboard.add_argument(
-        "--address",
-        default=None,
-        help=ADDRESS_HELP.format(default="the cluster recorded under $ORCH_HOME/cluster"),
-    )
-    dashboard.add_argument("--json", action="store_true", help="print JSON")
-
-    ui = sub.add_parser("ui", help="open the MLflow UI on the embedded store")
-    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
-    return parser
 
 
 def _cmd_validate(args) -> int:

@@ -25,16 +25,24 @@ STATES = (
 
 
 def add_commands(sub) -> None:
-    def with_address(parser):
-        parser.add_argument(
-            "--address",
-            default=None,
-            help=ADDRESS_HELP.format(default="the embedded local cluster"),
-        )
-        parser.add_argument("--json", action="store_true", help="print JSON on stdout")
-        return parser
+    """The queue's commands, then ``server`` and ``cluster``."""
+    _add_queue_commands(sub)
+    _add_server(sub)
+    _add_cluster(sub)
 
-    submit = with_address(sub.add_parser("submit", help="queue a pipeline on the cluster"))
+
+def _with_address(parser):
+    parser.add_argument(
+        "--address",
+        default=None,
+        help=ADDRESS_HELP.format(default="the embedded local cluster"),
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON on stdout")
+    return parser
+
+
+def _add_queue_commands(sub) -> None:
+    submit = _with_address(sub.add_parser("submit", help="queue a pipeline on the cluster"))
     submit.add_argument("spec", help="pipeline YAML file")
     submit.add_argument(
         "--priority", default=None, help="low | normal | high | an integer (default: the spec's)"
@@ -46,21 +54,23 @@ def add_commands(sub) -> None:
         default=None,
         help="submitting again with the same key returns the first job instead of a new one",
     )
-    with_address(
+    _with_address(
         sub.add_parser("queue", help="queued jobs in admission order, with why each waits")
     )
-    listing = with_address(sub.add_parser("list", help="all jobs"))
+    listing = _with_address(sub.add_parser("list", help="all jobs"))
     listing.add_argument("--state", choices=STATES, default=None, help="only jobs in this state")
     for command, text in (
         ("status", "one job: state, demand, attempts, history"),
         ("cancel", "cancel a queued or running job"),
         ("retry", "submit a failed or cancelled job again with its original spec"),
     ):
-        with_address(sub.add_parser(command, help=text)).add_argument("job", help="job id")
-    logs = with_address(sub.add_parser("logs", help="a job's logs (every attempt)"))
+        _with_address(sub.add_parser(command, help=text)).add_argument("job", help="job id")
+    logs = _with_address(sub.add_parser("logs", help="a job's logs (every attempt)"))
     logs.add_argument("job", help="job id")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
 
+
+def _add_server(sub) -> None:
     server = sub.add_parser(
         "server", help="run the queue server (started automatically on first use)"
     )
@@ -79,6 +89,8 @@ def add_commands(sub) -> None:
     )
     server.add_argument("--poll-s", type=float, default=1.0, help="scheduler pass interval")
 
+
+def _add_cluster(sub) -> None:
     cluster = sub.add_parser(
         "cluster", help="a real multi-node Ray on this machine, under $ORCH_HOME/cluster"
     )

@@ -319,6 +319,18 @@ class Client:
         """Move ``name@alias`` back to the version that held it before; returns (from, to)."""
         return _registry_call(lambda: self._registry(tracking_uri).rollback(name, alias))
 
+    def load_model(self, model_uri: str, tracking_uri: str | None = None):
+        """A logged or registered model (``runs:/``, ``models:/name@alias``, ``models:/m-...``)
+        as a torch module, read from ``tracking_uri`` (default: the embedded store).
+
+        MLflow's own ``mlflow.pytorch.load_model`` reads the process-wide tracking URI,
+        which orch leaves as you set it: this call needs none set.
+        """
+        from jobs.tracking import load_model
+        from orchestrator.runtime import default_tracking_uri
+
+        return load_model(model_uri, tracking_uri or default_tracking_uri())
+
 
 def _registry_call(call):
     from orchestrator.exceptions import OrchestratorError

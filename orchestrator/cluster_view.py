@@ -129,76 +129,98 @@ def _status_of(address: str, as_json: bool) -> int:
 
 
 def cluster_command(args) -> int:
-    from cluster.ingress import IngressError
-    from cluster.local import LocalHead, cluster_down, cluster_up, load_workers
-
-    state = cluster_dir()
+    """``orch cluster up | status | down`` on the cluster recorded under $ORCH_HOME."""
     if args.cluster_command == "up":
-        if args.nodes < 1 or args.cpus_per_node < 1:
-            raise OrchestratorError("--nodes and --cpus-per-node must be at least 1")
-        labels = {}
-        for item in args.label:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise OrchestratorError(f"--label {item!r}: use KEY=VALUE")
-            labels[key] = value
-        try:
-            head, workers = cluster_up(
-                state, args.nodes, args.cpus_per_node, labels, ingress=args.ingress
-            )
-        except IngressError as exc:
-            raise UsageError(str(exc)) from None
-        except RuntimeError as exc:
-            raise ClusterError(str(exc)) from None
-        nodes = wait_for_nodes(head.dashboard_url, head.token, args.nodes)
-        print(
-            f"{len(nodes)} nodes up: head pid {head.pid}, workers "
-            + (", ".join(f"{w.name} pid {w.pid}" for w in workers) or "none")
-        )
-        print(
-            f"  Ray {head.gcs_address} (orch run --address auto), dashboard "
-            f"{head.dashboard_url}; token {head.token_path}"
-        )
-        print(f"  Serve ingress: {head.ingress} (on the head)")
-        return 0
+        return _cluster_up(args)
     if args.cluster_command == "status":
-        if args.address is not None or os.environ.get("RAY_ADDRESS"):
-            return _status_of(args.address, args.json)
-        head = LocalHead.load(state / "head.json")
-        if head is None:
-            print(f"no cluster recorded under {state}; start one with: orch cluster up")
-            return 1
-        workers = load_workers(state)
-        up = head.alive()
-        nodes = ray_nodes(head.dashboard_url, head.token) if up else []
-        report = {
-            "head": {
-                "pid": head.pid,
-                "alive": up,
-                "dashboard_url": head.dashboard_url,
-                "gcs_address": head.gcs_address,
-            },
-            "workers": [{"name": w.name, "pid": w.pid, "alive": w.alive()} for w in workers],
-            "ray_nodes": nodes,
-        }
-        if args.json:
-            print(json.dumps(report))
-            return 0
-        print(
-            f"head  pid {head.pid}  {'alive' if up else 'DOWN'}  {head.gcs_address}  "
-            f"{head.dashboard_url}"
+        return _cluster_status(args)
+    return _cluster_down()
+
+
+def _node_labels(items: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise OrchestratorError(f"--label {item!r}: use KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def _cluster_up(args) -> int:
+    from cluster.ingress import IngressError
+    from cluster.local import cluster_up
+
+    if args.nodes < 1 or args.cpus_per_node < 1:
+        raise OrchestratorError("--nodes and --cpus-per-node must be at least 1")
+    labels = _node_labels(args.label)
+    try:
+        head, workers = cluster_up(
+            cluster_dir(), args.nodes, args.cpus_per_node, labels, ingress=args.ingress
         )
-        for w in report["workers"]:
-            print(f"{w['name']}  pid {w['pid']}  {'alive' if w['alive'] else 'DOWN'}")
-        for n in nodes:
-            print(
-                f"  Ray node {n['node_id'][:12]}  {n['state']}  {n['cpus']:g} CPU  "
-                f"{n['labels'].get('orch.node', '')}"
-            )
+    except IngressError as exc:
+        raise UsageError(str(exc)) from None
+    except RuntimeError as exc:
+        raise ClusterError(str(exc)) from None
+    nodes = wait_for_nodes(head.dashboard_url, head.token, args.nodes)
+    print(
+        f"{len(nodes)} nodes up: head pid {head.pid}, workers "
+        + (", ".join(f"{w.name} pid {w.pid}" for w in workers) or "none")
+    )
+    print(
+        f"  Ray {head.gcs_address} (orch run --address auto), dashboard "
+        f"{head.dashboard_url}; token {head.token_path}"
+    )
+    print(f"  Serve ingress: {head.ingress} (on the head)")
+    return 0
+
+
+def _cluster_status(args) -> int:
+    from cluster.local import LocalHead, load_workers
+
+    if args.address is not None or os.environ.get("RAY_ADDRESS"):
+        return _status_of(args.address, args.json)
+    state = cluster_dir()
+    head = LocalHead.load(state / "head.json")
+    if head is None:
+        print(f"no cluster recorded under {state}; start one with: orch cluster up")
+        return 1
+    workers = load_workers(state)
+    up = head.alive()
+    nodes = ray_nodes(head.dashboard_url, head.token) if up else []
+    report = {
+        "head": {
+            "pid": head.pid,
+            "alive": up,
+            "dashboard_url": head.dashboard_url,
+            "gcs_address": head.gcs_address,
+        },
+        "workers": [{"name": w.name, "pid": w.pid, "alive": w.alive()} for w in workers],
+        "ray_nodes": nodes,
+    }
+    if args.json:
+        print(json.dumps(report))
         return 0
-    # down: the queue server of this ORCH_HOME, then the nodes, each by its recorded PID
+    print(
+        f"head  pid {head.pid}  {'alive' if up else 'DOWN'}  {head.gcs_address}  "
+        f"{head.dashboard_url}"
+    )
+    for w in report["workers"]:
+        print(f"{w['name']}  pid {w['pid']}  {'alive' if w['alive'] else 'DOWN'}")
+    for n in nodes:
+        print(
+            f"  Ray node {n['node_id'][:12]}  {n['state']}  {n['cpus']:g} CPU  "
+            f"{n['labels'].get('orch.node', '')}"
+        )
+    return 0
+
+
+def _cluster_down() -> int:
+    """The queue server of this ORCH_HOME, then the nodes, each by its recorded PID."""
+    from cluster.local import cluster_down
     from orchestrator.queue_client import queue_dir
 
+    state = cluster_dir()
     try:
         pid = json.loads((queue_dir() / "server.json").read_text())["pid"]
         os.kill(pid, signal.SIGTERM)

@@ -173,13 +173,60 @@ def run_training(
         JobFailedError: training failed; its MLflow run is marked FAILED.
     """
     emit = on_event or (lambda event: None)
+    run_name = run_name or _unique_name(spec.name)
+    setup = _set_up_training(spec, address, emit, show_worker_logs, run_name, check_data)
+    from jobs.tracking import flatten, warm_up_export
+    from jobs.trainer import fit  # after the actor's start; no torch yet: jobs.loop_config
+
+    tracker, data, run_id = setup.tracker, setup.data, setup.tracker.run_id
+    emit({"type": "stage", "stage": "train", "mlflow_run_id": run_id, "epochs": spec.train.epochs})
+    with tracker:
+        tracker.log_params(flatten(spec.model_dump(mode="json")))
+        tracker.log_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "spec.yaml")
+        if setup.local_worker is not None:
+            warm_up_export()  # the actor is already up: the driver only waits from here
+        try:
+            result = fit(
+                spec.model, spec.train, data, seed=spec.data.seed, run_name=run_name,
+                storage_path=spec.train.storage_path or str(checkpoint_root()),
+                on_event=_run_events(tracker, emit), local_worker=setup.local_worker,
+            )  # fmt: skip
+        except TrainingError as exc:
+            _flush_quietly(tracker)
+            raise JobFailedError(f"{spec.name}: {exc} (MLflow run {run_id})") from None
+        try:
+            tracker.flush()  # the epochs logged while MLflow was away land before the model
+        except ConnectionError as exc:
+            raise JobFailedError(f"{spec.name}: trained, but {exc}") from None
+        emit({"type": "stage", "stage": "log_model"})
+        example = data.x_val[:5] * data.info.feature_std + data.info.feature_mean
+        model_uri = tracker.log_model(result.model, data.info, example)
+        tracker.set_tags({"orch.model_uri": model_uri, "orch.checkpoint": result.checkpoint_path})
+    return result, run_id, setup.tracking_uri, model_uri
+
+
+@dataclass
+class _TrainingSetUp:
+    """A training ready to hand over: its data, its started MLflow run, and on the local
+    runner the actor that will train it (already starting)."""
+
+    data: PreparedData
+    tracker: RunTracker
+    tracking_uri: str
+    local_worker: object | None
+
+
+def _set_up_training(spec, address, emit, show_worker_logs, run_name, check_data):
+    """Data, Ray, MLflow and (local runner) the training actor, overlapped.
+
+    The data is read and MLflow's client and store are set up (about 2 s: its import, the
+    store's schema check) on threads while Ray connects (or starts). On the local runner
+    the actor's start (process, torch, DeepSpeed: about 5 s) is the longest path: it
+    starts as soon as Ray is connected, and MLflow is set up while it does; torch is
+    imported on a thread (warm_up_export) once the training is handed over. A data
+    problem found meanwhile stops the actor before anything is tracked.
+    """
     local = spec.train.resolved_runner == "local"
-    # Set-up overlaps: the data is read and MLflow's client and store are set up (about
-    # 2 s: its import, the store's schema check) on threads while Ray connects (or starts).
-    # On the local runner the actor's start (process, torch, DeepSpeed: about 5 s) is the
-    # longest path: it starts as soon as Ray is connected, and MLflow is set up while it
-    # does; torch is imported on a thread (warm_up_export) once the training is handed
-    # over. A data problem found meanwhile stops the actor before anything is tracked.
     with ThreadPoolExecutor(2, thread_name_prefix="orch-setup") as pool:
         emit({"type": "stage", "stage": "data"})
         reading = pool.submit(_read_data, spec, check_data)
@@ -196,47 +243,14 @@ def run_training(
     try:
         data = reading.result()
         tracker, tracking_uri = tracking.result() if tracking else _tracker(spec)
-        from jobs.tracking import flatten, warm_up_export
-        from jobs.trainer import fit  # no torch yet: see jobs.loop_config
-
-        run_name = run_name or _unique_name(spec.name)
-        run_id = tracker.start(run_name, tags=_lineage_tags(spec, data, "train"))
+        tracker.start(run_name, tags=_lineage_tags(spec, data, "train"))
     except BaseException:
         if local_worker is not None:  # fit() would have stopped it; nothing will now
             import ray
 
             ray.kill(local_worker)
         raise
-    emit({"type": "stage", "stage": "train", "mlflow_run_id": run_id, "epochs": spec.train.epochs})
-
-    with tracker:
-        tracker.log_params(flatten(spec.model_dump(mode="json")))
-        tracker.log_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "spec.yaml")
-        if local:
-            warm_up_export()  # the actor is already up: the driver only waits from here
-        try:
-            result = fit(
-                spec.model,
-                spec.train,
-                data,
-                seed=spec.data.seed,
-                run_name=run_name,
-                storage_path=spec.train.storage_path or str(checkpoint_root()),
-                on_event=_run_events(tracker, emit),
-                local_worker=local_worker,
-            )
-        except TrainingError as exc:
-            _flush_quietly(tracker)
-            raise JobFailedError(f"{spec.name}: {exc} (MLflow run {run_id})") from None
-        try:
-            tracker.flush()  # the epochs logged while MLflow was away land before the model
-        except ConnectionError as exc:
-            raise JobFailedError(f"{spec.name}: trained, but {exc}") from None
-        emit({"type": "stage", "stage": "log_model"})
-        example = data.x_val[:5] * data.info.feature_std + data.info.feature_mean
-        model_uri = tracker.log_model(result.model, data.info, example)
-        tracker.set_tags({"orch.model_uri": model_uri, "orch.checkpoint": result.checkpoint_path})
-    return result, run_id, tracking_uri, model_uri
+    return _TrainingSetUp(data, tracker, tracking_uri, local_worker)
 
 
 def _flush_quietly(tracker: RunTracker) -> None:
@@ -285,49 +299,24 @@ def run_study_pipeline(
     """
     # (no torch.export warm-up here: on a thread beside the study it slows Tune's loop and
     # the trials by more than the 2 s it saves at the end)
-    from jobs.tracking import flatten
-    from jobs.trainer import load_trained_model
-    from tuning.study import STATE_FILE, StudyState, run_study
+    from tuning.study import run_study
     from tuning.tracking import StudyTracker
 
     assert spec.tune is not None
     emit = on_event or (lambda event: None)
-    root = study_root()
-    if run_name is not None and (root / run_name / STATE_FILE).exists():
-        # a named study that ran before (a preempted queue job): continue it
-        study_dir, state = root / run_name, StudyState.read(root / run_name)
-        resume = state.status != "finished"
-    elif resume:
-        study_dir, state = _find_study_to_resume(spec, root)
+    study_dir, state = _study_to_continue(spec, resume, run_name)
+    resume = state is not None
     data = _prepare_data(spec, emit)
-    problem = metric_problem(spec.tune.metric, data.info.task)
-    if problem:
+    if problem := metric_problem(spec.tune.metric, data.info.task):
         raise SpecError(f"tune.metric: {problem}")
     emit({"type": "stage", "stage": "connect"})
     _connected(connect_ray(address, show_worker_logs=show_worker_logs), emit)
     _start_event_hub()
     tracker, tracking_uri = _tracker(spec)
-    if resume:
-        tracker.reopen(state.parent_run_id)
-        state.status = "running"
-    else:
-        name = run_name or _unique_name(f"{spec.name}-study")
-        study_dir = root / name
-        tracker.start(name, tags=_lineage_tags(spec, data, "tune") | {"orch.study": name})
-        state = StudyState(
-            study=name, pipeline=spec.name, spec_hash=spec_hash(spec), parent_run_id=tracker.run_id
-        )
-    state.write(study_dir)
+    study_dir, state = _open_study(spec, data, tracker, study_dir, state, run_name)
     parent_id = tracker.run_id
-    emit(
-        {
-            "type": "stage",
-            "stage": "tune",
-            "mlflow_run_id": parent_id,
-            "study": state.study,
-            "resumed": resume,
-        }
-    )
+    emit({"type": "stage", "stage": "tune", "mlflow_run_id": parent_id, "study": state.study,
+          "resumed": resume})  # fmt: skip
     study_tracker = StudyTracker(tracker, spec.tune, state.study, spec.name)
 
     def track(event: dict) -> None:
@@ -337,71 +326,141 @@ def run_study_pipeline(
     sections = spec.model_dump(mode="json", include={"model", "train"})
     with tracker:
         if not resume:
-            tracker.log_params(flatten(spec.model_dump(mode="json", by_alias=True)))
-            tracker.log_text(
-                yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), sort_keys=False),
-                "spec.yaml",
-            )
+            _log_spec(spec, tracker)
         try:
             outcome = run_study(
-                study=state.study,
-                study_dir=study_dir,
-                sections=sections,
-                tune=spec.tune,
-                data=data,
-                seed=spec.data.seed,
-                trials_storage=(
-                    f"{spec.train.storage_path.rstrip('/')}/studies/{state.study}/trials"
-                    if spec.train.storage_path
-                    else None
-                ),
-                on_event=track,
-                resume=resume,
-            )
+                study=state.study, study_dir=study_dir, sections=sections, tune=spec.tune,
+                data=data, seed=spec.data.seed, trials_storage=_trials_storage(spec, state.study),
+                on_event=track, resume=resume,
+            )  # fmt: skip
         except TuningError as exc:
             study_tracker.wait()
-            state.status = "failed"
-            state.write(study_dir)
+            _mark(state, study_dir, "failed")
             raise JobFailedError(f"{spec.name}: {exc} (MLflow run {parent_id})") from None
         study_tracker.finish(outcome.trials, outcome.best)
-        best = outcome.best
-        if best is None or best.checkpoint is None:
-            state.status = "failed"
-            state.write(study_dir)
-            failed = [t for t in outcome.trials if t.status == "failed"]
-            why = f"; first failure: {failed[0].reason}" if failed else ""
-            raise JobFailedError(
-                f"{spec.name}: no trial of study {state.study} completed its "
-                f"{spec.train.epochs} epochs ({len(outcome.trials)} trials{why}); MLflow run "
-                f"{parent_id}"
-            )
-        best_sections = apply_values(sections, best.params)
-        best_model = ModelSpec.model_validate(best_sections["model"])
-        refit = None
-        if spec.tune.refit is not None:
-            refit = _refit(spec, state.study, best_sections, data, tracker, emit)
-            model, metrics = refit.result.model, refit.result.metrics
-            checkpoint = refit.result.checkpoint_path
-        else:
-            model, metrics = load_trained_model(best.checkpoint, best_model)
-            checkpoint = best.checkpoint
+        if outcome.best is None or outcome.best.checkpoint is None:
+            _mark(state, study_dir, "failed")
+            raise _nothing_completed(spec, state.study, outcome, parent_id)
+        best_sections = apply_values(sections, outcome.best.params)
+        best = _best_model(spec, state.study, outcome, best_sections, data, tracker, emit)
         emit({"type": "stage", "stage": "log_model"})
-        example = data.x_val[:5] * data.info.feature_std + data.info.feature_mean
-        model_uri = tracker.log_model(model, data.info, example)
-        best_spec = spec.model_dump(mode="json", by_alias=True) | best_sections
-        tracker.log_text(yaml.safe_dump(best_spec, sort_keys=False), "best_spec.yaml")
-        tracker.set_tags({"orch.model_uri": model_uri, "orch.checkpoint": checkpoint})
-        state.status = "finished"
-        state.write(study_dir)
+        model_uri = _log_best(spec, best, best_sections, data, tracker)
+        _mark(state, study_dir, "finished")
     return StudyRun(
         outcome=outcome,
         parent_run_id=parent_id,
         tracking_uri=tracking_uri,
         model_uri=model_uri,
-        metrics=metrics,
-        checkpoint=checkpoint,
-        refit=refit,
+        metrics=best.metrics,
+        checkpoint=best.checkpoint,
+        refit=best.refit,
     )
+
+
+def _log_spec(spec: PipelineSpec, tracker: RunTracker) -> None:
+    """The spec as the study run's params (flattened) and as its spec.yaml."""
+    from jobs.tracking import flatten
+
+    dumped = spec.model_dump(mode="json", by_alias=True)
+    tracker.log_params(flatten(dumped))
+    tracker.log_text(yaml.safe_dump(dumped, sort_keys=False), "spec.yaml")
+
+
+def _trials_storage(spec: PipelineSpec, study: str) -> str | None:
+    """Where the trials keep checkpoints: under ``train.storage_path`` when it is set (a
+    path every node reaches), else the study's own folder (None)."""
+    if not spec.train.storage_path:
+        return None
+    return f"{spec.train.storage_path.rstrip('/')}/studies/{study}/trials"
+
+
+def _log_best(spec, best: _BestModel, best_sections: dict, data, tracker) -> str:
+    """The best model and its spec on the study's run; returns the model's URI."""
+    example = data.x_val[:5] * data.info.feature_std + data.info.feature_mean
+    model_uri = tracker.log_model(best.model, data.info, example)
+    best_spec = spec.model_dump(mode="json", by_alias=True) | best_sections
+    tracker.log_text(yaml.safe_dump(best_spec, sort_keys=False), "best_spec.yaml")
+    tracker.set_tags({"orch.model_uri": model_uri, "orch.checkpoint": best.checkpoint})
+    return model_uri
+
+
+def _study_to_continue(
+    spec: PipelineSpec, resume: bool, run_name: str | None
+) -> tuple[Path | None, StudyState | None]:
+    """The study a run continues: a named one that ran before (a preempted queue job), or
+    with ``--resume`` the pipeline's last unfinished one; (None, None) for a new study."""
+    from tuning.study import STATE_FILE, StudyState
+
+    root = study_root()
+    if run_name is not None and (root / run_name / STATE_FILE).exists():
+        state = StudyState.read(root / run_name)
+        return (root / run_name, state) if state.status != "finished" else (None, None)
+    if resume:
+        return _find_study_to_resume(spec, root)
+    return None, None
+
+
+def _open_study(
+    spec: PipelineSpec,
+    data: PreparedData,
+    tracker: RunTracker,
+    study_dir: Path | None,
+    state: StudyState | None,
+    run_name: str | None,
+) -> tuple[Path, StudyState]:
+    """Reopen the continued study's MLflow run, or start a new study's; its state written."""
+    from tuning.study import StudyState
+
+    if state is not None:
+        tracker.reopen(state.parent_run_id)
+        state.status = "running"
+    else:
+        name = run_name or _unique_name(f"{spec.name}-study")
+        study_dir = study_root() / name
+        tracker.start(name, tags=_lineage_tags(spec, data, "tune") | {"orch.study": name})
+        state = StudyState(
+            study=name, pipeline=spec.name, spec_hash=spec_hash(spec), parent_run_id=tracker.run_id
+        )
+    state.write(study_dir)
+    return study_dir, state
+
+
+def _mark(state: StudyState, study_dir: Path, status: str) -> None:
+    state.status = status
+    state.write(study_dir)
+
+
+def _nothing_completed(
+    spec: PipelineSpec, study: str, outcome: StudyOutcome, parent_id: str
+) -> JobFailedError:
+    failed = [t for t in outcome.trials if t.status == "failed"]
+    why = f"; first failure: {failed[0].reason}" if failed else ""
+    return JobFailedError(
+        f"{spec.name}: no trial of study {study} completed its {spec.train.epochs} epochs "
+        f"({len(outcome.trials)} trials{why}); MLflow run {parent_id}"
+    )
+
+
+@dataclass
+class _BestModel:
+    """The model a study logs: the best trial's, or its configuration trained again."""
+
+    model: object
+    metrics: dict
+    checkpoint: str
+    refit: RefitRun | None
+
+
+def _best_model(spec, study, outcome, best_sections, data, tracker, emit) -> _BestModel:
+    from jobs.trainer import load_trained_model
+
+    if spec.tune.refit is not None:
+        refit = _refit(spec, study, best_sections, data, tracker, emit)
+        result = refit.result
+        return _BestModel(result.model, result.metrics, result.checkpoint_path, refit)
+    best_model = ModelSpec.model_validate(best_sections["model"])
+    model, metrics = load_trained_model(outcome.best.checkpoint, best_model)
+    return _BestModel(model, metrics, outcome.best.checkpoint, None)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,12 +47,19 @@ def _data(spec: PipelineSpec) -> PreparedData:
         raise SpecError(f"{exc.field}: {exc.message}") from None
 
 
-def build_app_config(
-    spec: PipelineSpec, tracking_uri: str, on_event: EventHandler
-) -> tuple[AppConfig, list[VariantReport]]:
-    """Resolve the model(s), build and gate the quantized variant(s): no Ray needed."""
-    serve = spec.serve
-    registry = Registry(tracking_uri)
+@dataclass(frozen=True)
+class _GateData:
+    """What the quantization gate measures a variant on: the pipeline's own validation
+    split in raw feature units (as requests send it), and calibration rows if needed."""
+
+    x_val: np.ndarray
+    y_val: np.ndarray
+    task: str
+    fingerprint: str
+    calibration: np.ndarray | None
+
+
+def _gate_data(spec: PipelineSpec) -> _GateData:
     data = _data(spec)
     info = data.info
     x_val = (data.x_val * info.feature_std + info.feature_mean).astype(np.float32)
@@ -61,44 +69,81 @@ def build_app_config(
         else data.y_val * info.target_std + (info.target_mean)
     )
     calibration = None
-    if serve.quantization == "static-int8":
-        rows = data.x_train[: serve.calibration_samples]
+    if spec.serve.quantization == "static-int8":
+        rows = data.x_train[: spec.serve.calibration_samples]
         calibration = (rows * info.feature_std + info.feature_mean).astype(np.float32)
+    return _GateData(x_val, y_val, info.task, info.fingerprint, calibration)
+
+
+def _api_key_hash(serve) -> str | None:
+    if not serve.auth.api_key_env:
+        return None
+    key = os.environ.get(serve.auth.api_key_env)
+    if not key:
+        raise SpecError(
+            f"serve.auth.api_key_env: environment variable {serve.auth.api_key_env} is "
+            "not set; export it with the key clients will send"
+        )
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _gated_variant(
+    spec: PipelineSpec,
+    registry: Registry,
+    uri: str,
+    gate: _GateData,
+    on_event: EventHandler,
+):
+    """The served variant of one registered version, measured and passed through the
+    gate: (name, version, its VariantReport, the model's DataInfo)."""
+    serve = spec.serve
+    try:
+        name, version = registry.resolve(uri)
+    except RegistryError as exc:
+        raise SpecError(f"serve.model: {exc}") from None
+    trained_on = registry.version_tags(name, version).get("orch.data_fingerprint")
+    if trained_on and trained_on != gate.fingerprint:
+        raise SpecError(
+            f"serve.model: {name} version {version} was trained on other data than this "
+            "pipeline's data section (fingerprints differ); the quantization gate measures "
+            "on this pipeline's validation split, so serve it from its own pipeline"
+        )
+    on_event({"type": "stage", "stage": "quantize", "model": f"{name}/{version}"})
+    try:
+        model, model_info = load_inference_model(f"models:/{name}/{version}", registry.tracking_uri)
+        report = prepare_variant(
+            registry,
+            name,
+            version,
+            serve.quantization,
+            model=model,
+            x_val=gate.x_val,
+            y_val=gate.y_val,
+            task=gate.task,
+            calibration=gate.calibration,
+            max_batch_size=serve.batching.max_batch_size,
+            threads=max(1, int(serve.cpus_per_replica)),
+        )
+        check_gate(report, serve.max_accuracy_drop)
+    except (ValueError, QuantizationError) as exc:
+        raise JobFailedError(f"serve: {name} version {version}: {exc}") from None
+    except GateError as exc:
+        raise JobFailedError(str(exc)) from None
+    on_event({"type": "variant", "report": report})
+    return name, version, report, model_info
+
+
+def build_app_config(
+    spec: PipelineSpec, tracking_uri: str, on_event: EventHandler
+) -> tuple[AppConfig, list[VariantReport]]:
+    """Resolve the model(s), build and gate the quantized variant(s): no Ray needed."""
+    serve = spec.serve
+    key_hash = _api_key_hash(serve)  # a missing key stops here, before any quantizing
+    registry = Registry(tracking_uri)
+    gate = _gate_data(spec)
     served, reports = [], []
     for alias, uri in _served_versions(spec, registry):
-        try:
-            name, version = registry.resolve(uri)
-        except RegistryError as exc:
-            raise SpecError(f"serve.model: {exc}") from None
-        trained_on = registry.version_tags(name, version).get("orch.data_fingerprint")
-        if trained_on and trained_on != info.fingerprint:
-            raise SpecError(
-                f"serve.model: {name} version {version} was trained on other data than this "
-                "pipeline's data section (fingerprints differ); the quantization gate measures "
-                "on this pipeline's validation split, so serve it from its own pipeline"
-            )
-        on_event({"type": "stage", "stage": "quantize", "model": f"{name}/{version}"})
-        try:
-            model, model_info = load_inference_model(f"models:/{name}/{version}", tracking_uri)
-            report = prepare_variant(
-                registry,
-                name,
-                version,
-                serve.quantization,
-                model=model,
-                x_val=x_val,
-                y_val=y_val,
-                task=info.task,
-                calibration=calibration,
-                max_batch_size=serve.batching.max_batch_size,
-                threads=max(1, int(serve.cpus_per_replica)),
-            )
-            check_gate(report, serve.max_accuracy_drop)
-        except (ValueError, QuantizationError) as exc:
-            raise JobFailedError(f"serve: {name} version {version}: {exc}") from None
-        except GateError as exc:
-            raise JobFailedError(str(exc)) from None
-        on_event({"type": "variant", "report": report})
+        name, version, report, model_info = _gated_variant(spec, registry, uri, gate, on_event)
         reports.append(report)
         served.append(
             ServedModel(
@@ -113,15 +158,6 @@ def build_app_config(
                 threads=max(1, int(serve.cpus_per_replica)),
             )
         )
-    key_hash = None
-    if serve.auth.api_key_env:
-        key = os.environ.get(serve.auth.api_key_env)
-        if not key:
-            raise SpecError(
-                f"serve.auth.api_key_env: environment variable {serve.auth.api_key_env} is "
-                "not set; export it with the key clients will send"
-            )
-        key_hash = hashlib.sha256(key.encode()).hexdigest()
     config = AppConfig(
         name=serve.name,
         model_name=served[0].model_name,

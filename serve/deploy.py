@@ -71,16 +71,13 @@ def check_resources(config: AppConfig) -> None:
 def http_address(spec: ServeSpec) -> str:
     """Where Serve answers: the running Serve's address, else the spec's.
 
-    A Serve that was already running keeps its own port whatever the spec says. Ray has no
-    public call for it; ``_get_global_client`` is private (tests/test_private_names.py fails
-    on the Ray upgrade that removes it, instead of this silently answering the spec's port).
+    A Serve that was already running keeps its own port whatever the spec says.
     """
-    from ray.serve.context import _get_global_client
+    from serve.serve_internals import running_http_options
 
-    client = _get_global_client(raise_if_no_controller_running=False)
-    if client is None:  # Serve not running yet
+    options = running_http_options()
+    if options is None:  # Serve not running yet
         return f"http://{spec.host}:{spec.port}"
-    options = client.http_config
     host = "127.0.0.1" if options.host in ("0.0.0.0", "") else options.host
     return f"http://{host}:{options.port}"
 

@@ -238,12 +238,13 @@ def load_predictor(
 
         return run_onnx
     import torch
-    from mlflow.pytorch import _validate_pt2_archive_is_pickle_free
+
+    from serve.mlflow_internals import check_pt2_pickle_free
 
     torch.set_num_threads(threads)
     # torch.export.load unpickles parts of the archive; refuse one that holds anything but
     # tensors and metadata (what MLflow itself checks before loading a pt2 model).
-    _validate_pt2_archive_is_pickle_free(str(path))
+    check_pt2_pickle_free(str(path))
     module = torch.export.load(str(path)).module()
 
     def run_torch(rows: np.ndarray) -> np.ndarray:

@@ -78,10 +78,11 @@ class Registry:
         """A new version of ``name`` from ``model_uri``; returns its version number."""
         import mlflow
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
+        from jobs.mlflow_fluent import fluent_calls
+
         all_tags = dict(tags) | {f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items()}
-        version = mlflow.register_model(model_uri, name, tags=all_tags)
+        with fluent_calls(self.tracking_uri):
+            version = mlflow.register_model(model_uri, name, tags=all_tags)
         return str(version.version)
 
     def promote(self, name: str, version: str, alias: str) -> None:

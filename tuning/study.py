@@ -400,89 +400,28 @@ def run_study(
     Raises:
         TuningError: the cluster cannot fit one trial, or the study cannot be restored.
     """
-    import ray
     from ray import tune as ray_tune
 
     emit = on_event or (lambda event: None)
     epochs = TrainSpec.model_validate(sections["train"]).epochs
     demand = trial_demand(tune, sections)
-    cluster = {k: float(v) for k, v in ray.cluster_resources().items()}
-    cap = concurrency_cap(demand, cluster)
-    if cap < 1:
-        raise TuningError(
-            f"one trial needs {demand} (train.workers x train.resources_per_worker) but the "
-            f"cluster has { ({k: cluster.get(k, 0.0) for k in demand}) }; lower train.workers or "
-            "the resources per worker, or add nodes"
-        )
-    concurrent = min(cap, tune.max_concurrent_trials or cap, tune.planned_trials())
-
-    # Tune's experiment snapshot (what a restore sees) on every step of its loop, so a
-    # trial that finished just before the driver died is not run again (with a 1 s
-    # throttle a trial finished in that second was re-run after a kill in a test).
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    # Our own table replaces Tune's console output.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Ctrl-C interrupts the study (resumable with --resume) instead of Tune's handler
-    # quietly ending it as if it had finished.
-    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-
+    concurrent = _concurrency(tune, demand)
+    _set_tune_environment()
     started = time.time()
     tracker = _Tracker(tune, sections, epochs, emit, started, tune.time_budget_s)
     events.register(study, tracker)
     trainable = ray_tune.with_resources(
         ray_tune.with_parameters(
-            run_trial,
-            sections=sections,
-            tune_spec=tune,
-            data=data,
-            seed=seed,
+            run_trial, sections=sections, tune_spec=tune, data=data, seed=seed,
             storage_path=trials_storage or str(study_dir / TRIALS_DIR),
         ),
         TrialResources(sections, tune),
-    )
-    tune_path = study_dir / TUNE_DIR
+    )  # fmt: skip
     try:
         if resume:
-            try:
-                put_back_if_cut_off(tune_path)
-            except ValueError as exc:
-                raise TuningError(str(exc)) from None
-            if not ray_tune.Tuner.can_restore(str(tune_path)):
-                raise TuningError(f"{tune_path}: no Ray Tune state to resume from")
-            tuner = ray_tune.Tuner.restore(
-                str(tune_path),
-                trainable,
-                resume_unfinished=True,
-                resume_errored=False,
-                param_space=param_space(tune),
-            )
+            tuner = _restored_tuner(study_dir / TUNE_DIR, trainable, tune)
         else:
-            callback = _StudyCallback(study, tune.max_failed_trials, StateCopy(str(tune_path)))
-            tuner = ray_tune.Tuner(
-                trainable,
-                param_space=param_space(tune),
-                tune_config=ray_tune.TuneConfig(
-                    metric=tune.metric,
-                    mode=tune.resolved_mode,
-                    search_alg=create_searcher(tune, concurrent),
-                    scheduler=create_scheduler(tune, epochs, study),
-                    num_samples=1 if tune.search.algorithm == "grid" else tune.num_samples,
-                    max_concurrent_trials=concurrent,
-                    time_budget_s=tune.time_budget_s,
-                    # the next trial runs in the actor (and process) the last one
-                    # left: no actor start, DeepSpeed and torch already imported; the
-                    # trial resets all it owns (seed, model, engine, data order)
-                    reuse_actors=True,
-                ),
-                run_config=ray_tune.RunConfig(
-                    name=TUNE_DIR,
-                    storage_path=str(study_dir),
-                    callbacks=[callback],
-                    stop=callback,
-                    failure_config=ray_tune.FailureConfig(max_failures=tune.trial_retries),
-                    verbose=0,
-                ),
-            )
+            tuner = _new_tuner(study, study_dir, trainable, tune, epochs, concurrent)
         emit(
             {
                 "type": "study_started",
@@ -510,6 +449,95 @@ def run_study(
     )
     emit({"type": "study_finished", "outcome": outcome})
     return outcome
+
+
+def _concurrency(tune: TuneSpec, demand: dict) -> int:
+    """Trials at once: what the cluster fits, capped by the spec and the trial budget.
+
+    Raises:
+        TuningError: the cluster cannot fit one trial.
+    """
+    import ray
+
+    cluster = {k: float(v) for k, v in ray.cluster_resources().items()}
+    cap = concurrency_cap(demand, cluster)
+    if cap < 1:
+        raise TuningError(
+            f"one trial needs {demand} (train.workers x train.resources_per_worker) but the "
+            f"cluster has { ({k: cluster.get(k, 0.0) for k in demand}) }; lower train.workers or "
+            "the resources per worker, or add nodes"
+        )
+    return min(cap, tune.max_concurrent_trials or cap, tune.planned_trials())
+
+
+def _set_tune_environment() -> None:
+    """Ray Tune settings, read from the environment (a value the user set wins)."""
+    # Tune's experiment snapshot (what a restore sees) on every step of its loop, so a
+    # trial that finished just before the driver died is not run again (with a 1 s
+    # throttle a trial finished in that second was re-run after a kill in a test).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # Our own table replaces Tune's console output.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ctrl-C interrupts the study (resumable with --resume) instead of Tune's handler
+    # quietly ending it as if it had finished.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+
+
+def _restored_tuner(tune_path: Path, trainable, tune: TuneSpec):
+    """The study's Tuner from its saved state (a cut-off copy put back first).
+
+    Raises:
+        TuningError: there is no whole state to resume from.
+    """
+    from ray import tune as ray_tune
+
+    try:
+        put_back_if_cut_off(tune_path)
+    except ValueError as exc:
+        raise TuningError(str(exc)) from None
+    if not ray_tune.Tuner.can_restore(str(tune_path)):
+        raise TuningError(f"{tune_path}: no Ray Tune state to resume from")
+    return ray_tune.Tuner.restore(
+        str(tune_path),
+        trainable,
+        resume_unfinished=True,
+        resume_errored=False,
+        param_space=param_space(tune),
+    )
+
+
+def _new_tuner(
+    study: str, study_dir: Path, trainable, tune: TuneSpec, epochs: int, concurrent: int
+):
+    from ray import tune as ray_tune
+
+    tune_path = study_dir / TUNE_DIR
+    callback = _StudyCallback(study, tune.max_failed_trials, StateCopy(str(tune_path)))
+    return ray_tune.Tuner(
+        trainable,
+        param_space=param_space(tune),
+        tune_config=ray_tune.TuneConfig(
+            metric=tune.metric,
+            mode=tune.resolved_mode,
+            search_alg=create_searcher(tune, concurrent),
+            scheduler=create_scheduler(tune, epochs, study),
+            num_samples=1 if tune.search.algorithm == "grid" else tune.num_samples,
+            max_concurrent_trials=concurrent,
+            time_budget_s=tune.time_budget_s,
+            # the next trial runs in the actor (and process) the last one left: no actor
+            # start, DeepSpeed and torch already imported; the trial resets all it owns
+            # (seed, model, engine, data order)
+            reuse_actors=True,
+        ),
+        run_config=ray_tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=str(study_dir),
+            callbacks=[callback],
+            stop=callback,
+            failure_config=ray_tune.FailureConfig(max_failures=tune.trial_retries),
+            verbose=0,
+        ),
+    )
 
 
 def _backfill(tracker: _Tracker, grid, tune: TuneSpec, resumed: bool) -> None:

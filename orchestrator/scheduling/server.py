@@ -51,36 +51,42 @@ class ServerInfo(BaseModel):
     ray_submission_id: str | None = None
 
 
-def build_api(scheduler: Scheduler, info: ServerInfo) -> FastAPI:
-    app = FastAPI(title="orch queue", version="1")
+def _authorize(request: Request) -> None:
+    """Every call but /healthz carries the cluster's Ray token when token auth is on."""
+    if not token_required():
+        return
+    expected = f"Bearer {ray_token() or ''}"
+    given = request.headers.get("authorization", "")
+    if not given:
+        raise HTTPException(401, "missing the Ray token: send Authorization: Bearer <token>")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(403, "invalid Ray token")
 
-    def authorize(request: Request) -> None:
-        if not token_required():
-            return
-        expected = f"Bearer {ray_token() or ''}"
-        given = request.headers.get("authorization", "")
-        if not given:
-            raise HTTPException(401, "missing the Ray token: send Authorization: Bearer <token>")
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise HTTPException(403, "invalid Ray token")
 
-    @app.exception_handler(SpecError)
-    async def _spec_error(request, exc: SpecError):
-        return JSONResponse(status_code=400, content={"detail": str(exc)})
+_ERROR_STATUS = {SpecError: 400, UnknownJob: 404, JobConflict: 409}
 
-    @app.exception_handler(UnknownJob)
-    async def _unknown(request, exc: UnknownJob):
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
 
-    @app.exception_handler(JobConflict)
-    async def _conflict(request, exc: JobConflict):
-        return JSONResponse(status_code=409, content={"detail": str(exc)})
+def _add_error_handlers(app: FastAPI) -> None:
+    """Our errors as their HTTP statuses with the message as ``detail``."""
+
+    def answer(status: int):
+        async def handler(request, exc):
+            return JSONResponse(status_code=status, content={"detail": str(exc)})
+
+        return handler
+
+    for error, status in _ERROR_STATUS.items():
+        app.add_exception_handler(error, answer(status))
 
     @app.exception_handler(RayUnavailable)
     async def _ray_down(request, exc: RayUnavailable):
         return JSONResponse(status_code=503, content={"detail": f"Ray is not answering: {exc}"})
 
-    guarded = [Depends(authorize)]
+
+def build_api(scheduler: Scheduler, info: ServerInfo) -> FastAPI:
+    app = FastAPI(title="orch queue", version="1")
+    _add_error_handlers(app)
+    guarded = [Depends(_authorize)]
 
     @app.get("/healthz")
     def healthz() -> ServerInfo:
@@ -162,7 +168,6 @@ def serve_forever(
     poll_s: float = 1.0,
 ) -> int:
     """Run the queue server until SIGTERM/SIGINT. Returns an exit code."""
-    import ray
     import uvicorn
 
     state_dir = Path(state_dir).resolve()
@@ -171,26 +176,12 @@ def serve_forever(
     if lock is None:
         print(f"another orch server already serves {state_dir}", flush=True)
         return 0
-    from orchestrator.address import gcs_address, given_address, parse_address
-
-    target = gcs_address(given_address(ray_address) or parse_address("auto", "--address"))
-    if target != "auto":
-        os.environ["RAY_ADDRESS"] = target  # Ray reads it too: never a dashboard URL
-    context = ray.init(
-        address=target,
-        logging_level="WARNING",
-        log_to_driver=False,
-        namespace="orch",
-    )
-    dashboard = context.dashboard_url or ""
-    dashboard_url = dashboard if dashboard.startswith("http") else f"http://{dashboard}"
+    dashboard_url = _connect(ray_address)
     store = JobStore(state_dir / DB_FILE)
     scheduler = Scheduler(
         store, RayJobs(dashboard_url), create_policy("priority", policy), state_dir, poll_s=poll_s
     )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    sock = _listening_socket(host, port)
     bound = sock.getsockname()[1]
     info = ServerInfo(
         url=f"http://{host}:{bound}",
@@ -229,11 +220,42 @@ def serve_forever(
         stop.set()
         loop.join(timeout=10)
         store.close()
-        try:
-            current = json.loads((state_dir / SERVER_FILE).read_text())
-            if current.get("pid") == os.getpid():
-                (state_dir / SERVER_FILE).unlink()
-        except (OSError, ValueError):
-            pass
+        _forget_server_file(state_dir)
         lock.close()
     return 0
+
+
+def _connect(ray_address: str | None) -> str:
+    """Join the cluster the queue runs jobs on; returns its dashboard URL."""
+    import ray
+
+    from orchestrator.address import gcs_address, given_address, parse_address
+
+    target = gcs_address(given_address(ray_address) or parse_address("auto", "--address"))
+    if target != "auto":
+        os.environ["RAY_ADDRESS"] = target  # Ray reads it too: never a dashboard URL
+    context = ray.init(
+        address=target,
+        logging_level="WARNING",
+        log_to_driver=False,
+        namespace="orch",
+    )
+    dashboard = context.dashboard_url or ""
+    return dashboard if dashboard.startswith("http") else f"http://{dashboard}"
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _forget_server_file(state_dir: Path) -> None:
+    """Remove server.json if it still names this process (a newer server may own it)."""
+    try:
+        current = json.loads((state_dir / SERVER_FILE).read_text())
+        if current.get("pid") == os.getpid():
+            (state_dir / SERVER_FILE).unlink()
+    except (OSError, ValueError):
+        pass

@@ -88,7 +88,7 @@ def test_zero_1_2_3_and_bf16_engines_step_without_importing_muon():
 
 
 def test_a_run_on_in_memory_splits_starts_no_ray_data_actor(ray_session):
-    """jobs/ray_train.py drops Ray Train's DatasetsCallback (it starts a DatasetManager
+    """jobs/train_internals.py drops Ray Train's DatasetsCallback (it starts a DatasetManager
     process per fit) when no Ray Dataset is passed, and only then; this fails on the Ray
     upgrade that renames the method or moves the callback."""
     import ray.data
@@ -96,7 +96,7 @@ def test_a_run_on_in_memory_splits_starts_no_ray_data_actor(ray_session):
     from ray.train.v2._internal.callbacks.backend_setup import BackendSetupCallback
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 
-    from jobs.ray_train import InMemoryDataTorchTrainer
+    from jobs.train_internals import InMemoryDataTorchTrainer
 
     def kinds(datasets) -> set[type]:
         trainer = InMemoryDataTorchTrainer(

@@ -25,7 +25,7 @@ from tests.conftest import EXAMPLES
 pytestmark = pytest.mark.slow
 
 
-def test_digits_example_reaches_target_and_is_tracked(ray_session):
+def test_digits_example_reaches_target_and_is_tracked(ray_session, tmp_path):
     """The example's training on its own (its study is tested in tests/tuning, its serving in
     tests/serve, and the serve stage of `orch run` in tests/orchestrator/test_job_submit)."""
     spec = load_spec(EXAMPLES / "digits.yaml").model_copy(update={"tune": None, "serve": None})
@@ -52,8 +52,13 @@ def test_digits_example_reaches_target_and_is_tracked(ray_session):
     with open(spec_path) as f:
         assert yaml.safe_load(f) == spec.model_dump(mode="json")
 
-    # The logged model is a plain torch program that takes raw features.
-    model = mlflow.pytorch.load_model(result.model_uri)
+    # The logged model is a plain torch program that takes raw features. The SDK reads it
+    # from orch's store whatever MLflow's process-wide URI says, and leaves that URI alone.
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    mlflow.set_tracking_uri(elsewhere)
+    model = Client().load_model(result.model_uri)
+    assert mlflow.get_tracking_uri() == elsewhere
+    mlflow.set_tracking_uri(result.tracking_uri)  # for get_model_info below
     data = prepare(load_spec(EXAMPLES / "digits.yaml").data)
     raw_val = data.x_val * np.array(data.info.feature_std) + np.array(data.info.feature_mean)
     with torch.no_grad():

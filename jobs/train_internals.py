@@ -7,7 +7,8 @@ small enough for the object store (``jobs.splits.fits_in_memory``) reach the wor
 through ``train_loop_config``; for those runs this trainer leaves out the callback that
 starts the actor. Runs that stream through Ray Data keep it.
 
-This reaches into Ray Train's private callback list on purpose:
+This reaches into Ray Train's private callback list on purpose, and is the only module
+that touches Ray Train's private names (tests/test_private_names.py checks that):
 tests/jobs/test_startup.py fails on the Ray upgrade that moves or renames what it relies
 on, before the cost comes back unnoticed.
 """
