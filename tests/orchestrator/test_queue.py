@@ -116,18 +116,10 @@ def test_priorities_preemption_restart_cancel_and_retry(queue_client, queue_head
     new_pid = json.loads((client.state_dir / "server.json").read_text())["pid"]
     assert new_pid != killed
 
-    # 5. The small low job waits behind long (which needs both CPUs) instead of jumping it.
+    # 5. The small low job waits behind long (which needs both CPUs) instead of jumping it,
+    # even when one CPU is free: the admission order below says so whatever finishes
+    # first (the reason it shows meanwhile is checked in test_queue_policy.py).
     wait(lambda: first.refresh().state == "succeeded", 300, "urgent to finish", first)
-
-    def reason_of(job_id: str) -> str:
-        return next((j.reason for _, j in client.queue() if j.id == job_id), "")
-
-    # while normal runs, one CPU is free and late_low needs one, but long is ahead of it
-    if normal.refresh().state == "running":
-        assert wait(
-            lambda: reason_of(late_low.id).startswith(f"behind {long.id} (low)"), 30, "reason"
-        )
-        assert late_low.refresh().state == "queued"
 
     # 6. long resumes from its checkpoint, not from epoch 0, and finishes.
     wait(lambda: long.refresh().terminal, 600, "long to finish", long)
