@@ -39,6 +39,12 @@ class DataInfo(BaseModel):
     def n_outputs(self) -> int:
         return len(self.classes) if self.task == "classification" else 1
 
+    def raw_features(self, standardised: np.ndarray) -> np.ndarray:
+        """Rows in the units requests send (float32), from the standardised ones a training
+        sees: what a logged model's input example and the quantization gate use."""
+        mean, std = np.asarray(self.feature_mean), np.asarray(self.feature_std)
+        return (standardised * std + mean).astype(np.float32)
+
 
 @dataclass
 class PreparedData:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jobs.errors import first_line
 from jobs.mlflow_fluent import fluent_calls
 from jobs.prepared import DataInfo
 
@@ -177,7 +178,7 @@ class Outbox:
                 self._client.log_batch(self._run_id, metrics=metrics, tags=tags)
             except Exception as exc:  # server away: keep the item, retry with backoff
                 self.retries += 1
-                self.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self.last_error = first_line(exc)
                 log.warning("MLflow write failed (%s); retrying in %.1f s", self.last_error, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -18,6 +18,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from orchestrator.exceptions import ClusterError, OrchestratorError, UsageError
+from orchestrator.scheduling.token import bearer_headers
 
 
 def cluster_dir() -> Path:
@@ -31,7 +32,7 @@ def ray_nodes(dashboard_url: str, token: str) -> list[dict]:
     reply = httpx.get(
         f"{dashboard_url}/api/v0/nodes",
         params={"limit": 100, "detail": "true"},
-        headers={"Authorization": f"Bearer {token}"},
+        headers=bearer_headers(token),
         timeout=10,
     )
     reply.raise_for_status()

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
+from jobs.errors import first_line
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type's name when it has none): what a
-    one-line error quotes from a library's multi-line one."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+__all__ = ["first_line"]  # one definition (jobs.errors), re-exported for the orchestrator
 
 
 class OrchestratorError(Exception):

@@ -199,7 +199,7 @@ def run_training(
         except ConnectionError as exc:
             raise JobFailedError(f"{spec.name}: trained, but {exc}") from None
         emit({"type": "stage", "stage": "log_model"})
-        example = data.x_val[:5] * data.info.feature_std + data.info.feature_mean
+        example = data.info.raw_features(data.x_val[:5])
         model_uri = tracker.log_model(result.model, data.info, example)
         tracker.set_tags({"orch.model_uri": model_uri, "orch.checkpoint": result.checkpoint_path})
     return result, run_id, setup.tracking_uri, model_uri
@@ -376,7 +376,7 @@ def _trials_storage(spec: PipelineSpec, study: str) -> str | None:
 
 def _log_best(spec, best: _BestModel, best_sections: dict, data, tracker) -> str:
     """The best model and its spec on the study's run; returns the model's URI."""
-    example = data.x_val[:5] * data.info.feature_std + data.info.feature_mean
+    example = data.info.raw_features(data.x_val[:5])
     model_uri = tracker.log_model(best.model, data.info, example)
     best_spec = spec.model_dump(mode="json", by_alias=True) | best_sections
     tracker.log_text(yaml.safe_dump(best_spec, sort_keys=False), "best_spec.yaml")

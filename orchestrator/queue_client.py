@@ -80,7 +80,9 @@ class QueueClient:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        from orchestrator.scheduling.token import bearer_headers
+
+        return bearer_headers(self._token)
 
     # ------------------------------------------------------------- the server
 

@@ -62,7 +62,7 @@ class _GateData:
 def _gate_data(spec: PipelineSpec) -> _GateData:
     data = _data(spec)
     info = data.info
-    x_val = (data.x_val * info.feature_std + info.feature_mean).astype(np.float32)
+    x_val = info.raw_features(data.x_val)
     y_val = (
         data.y_val
         if info.task == "classification"
@@ -71,7 +71,7 @@ def _gate_data(spec: PipelineSpec) -> _GateData:
     calibration = None
     if spec.serve.quantization == "static-int8":
         rows = data.x_train[: spec.serve.calibration_samples]
-        calibration = (rows * info.feature_std + info.feature_mean).astype(np.float32)
+        calibration = info.raw_features(rows)
     return _GateData(x_val, y_val, info.task, info.fingerprint, calibration)
 
 

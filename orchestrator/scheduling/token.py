@@ -28,6 +28,10 @@ def token_required() -> bool:
     return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
 
 
-def auth_headers() -> dict[str, str]:
-    token = ray_token()
+def bearer_headers(token: str | None) -> dict[str, str]:
+    """The Authorization header that carries ``token`` (none without a token)."""
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def auth_headers() -> dict[str, str]:
+    return bearer_headers(ray_token())
