@@ -22,8 +22,10 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy only where it runs: the spec reads QUANTIZERS at editor speed
+    import numpy as np
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "output"
@@ -71,12 +73,13 @@ def build_variant(
     entry = QUANTIZERS[quantization]
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return entry.build(model, example.astype(np.float32), calibration, out_dir)
+        return entry.build(model, example.astype("float32"), calibration, out_dir)
     except QuantizationError:
         raise
     except Exception as exc:  # exporters raise many types; the user needs the first line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QuantizationError(f"{quantization}: {first}") from exc
+        from jobs.errors import first_line
+
+        raise QuantizationError(f"{quantization}: {first_line(exc)}") from exc
 
 
 def runtime_of(quantization: str) -> str:
@@ -90,7 +93,7 @@ def _export_onnx(model, example: np.ndarray, path: Path) -> Path:
     """torch.export -> ONNX with a dynamic batch dimension."""
     import torch
 
-    x = torch.from_numpy(np.repeat(example[:1], 2, axis=0))
+    x = torch.from_numpy(example[:1].repeat(2, axis=0))
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -144,11 +147,13 @@ class _Rows:
     """ONNX Runtime's CalibrationDataReader over a matrix, 32 rows a step."""
 
     def __init__(self, rows: np.ndarray):
+        import numpy as np
+
         self._batches = iter(np.array_split(rows, max(1, len(rows) // 32)))
 
     def get_next(self):
         batch = next(self._batches, None)
-        return None if batch is None else {INPUT_NAME: batch.astype(np.float32)}
+        return None if batch is None else {INPUT_NAME: batch.astype("float32")}
 
 
 @quantizer("static-int8", runtime="onnxruntime", filename="model.onnx")
@@ -206,7 +211,7 @@ def _bf16(model, example, calibration, out_dir: Path) -> Path:
     import torch
 
     wrapped = _bf16_module(copy.deepcopy(model)).eval()
-    x = torch.from_numpy(np.repeat(example[:1], 2, axis=0))
+    x = torch.from_numpy(example[:1].repeat(2, axis=0))
     program = torch.export.export(
         wrapped, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},)
     )

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
@@ -59,7 +60,6 @@ class RegisterSpec(_Section):
     )
 
 
-QUANTIZATIONS = ("none", "dynamic-int8", "static-int8", "bf16")
 _MODEL_URI = r"^models:/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(@[A-Za-z][A-Za-z0-9_-]{0,63}|/[0-9]+)$"
 _ALIAS = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 
@@ -113,6 +113,14 @@ class AuthSpec(_Section):
     )
 
 
+def quantizations() -> list[str]:
+    """The registered quantizations (``serve.quantize.QUANTIZERS``): one decorated function
+    adds one to the spec and its JSON Schema."""
+    from serve.quantize import QUANTIZERS
+
+    return list(QUANTIZERS)
+
+
 class ServeSpec(_Section):
     """Ray Serve application for the pipeline's model: ``/<name>/predict`` and OIP v2."""
 
@@ -126,11 +134,24 @@ class ServeSpec(_Section):
         description="Registry URI models:/<name>@<alias> or models:/<name>/<version>. "
         "null = models:/<register.model_name>@<register.alias>.",
     )
-    quantization: Literal["none", "dynamic-int8", "static-int8", "bf16"] = Field(
+    quantization: str = Field(
         "none",
         description="none (fp32, ONNX Runtime) | dynamic-int8 | static-int8 (ONNX Runtime) | "
-        "bf16 (torch).",
+        "bf16 (torch); any other registered with serve.quantize.quantizer.",
+        json_schema_extra=lambda schema: schema.update(enum=quantizations()),
     )
+
+    @field_validator("quantization")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        known = quantizations()
+        if value not in known:
+            expected = ", ".join(repr(q) for q in known[:-1]) + f" or {known[-1]!r}"
+            raise PydanticCustomError(
+                "literal_error", "Input should be {expected}", {"expected": expected}
+            )
+        return value
+
     calibration_samples: int = Field(
         512, ge=1, description="static-int8: training rows used to calibrate activations."
     )
