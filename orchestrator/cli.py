@@ -90,6 +90,12 @@ def _add_run(sub) -> None:
         help="continue this pipeline's last unfinished tuning study (finished trials are kept)",
     )
     run.add_argument(
+        "--result-file",
+        metavar="PATH",
+        default=None,
+        help="also write the outcome (what --json prints) to PATH, whole or not at all",
+    )
+    run.add_argument(
         "--run-name",
         default=None,
         help="stable name of the training run or study: running again under the same name "
@@ -186,13 +192,15 @@ def _cmd_run(args) -> int:
             run_name=args.run_name,
         )
     except OrchestratorError as exc:
+        failed = json.dumps({"spec": args.spec, "status": "failed", "error": str(exc)})
+        _record_outcome(args.result_file, failed)
         if args.json:
-            print(json.dumps({"spec": args.spec, "status": "failed", "error": str(exc)}),
-                  file=term.out, flush=True)  # fmt: skip
+            print(failed, file=term.out, flush=True)
         raise
     finally:
         if display:
             display.close()
+    _record_outcome(args.result_file, result.model_dump_json())
     out = term.out
     _ingress_note(result.served, term.err)
     if args.json:
@@ -304,6 +312,13 @@ def _ingress_note(served, err) -> None:
         from cluster.ingress import HAPROXY_ADVICE
 
         print(f"note: {HAPROXY_ADVICE}", file=err, flush=True)
+
+
+def _record_outcome(path: str | None, document: str) -> None:
+    if path:
+        from orchestrator.result_file import write_outcome
+
+        write_outcome(path, document)
 
 
 def _foreground(args):

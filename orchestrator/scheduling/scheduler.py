@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 from orchestrator.exceptions import SpecError
+from orchestrator.result_file import read_outcome
 from orchestrator.scheduling.demand import (
     add,
     fits,
@@ -278,7 +279,7 @@ class Scheduler:
     def _submit_to_ray(self, job: JobInfo) -> None:
         spec_file = self._write_spec(job)
         command = [self.python, "-m", "orchestrator", "run", str(spec_file), "--json"]
-        command += ["--run-name", job.run_name]
+        command += ["--run-name", job.run_name, "--result-file", str(self._outcome_file(job))]
         entrypoint = f"cd {shlex.quote(job.cwd)} && exec " + shlex.join(command)
         try:
             self.ray.submit(
@@ -297,6 +298,18 @@ class Scheduler:
             )
         except RayUnavailable as exc:
             log.warning("submitting %s failed (%s); retried on the next pass", job.id, exc)
+
+    def _outcome_file(self, job: JobInfo, attempt: int | None = None) -> Path:
+        """Where an attempt's ``orch run`` writes its outcome (orchestrator.result_file)."""
+        return self.state_dir / "jobs" / job.id / f"outcome-{attempt or job.attempt}.json"
+
+    def _outcome(self, job: JobInfo) -> dict | None:
+        """The attempt's outcome file; for an attempt started before result files existed,
+        the last JSON document of its Ray job's log, as the queue read it then."""
+        outcome = read_outcome(self._outcome_file(job))
+        if outcome is None:
+            outcome = _result_from_logs(self.ray.logs(job.submission_id))
+        return outcome
 
     def _write_spec(self, job: JobInfo) -> Path:
         folder = self.state_dir / "jobs" / job.id
@@ -347,18 +360,26 @@ class Scheduler:
             if job.state in ("cancelling", "preempting"):
                 self._finish_stop(job)
             elif status == "SUCCEEDED":
-                job.result = _result_from_logs(self.ray.logs(job.submission_id))
+                job.result = self._outcome(job)
                 job.moved("succeeded", _summary(job.result))
                 job.finished_at = time.time()
             elif status == "STOPPED":
                 job.moved("cancelled", f"Ray job {job.submission_id} was stopped outside orch")
                 job.finished_at = time.time()
             else:
-                job.moved("failed", _failure(message, self.ray.logs(job.submission_id)))
+                job.moved("failed", self._failure(job, message))
                 job.finished_at = time.time()
         if (job.state, job.reason) != before:
             self.store.save(job)
         return job
+
+    def _failure(self, job: JobInfo, message: str) -> str:
+        """Why the attempt failed: its outcome file's error; else (killed before it could
+        write one, or started before result files existed) what its log or Ray says."""
+        outcome = read_outcome(self._outcome_file(job))
+        if outcome is not None and outcome.get("error"):
+            return str(outcome["error"])
+        return _failure(message, self.ray.logs(job.submission_id))
 
     def _finish_stop(self, job: JobInfo) -> None:
         if job.state == "cancelling":
@@ -389,6 +410,8 @@ def _check_data_path(source: str, cwd: str, spec_path: str) -> None:
 
 
 def _result_from_logs(logs: str) -> dict | None:
+    """The last JSON result line of a log: how attempts started by an older release (no
+    outcome file) are read."""
     for line in reversed(logs.splitlines()):
         line = line.strip()
         if line.startswith("{") and '"status"' in line:
@@ -409,6 +432,7 @@ def _summary(result: dict | None) -> str:
 
 
 def _failure(message: str, logs: str) -> str:
+    """The error line of a log, else Ray's message: for an attempt without an outcome."""
     for line in reversed(logs.splitlines()):
         if line.startswith("error: ") or '"error"' in line:
             try:

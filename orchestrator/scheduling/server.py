@@ -27,7 +27,7 @@ from orchestrator.scheduling.policy import PolicyConfig, create_policy
 from orchestrator.scheduling.ray_jobs import RayJobs, RayUnavailable
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.scheduler import JobConflict, Scheduler, SubmitRequest, UnknownJob
-from orchestrator.scheduling.store import JobStore
+from orchestrator.scheduling.store import JobStore, StoreVersionError
 from orchestrator.scheduling.token import ray_token, token_required
 
 log = logging.getLogger("orch.server")
@@ -176,8 +176,13 @@ def serve_forever(
     if lock is None:
         print(f"another orch server already serves {state_dir}", flush=True)
         return 0
+    try:
+        store = JobStore(state_dir / DB_FILE)
+    except StoreVersionError as exc:
+        print(f"error: {exc}", flush=True)
+        lock.close()
+        return 2
     dashboard_url = _connect(ray_address)
-    store = JobStore(state_dir / DB_FILE)
     scheduler = Scheduler(
         store, RayJobs(dashboard_url), create_policy("priority", policy), state_dir, poll_s=poll_s
     )

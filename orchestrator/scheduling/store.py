@@ -28,6 +28,15 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+SCHEMA_VERSION = 1
+"""``PRAGMA user_version`` of a queue.db this release writes. 0 is a file from before the
+version existed (same tables), adopted as version 1; a higher one is a newer release's."""
+
+
+class StoreVersionError(RuntimeError):
+    """queue.db was written by a newer orch than this one."""
+
+
 class DuplicateKey(Exception):
     """The idempotency key is taken; ``job`` is the job that holds it."""
 
@@ -46,13 +55,34 @@ class JobStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._adopt_schema()
         # This queue's id, fixed at creation: it keeps the Ray submission ids of two queues
         # on one cluster apart (each ORCH_HOME numbers its jobs from job-000001).
         new_id = uuid.uuid4().hex[:8]
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('queue_id', ?)", (new_id,))
         row = self._db.execute("SELECT value FROM meta WHERE key = 'queue_id'").fetchone()
         self.queue_id: str = row[0]
+
+    def _adopt_schema(self) -> None:
+        """Create the tables, or check an existing file's version and bring it to ours.
+
+        Raises:
+            StoreVersionError: the file's schema is newer than this release's.
+        """
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreVersionError(
+                f"{self.path} holds queue schema {version}, newer than this orch's "
+                f"{SCHEMA_VERSION}: upgrade orch, or use another ORCH_HOME"
+            )
+        self._db.executescript(_SCHEMA)  # version 0 had the same tables: nothing to move
+        if version < SCHEMA_VERSION:
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return self._db.execute("PRAGMA user_version").fetchone()[0]
 
     def close(self) -> None:
         with self._lock:
