@@ -52,9 +52,53 @@ class DataSpec(_Section):
         return source
 
 
+def _zoo_union(schema: dict) -> None:
+    """``model`` in the JSON Schema as a union over the zoo keyed by ``type``: an editor
+    completes and checks each model's own ``params`` (their fields, types, defaults and
+    docs). Built when the schema is asked for, so a model added with
+    ``jobs.models.register_model`` brings its branch; the YAML keeps ``{type, params}``."""
+    names = sorted(zoo.MODEL_ZOO)
+    schema["properties"]["type"]["enum"] = names
+    schema["oneOf"] = [
+        {
+            "properties": {
+                "type": {"const": name},
+                "params": {
+                    **_inlined(zoo.MODEL_ZOO[name].params_model.model_json_schema()),
+                    "description": f"Params of the {name} model.",
+                },
+            },
+            "required": ["type"],
+        }
+        for name in names
+    ]
+
+
+def _inlined(schema: dict) -> dict:
+    """A params model's schema with its own ``$defs`` (nested models) put in place of
+    their ``$ref``s: it is embedded in the spec's schema, where those refs would dangle."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
+
+
 class ModelSpec(_Section):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_zoo_union)
+
     type: str = Field(description="Model zoo entry: " + " | ".join(sorted(zoo.MODEL_ZOO)))
-    params: dict = Field(default_factory=dict, description="Params of that model type.")
+    params: dict = Field(
+        default_factory=dict, description="Params of that model type (see the oneOf branches)."
+    )
 
     @field_validator("type")
     @classmethod
