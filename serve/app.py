@@ -1,20 +1,19 @@
-"""The Ray Serve applications: one per pipeline (``/<name>/...``) and the shared OIP v2 router.
+"""A pipeline's Ray Serve application (``/<name>/...``); the shared OIP v2 router is
+``serve.v2``.
 
 A pipeline's application is one FastAPI ingress deployment that validates each request,
 then hands its rows to a ``@serve.batch`` queue in front of the model, in the same replica
 (no extra hop). With ``traffic`` the ingress instead routes by weight to one ``Predictor``
-deployment per alias. The ``/v2`` application maps registered model names to those
-applications, so KServe and Triton clients reach any deployed pipeline by model name.
+deployment per alias.
 
-Both builders take plain JSON-able args, so ``serve deploy`` configs can name them
-(``import_path: serve.app:build_app``).
+The builder takes plain JSON-able args, so ``serve deploy`` configs can name it
+(``import_path: serve.app:build_app``). ``serve.app:build_v2_app``, which configs emitted
+by earlier releases name, still resolves (to ``serve.v2``).
 """
 
 # No `from __future__ import annotations`: FastAPI must see real types (Request) on methods.
 
 import asyncio
-import hashlib
-import hmac
 import random
 import tempfile
 import time
@@ -26,14 +25,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from ray import serve
 
+from serve.http import Unauthorized, _body, _error, check_key
 from serve.protocol import (
-    BINARY_HEADER,
     RequestError,
-    check_size,
-    infer_response,
-    label_datatype,
-    output_tensors,
-    parse_infer,
     parse_instances,
     predictions,
 )
@@ -73,32 +67,6 @@ class AppConfig(BaseModel):
     max_body_bytes: int = 1_048_576
     api_key_sha256: str | None = None
     deployment: dict = Field(default_factory=dict, description="Serve deployment options.")
-
-
-class Unauthorized(Exception):
-    pass
-
-
-def check_key(request: Request, key_sha256: str | None) -> None:
-    if key_sha256 is None:
-        return
-    auth = request.headers.get("authorization", "")
-    scheme, _, key = auth.partition(" ")
-    given = hashlib.sha256(key.strip().encode()).hexdigest()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given, key_sha256):
-        raise Unauthorized()
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    headers = {"www-authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-async def _body(request: Request, limit: int) -> bytes:
-    check_size(request.headers.get("content-length"), None, limit)
-    body = await request.body()
-    check_size(None, len(body), limit)
-    return body
 
 
 class BatchedModel:
@@ -285,119 +253,10 @@ def build_app(args: dict):
     return Ingress.options(**ingress_options).bind(config.model_dump(), predictors)
 
 
-# --------------------------------------------------------------------------- OIP v2
+def __getattr__(name: str):
+    # configs emitted before serve.v2 existed name serve.app:build_v2_app
+    if name == "build_v2_app":
+        from serve.v2 import build_v2_app
 
-v2_api = FastAPI(title="orch Open Inference Protocol v2", docs_url="/docs")
-
-
-@serve.deployment(name="V2Router", ray_actor_options={"num_cpus": ROUTER_CPUS})
-@serve.ingress(v2_api)
-class V2Router:
-    """``/v2/...``: model name -> that pipeline's ingress. The map is the ``user_config``
-    (``{"models": {"<registered name>": "<app name>"}}``), so adding a pipeline updates it
-    without restarting this replica."""
-
-    def __init__(self):
-        self.apps: dict[str, str] = {}
-        self._meta: dict[str, tuple[float, dict]] = {}
-
-    def reconfigure(self, config: dict) -> None:
-        self.apps = dict(config.get("models", {}))
-        self._meta = {}
-
-    def models(self) -> dict[str, str]:
-        return dict(self.apps)
-
-    def _handle(self, model: str):
-        app = self.apps.get(model)
-        if app is None:
-            raise RequestError(
-                404, f"no model {model!r} is served; served: {', '.join(self.apps) or 'none'}"
-            )
-        return serve.get_deployment_handle("Ingress", app_name=app)
-
-    async def _metadata(self, model: str) -> dict:
-        # Cached briefly: a redeployed pipeline may serve another version a moment later.
-        cached = self._meta.get(model)
-        if cached is None or time.monotonic() - cached[0] > 2.0:
-            cached = (time.monotonic(), await self._handle(model).metadata.remote())
-            self._meta[model] = cached
-        return cached[1]
-
-    async def _served(self, model: str, version: str | None) -> dict:
-        """The model's metadata; RequestError 404 for an unknown model or version."""
-        meta = await self._metadata(model)
-        if version is not None and version not in meta["versions"]:
-            raise RequestError(404, f"{model} serves versions {meta['versions']}, not {version}")
-        return meta
-
-    @v2_api.get("/")
-    async def server_metadata(self) -> dict:
-        return {"name": "orch", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
-
-    @v2_api.get("/health/live")
-    async def live(self) -> dict:
-        return {"live": True}
-
-    @v2_api.get("/health/ready")
-    async def ready(self) -> dict:
-        return {"ready": True}
-
-    @v2_api.get("/models/{model}/ready")
-    @v2_api.get("/models/{model}/versions/{version}/ready")
-    async def model_ready(self, model: str, version: str | None = None) -> Response:
-        try:
-            await self._served(model, version)
-        except RequestError as exc:
-            return _error(exc.status, exc.message)
-        return JSONResponse({"name": model, "ready": True})
-
-    @v2_api.get("/models/{model}")
-    @v2_api.get("/models/{model}/versions/{version}")
-    async def model_metadata(self, model: str, version: str | None = None) -> Response:
-        try:
-            meta = await self._served(model, version)
-        except RequestError as exc:
-            return _error(exc.status, exc.message)
-        classification = meta["task"] == "classification"
-        outputs = (
-            [
-                {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(meta["classes"])]},
-                {"name": "class", "datatype": label_datatype(meta["classes"]), "shape": [-1]},
-            ]
-            if classification
-            else [{"name": "value", "datatype": "FP32", "shape": [-1]}]
-        )
-        return JSONResponse(
-            {
-                "name": model,
-                "versions": meta["versions"],
-                "platform": "onnxruntime_onnx" if meta["runtime"] == "onnxruntime" else "pytorch",
-                "inputs": [
-                    {"name": "features", "datatype": "FP32", "shape": [-1, meta["n_features"]]}
-                ],
-                "outputs": outputs,
-            }
-        )
-
-    @v2_api.post("/models/{model}/infer")
-    @v2_api.post("/models/{model}/versions/{version}/infer")
-    async def infer(self, model: str, request: Request, version: str | None = None) -> Response:
-        try:
-            meta = await self._served(model, version)
-            check_key(request, meta["api_key_sha256"])
-            body = await _body(request, 64 * 1_048_576)
-            rows, doc = parse_infer(body, request.headers.get(BINARY_HEADER), meta["n_features"])
-            outputs, served = await self._handle(model).infer.remote(rows)
-            tensors = output_tensors(outputs, meta["task"], meta["classes"])
-            content, headers = infer_response(doc, tensors, model, served["version"])
-        except Unauthorized:
-            return _error(401, "missing or wrong bearer key (Authorization: Bearer <key>)")
-        except RequestError as exc:
-            return _error(exc.status, exc.message)
-        return Response(content, headers=headers)
-
-
-def build_v2_app(args: dict | None = None):
-    """The ``/v2`` router application (``import_path: serve.app:build_v2_app``)."""
-    return V2Router.options(user_config={"models": dict((args or {}).get("models", {}))}).bind()
+        return build_v2_app
+    raise AttributeError(f"module 'serve.app' has no attribute {name!r}")

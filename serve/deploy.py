@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import yaml
 
-from serve.app import ROUTER_CPUS, V2_APP, AppConfig, build_app, build_v2_app
+from serve.app import ROUTER_CPUS, V2_APP, AppConfig, build_app
 from serve.spec import ServeSpec
+from serve.v2 import build_v2_app
 
 
 class ServeError(Exception):
@@ -201,7 +202,7 @@ def emit_config(config: AppConfig, spec: ServeSpec, path: str) -> dict:
             {
                 "name": V2_APP,
                 "route_prefix": "/v2",
-                "import_path": "serve.app:build_v2_app",
+                "import_path": "serve.v2:build_v2_app",
                 "args": {"models": {config.model_name: config.name}},
             },
         ],
