@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 
 from orchestrator import cli_queue
@@ -448,25 +447,9 @@ def _cmd_schema(args) -> int:
 
 
 def _cmd_ui(args) -> int:
-    from orchestrator.runtime import artifact_root, default_tracking_uri
+    from orchestrator.mlflow_ui import ui_command
 
-    mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
-    if mlflow is None:
-        raise OrchestratorError("the mlflow command is not installed in this environment")
-    command = [
-        mlflow,
-        "ui",
-        "--backend-store-uri",
-        default_tracking_uri(),
-        "--default-artifact-root",
-        artifact_root().as_uri(),
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-        "--workers",
-        "1",
-    ]
+    command = ui_command(args.host, args.port)
     print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr)
     os.execv(command[0], command)
     return 0  # not reached

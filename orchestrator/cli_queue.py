@@ -299,9 +299,9 @@ def cmd_server(args) -> int:
 
 
 def cmd_cluster(args) -> int:
-    from orchestrator.cluster_view import cluster_command
+    from orchestrator.cli_cluster import cmd_cluster as run
 
-    return cluster_command(args)
+    return run(args)
 
 
 COMMANDS = {

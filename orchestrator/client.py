@@ -319,6 +319,56 @@ class Client:
         """Move ``name@alias`` back to the version that held it before; returns (from, to)."""
         return _registry_call(lambda: self._registry(tracking_uri).rollback(name, alias))
 
+    # -------------------------------------------------------- orch's local cluster
+
+    def cluster_up(
+        self,
+        nodes: int = 2,
+        cpus_per_node: int = 1,
+        labels: dict[str, str] | list[str] | None = None,
+        *,
+        ingress: str | None = None,
+    ):
+        """Start a head and ``nodes - 1`` worker raylets on this machine, each its own Ray
+        node, recorded under $ORCH_HOME/cluster (``orch cluster up``); returns a
+        ``ClusterStarted`` once all have joined. ``labels``: on every node (KEY=VALUE or a
+        dict); ``ingress``: haproxy | proxy (default: $ORCH_SERVE_INGRESS, else haproxy).
+
+        Raises:
+            OrchestratorError: a bad count or label; UsageError: the ingress cannot run;
+            ClusterError: a node did not start or join.
+        """
+        from orchestrator.local_cluster import start_cluster
+
+        return start_cluster(nodes, cpus_per_node, labels or [], ingress)
+
+    def cluster_status(self, address: str | None = None):
+        """The recorded cluster's processes and Ray's nodes (``ClusterStatus``), or with
+        ``address`` (any form) Ray's nodes of that cluster; None when none is recorded."""
+        from orchestrator.local_cluster import cluster_status
+
+        return cluster_status(address)
+
+    def cluster_down(self):
+        """Stop this ORCH_HOME's queue server and the nodes orch started, by their recorded
+        PIDs (nothing else); returns a ``ClusterStopped``."""
+        from orchestrator.local_cluster import stop_cluster
+
+        return stop_cluster()
+
+    def ui(self, host: str = "127.0.0.1", port: int = 5000):
+        """Start the MLflow UI on the embedded store; returns its ``subprocess.Popen``
+        (stop it with ``terminate()``). ``orch ui`` runs the same command in its place.
+
+        Raises:
+            OrchestratorError: the ``mlflow`` command is not installed here.
+        """
+        import subprocess
+
+        from orchestrator.mlflow_ui import ui_command
+
+        return subprocess.Popen(ui_command(host, port))
+
     def load_model(self, model_uri: str, tracking_uri: str | None = None):
         """A logged or registered model (``runs:/``, ``models:/name@alias``, ``models:/m-...``)
         as a torch module, read from ``tracking_uri`` (default: the embedded store).

@@ -1,23 +1,18 @@
-"""`orch cluster up | status | down`: a real multi-node Ray on this machine.
-
-The nodes are ``ray start`` processes of our own (``cluster/local.py``), recorded with their
-PIDs under ``$ORCH_HOME/cluster/``; ``down`` stops exactly those (and the queue server of
-this ORCH_HOME), nothing else. ``orch run --address auto`` and the queue find the cluster
-through the same records.
+"""The Ray dashboard's REST API as orch reads it: the nodes (state API) and where a person
+opens the dashboard (``orch dashboard``). Starting and stopping orch's own local cluster is
+``orchestrator.local_cluster``; printing it, ``orchestrator.cli_cluster``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import time
 from pathlib import Path
 
 import httpx
 from pydantic import BaseModel, Field
 
-from orchestrator.exceptions import ClusterError, OrchestratorError, UsageError
+from orchestrator.exceptions import ClusterError
 from orchestrator.scheduling.token import bearer_headers
 
 
@@ -106,130 +101,3 @@ def dashboard_info(address: str | None) -> DashboardInfo:
         return DashboardInfo(dashboard_url=url, auth=auth, token_path=None, token_in_env=True)
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
     return DashboardInfo(dashboard_url=url, auth=auth, token_path=path)
-
-
-def _status_of(address: str, as_json: bool) -> int:
-    """``orch cluster status --address``: Ray's nodes of a cluster orch did not start."""
-    from orchestrator.address import dashboard_url, given_address
-    from orchestrator.scheduling.token import ray_token
-
-    url = dashboard_url(given_address(address))
-    try:
-        nodes = ray_nodes(url, ray_token() or "")
-    except httpx.HTTPError as exc:
-        raise ClusterError(f"the Ray dashboard at {url} did not answer: {exc}") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ClusterError(f"{url} does not answer like a Ray dashboard ({exc!r})") from None
-    if as_json:
-        print(json.dumps({"dashboard_url": url, "ray_nodes": nodes}))
-        return 0
-    print(f"Ray cluster at {url}: {len(nodes)} nodes")
-    for n in nodes:
-        print(f"  Ray node {n['node_id'][:12]}  {n['state']}  {n['cpus']:g} CPU")
-    return 0
-
-
-def cluster_command(args) -> int:
-    """``orch cluster up | status | down`` on the cluster recorded under $ORCH_HOME."""
-    if args.cluster_command == "up":
-        return _cluster_up(args)
-    if args.cluster_command == "status":
-        return _cluster_status(args)
-    return _cluster_down()
-
-
-def _node_labels(items: list[str]) -> dict[str, str]:
-    labels = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise OrchestratorError(f"--label {item!r}: use KEY=VALUE")
-        labels[key] = value
-    return labels
-
-
-def _cluster_up(args) -> int:
-    from cluster.ingress import IngressError
-    from cluster.local import cluster_up
-
-    if args.nodes < 1 or args.cpus_per_node < 1:
-        raise OrchestratorError("--nodes and --cpus-per-node must be at least 1")
-    labels = _node_labels(args.label)
-    try:
-        head, workers = cluster_up(
-            cluster_dir(), args.nodes, args.cpus_per_node, labels, ingress=args.ingress
-        )
-    except IngressError as exc:
-        raise UsageError(str(exc)) from None
-    except RuntimeError as exc:
-        raise ClusterError(str(exc)) from None
-    nodes = wait_for_nodes(head.dashboard_url, head.token, args.nodes)
-    print(
-        f"{len(nodes)} nodes up: head pid {head.pid}, workers "
-        + (", ".join(f"{w.name} pid {w.pid}" for w in workers) or "none")
-    )
-    print(
-        f"  Ray {head.gcs_address} (orch run --address auto), dashboard "
-        f"{head.dashboard_url}; token {head.token_path}"
-    )
-    print(f"  Serve ingress: {head.ingress} (on the head)")
-    return 0
-
-
-def _cluster_status(args) -> int:
-    from cluster.local import LocalHead, load_workers
-
-    if args.address is not None or os.environ.get("RAY_ADDRESS"):
-        return _status_of(args.address, args.json)
-    state = cluster_dir()
-    head = LocalHead.load(state / "head.json")
-    if head is None:
-        print(f"no cluster recorded under {state}; start one with: orch cluster up")
-        return 1
-    workers = load_workers(state)
-    up = head.alive()
-    nodes = ray_nodes(head.dashboard_url, head.token) if up else []
-    report = {
-        "head": {
-            "pid": head.pid,
-            "alive": up,
-            "dashboard_url": head.dashboard_url,
-            "gcs_address": head.gcs_address,
-        },
-        "workers": [{"name": w.name, "pid": w.pid, "alive": w.alive()} for w in workers],
-        "ray_nodes": nodes,
-    }
-    if args.json:
-        print(json.dumps(report))
-        return 0
-    print(
-        f"head  pid {head.pid}  {'alive' if up else 'DOWN'}  {head.gcs_address}  "
-        f"{head.dashboard_url}"
-    )
-    for w in report["workers"]:
-        print(f"{w['name']}  pid {w['pid']}  {'alive' if w['alive'] else 'DOWN'}")
-    for n in nodes:
-        print(
-            f"  Ray node {n['node_id'][:12]}  {n['state']}  {n['cpus']:g} CPU  "
-            f"{n['labels'].get('orch.node', '')}"
-        )
-    return 0
-
-
-def _cluster_down() -> int:
-    """The queue server of this ORCH_HOME, then the nodes, each by its recorded PID."""
-    from cluster.local import cluster_down
-    from orchestrator.queue_client import queue_dir
-
-    state = cluster_dir()
-    try:
-        pid = json.loads((queue_dir() / "server.json").read_text())["pid"]
-        os.kill(pid, signal.SIGTERM)
-        print(f"stopped the orch server (pid {pid})")
-    except (OSError, ValueError, KeyError):
-        pass
-    head, workers = cluster_down(state)
-    for w in workers:
-        print(f"stopped {w.name} (pid {w.pid})")
-    print(f"stopped the head (pid {head.pid})" if head else f"no head recorded under {state}")
-    return 0

@@ -34,8 +34,8 @@ from serve.protocol import (
 from serve.quantize import load_predictor
 from serve.registry import Registry
 
-V2_APP = "orch-v2"
-ROUTER_CPUS = 0.1  # the /v2 router's and a traffic split's ingress replica
+# build_v2_app: `serve deploy` configs emitted before serve.v2 existed name it here
+from serve.v2 import ROUTER_CPUS, build_v2_app  # noqa: F401
 
 
 class ServedModel(BaseModel):
@@ -251,12 +251,3 @@ def build_app(args: dict):
     ingress_options = {k: v for k, v in options.items() if k != "ray_actor_options"}
     ingress_options["ray_actor_options"] = {"num_cpus": ROUTER_CPUS}
     return Ingress.options(**ingress_options).bind(config.model_dump(), predictors)
-
-
-def __getattr__(name: str):
-    # configs emitted before serve.v2 existed name serve.app:build_v2_app
-    if name == "build_v2_app":
-        from serve.v2 import build_v2_app
-
-        return build_v2_app
-    raise AttributeError(f"module 'serve.app' has no attribute {name!r}")

@@ -14,7 +14,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
-from serve.app import ROUTER_CPUS
 from serve.http import Unauthorized, _body, _error, check_key
 from serve.protocol import (
     BINARY_HEADER,
@@ -24,6 +23,9 @@ from serve.protocol import (
     output_tensors,
     parse_infer,
 )
+
+V2_APP = "orch-v2"
+ROUTER_CPUS = 0.1  # the /v2 router's and a traffic split's ingress replica
 
 v2_api = FastAPI(title="orch Open Inference Protocol v2", docs_url="/docs")
 
