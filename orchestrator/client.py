@@ -92,8 +92,8 @@ class Client:
         """
         # the address first: "auto" may set Ray's token settings, which Ray reads on import
         address = self.address
-        from orchestrator.pipeline import run_training
         from orchestrator.results import RunResult
+        from orchestrator.stages import run_training
 
         if isinstance(spec, PipelineSpec):
             pipeline, check_data = spec, None
@@ -185,8 +185,8 @@ class Client:
     def _run_study(
         self, pipeline: PipelineSpec, on_event, resume: bool, run_name: str | None = None
     ) -> RunResult:
-        from orchestrator.pipeline import run_study_pipeline
         from orchestrator.results import RunResult, StudyReport
+        from orchestrator.stages import run_study_pipeline
 
         run = run_study_pipeline(
             pipeline,
@@ -224,7 +224,7 @@ class Client:
         )
 
     def _register(self, pipeline: PipelineSpec, result: RunResult, on_event) -> RunResult:
-        from orchestrator.pipeline import run_registration
+        from orchestrator.stages import run_registration
 
         task = "classification" if "val_accuracy" in result.metrics else "regression"
         result.registered = run_registration(

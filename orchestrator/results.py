@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from orchestrator.pipeline import Registration
 from orchestrator.serve_result import ServeResult
+from orchestrator.stages import Registration
 from tuning.summary import TrialSummary
 
 

@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import yaml
 
-from serve.app import ROUTER_CPUS, V2_APP, AppConfig, build_app
+from serve.app import AppConfig, build_app
 from serve.spec import ServeSpec
-from serve.v2 import build_v2_app
+from serve.v2 import ROUTER_CPUS, V2_APP, build_v2_app
 
 
 class ServeError(Exception):

@@ -17,7 +17,7 @@ from jobs.spec import DataSpec, ModelSpec
 from jobs.tracking import RunTracker
 from orchestrator import load_spec
 from orchestrator.cli import main
-from orchestrator.pipeline import run_registration
+from orchestrator.stages import run_registration
 from serve.registry import Registry, RegistryError, decide
 from serve.spec import PromoteIf
 
