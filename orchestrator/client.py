@@ -371,7 +371,8 @@ class Client:
 
     def load_model(self, model_uri: str, tracking_uri: str | None = None):
         """A logged or registered model (``runs:/``, ``models:/name@alias``, ``models:/m-...``)
-        as a torch module, read from ``tracking_uri`` (default: the embedded store).
+        as a torch module, read from ``tracking_uri`` (default: $MLFLOW_TRACKING_URI, else
+        the embedded store; ``RunResult.tracking_uri`` names a run's own).
 
         MLflow's own ``mlflow.pytorch.load_model`` reads the process-wide tracking URI,
         which orch leaves as you set it: this call needs none set.

@@ -53,10 +53,10 @@ def test_digits_example_reaches_target_and_is_tracked(ray_session, tmp_path):
         assert yaml.safe_load(f) == spec.model_dump(mode="json")
 
     # The logged model is a plain torch program that takes raw features. The SDK reads it
-    # from orch's store whatever MLflow's process-wide URI says, and leaves that URI alone.
+    # from the store it names whatever MLflow's process-wide URI says, and leaves that alone.
     elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     mlflow.set_tracking_uri(elsewhere)
-    model = Client().load_model(result.model_uri)
+    model = Client().load_model(result.model_uri, tracking_uri=result.tracking_uri)
     assert mlflow.get_tracking_uri() == elsewhere
     mlflow.set_tracking_uri(result.tracking_uri)  # for get_model_info below
     data = prepare(load_spec(EXAMPLES / "digits.yaml").data)
