@@ -250,10 +250,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from orchestrator.queue_client import Job
-
-    client = _queue(args)
-    job = Job(client, client.info(args.job))
+    job = _queue(args).job(args.job)
     for line in job.logs(follow=args.follow):
         print(line, flush=args.follow)
     return 0

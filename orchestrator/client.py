@@ -112,7 +112,7 @@ class Client:
                 f"--resume continues a tuning study, and {pipeline.name!r} has no tune section; "
                 "a training run already resumes from its checkpoints when workers fail"
             )
-        result, run_id, tracking_uri, model_uri = run_training(
+        run = run_training(
             pipeline,
             address=address,
             on_event=on_event,
@@ -120,18 +120,7 @@ class Client:
             run_name=run_name,
             check_data=check_data,
         )
-        outcome = RunResult(
-            name=pipeline.name,
-            status="succeeded",
-            metrics={k: float(v) for k, v in result.metrics.items()},
-            mlflow_run_id=run_id,
-            tracking_uri=tracking_uri,
-            model_uri=model_uri,
-            checkpoint=result.checkpoint_path,
-            runner=result.runner,
-            resumed_from_epochs=result.resumed_from_epochs,
-            worker_nodes=result.worker_nodes,
-        )
+        outcome = RunResult.of_training(pipeline.name, run)
         return self._serve_stage(pipeline, self._register(pipeline, outcome, on_event), on_event)
 
     def _serve_stage(self, pipeline: PipelineSpec, result: RunResult, on_event) -> RunResult:
@@ -185,7 +174,7 @@ class Client:
     def _run_study(
         self, pipeline: PipelineSpec, on_event, resume: bool, run_name: str | None = None
     ) -> RunResult:
-        from orchestrator.results import RunResult, StudyReport
+        from orchestrator.results import RunResult
         from orchestrator.stages import run_study_pipeline
 
         run = run_study_pipeline(
@@ -196,44 +185,18 @@ class Client:
             resume=resume,
             run_name=run_name,
         )
-        outcome, best, tune, refit = run.outcome, run.outcome.best, pipeline.tune, run.refit
-        return RunResult(
-            name=pipeline.name,
-            status="succeeded",
-            metrics={k: float(v) for k, v in run.metrics.items()},
-            mlflow_run_id=run.parent_run_id,
-            tracking_uri=run.tracking_uri,
-            model_uri=run.model_uri,
-            checkpoint=run.checkpoint,
-            runner=refit.result.runner if refit else best.runner,
-            resumed_from_epochs=refit.result.resumed_from_epochs if refit else [],
-            worker_nodes=refit.result.worker_nodes if refit else {},
-            study=StudyReport(
-                study=outcome.study,
-                path=outcome.path,
-                metric=tune.metric,
-                mode=tune.resolved_mode,
-                best_trial_id=best.trial_id,
-                best_params=best.params,
-                best_metric=best.metric,
-                best_mlflow_run_id=best.mlflow_run_id,
-                refit_mlflow_run_id=refit.mlflow_run_id if refit else None,
-                trials=outcome.trials,
-                wall_s=outcome.wall_s,
-            ),
-        )
+        return RunResult.of_study(pipeline.name, pipeline.tune, run)
 
     def _register(self, pipeline: PipelineSpec, result: RunResult, on_event) -> RunResult:
         from orchestrator.stages import run_registration
 
-        task = "classification" if "val_accuracy" in result.metrics else "regression"
         result.registered = run_registration(
             pipeline,
             run_id=result.mlflow_run_id,
             model_uri=result.model_uri,
             tracking_uri=result.tracking_uri,
             metrics=result.metrics,
-            task=task,
+            task=result.task,
             on_event=on_event,
         )
         return result

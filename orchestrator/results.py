@@ -8,13 +8,17 @@ still work, and import it on first use.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
 from orchestrator.serve_result import ServeResult
 from orchestrator.stages import Registration
 from tuning.summary import TrialSummary
+
+if TYPE_CHECKING:
+    from orchestrator.stages import StudyRun, TrainingRun
+    from tuning.spec import TuneSpec
 
 
 class StudyReport(BaseModel):
@@ -40,6 +44,9 @@ class RunResult(BaseModel):
 
     name: str
     status: Literal["succeeded", "failed"]
+    task: Literal["classification", "regression"] | None = Field(
+        None, description="The data's task (from its DataInfo), which registration reads."
+    )
     metrics: dict[str, float] = Field(
         description="Final epoch's metrics (of the best trial when the pipeline tunes, of "
         "its refit with tune.refit)."
@@ -71,3 +78,52 @@ class RunResult(BaseModel):
     endpoint: str | None = Field(
         None, description="HTTP base of the served model: POST <endpoint>/predict."
     )
+
+    @classmethod
+    def of_training(cls, name: str, run: TrainingRun) -> RunResult:
+        """A training's result (before registration and serving)."""
+        result = run.result
+        return cls(
+            name=name,
+            status="succeeded",
+            task=run.task,
+            metrics={k: float(v) for k, v in result.metrics.items()},
+            mlflow_run_id=run.mlflow_run_id,
+            tracking_uri=run.tracking_uri,
+            model_uri=run.model_uri,
+            checkpoint=result.checkpoint_path,
+            runner=result.runner,
+            resumed_from_epochs=result.resumed_from_epochs,
+            worker_nodes=result.worker_nodes,
+        )
+
+    @classmethod
+    def of_study(cls, name: str, tune: TuneSpec, run: StudyRun) -> RunResult:
+        """A study's result: the logged model's (the best trial's, or its refit's)."""
+        outcome, best, refit = run.outcome, run.outcome.best, run.refit
+        return cls(
+            name=name,
+            status="succeeded",
+            task=run.task,
+            metrics={k: float(v) for k, v in run.metrics.items()},
+            mlflow_run_id=run.parent_run_id,
+            tracking_uri=run.tracking_uri,
+            model_uri=run.model_uri,
+            checkpoint=run.checkpoint,
+            runner=refit.result.runner if refit else best.runner,
+            resumed_from_epochs=refit.result.resumed_from_epochs if refit else [],
+            worker_nodes=refit.result.worker_nodes if refit else {},
+            study=StudyReport(
+                study=outcome.study,
+                path=outcome.path,
+                metric=tune.metric,
+                mode=tune.resolved_mode,
+                best_trial_id=best.trial_id,
+                best_params=best.params,
+                best_metric=best.metric,
+                best_mlflow_run_id=best.mlflow_run_id,
+                refit_mlflow_run_id=refit.mlflow_run_id if refit else None,
+                trials=outcome.trials,
+                wall_s=outcome.wall_s,
+            ),
+        )

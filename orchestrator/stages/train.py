@@ -48,8 +48,8 @@ def run_training(
     show_worker_logs: bool = True,
     run_name: str | None = None,
     check_data: Callable[[], None] | None = None,
-) -> tuple[TrainResult, str, str, str]:
-    """Train and track one pipeline. Returns (result, mlflow_run_id, tracking_uri, model_uri).
+) -> TrainingRun:
+    """Train and track one pipeline: the trained result, its MLflow run and logged model.
 
     ``run_name`` fixes the Ray Train run's name: a run of that name under the storage path
     resumes from its latest checkpoint (how a preempted queue job continues).
@@ -90,7 +90,18 @@ def run_training(
         example = data.info.raw_features(data.x_val[:5])
         model_uri = tracker.log_model(result.model, data.info, example)
         tracker.set_tags({"orch.model_uri": model_uri, "orch.checkpoint": result.checkpoint_path})
-    return result, run_id, setup.tracking_uri, model_uri
+    return TrainingRun(result, run_id, setup.tracking_uri, model_uri, data.info.task)
+
+
+@dataclass
+class TrainingRun:
+    """What ``run_training`` leaves: the training's result and where MLflow keeps it."""
+
+    result: TrainResult
+    mlflow_run_id: str
+    tracking_uri: str
+    model_uri: str
+    task: str  # classification | regression: the data's (DataInfo.task)
 
 
 @dataclass

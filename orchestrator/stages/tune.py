@@ -138,6 +138,7 @@ def run_study_pipeline(
         model_uri=model_uri,
         metrics=best.metrics,
         checkpoint=best.checkpoint,
+        task=data.info.task,
         refit=best.refit,
     )
 
@@ -266,6 +267,7 @@ class StudyRun:
     model_uri: str
     metrics: dict = field(metadata={"doc": "Final metrics of the logged model."})
     checkpoint: str = field(metadata={"doc": "The logged model's final checkpoint."})
+    task: str = "classification"  # the data's (DataInfo.task)
     refit: RefitRun | None = None
 
 

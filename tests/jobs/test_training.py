@@ -32,7 +32,7 @@ def test_digits_example_reaches_target_and_is_tracked(ray_session, tmp_path):
     events = []
     result = Client().run(spec, on_event=events.append)
 
-    assert result.status == "succeeded"
+    assert result.status == "succeeded" and result.task == "classification"
     assert result.metrics["val_accuracy"] >= 0.95
     assert result.metrics["epoch"] == 20
 
@@ -156,6 +156,7 @@ def test_transformer_regression_from_parquet(ray_session, tmp_path):
     result = Client().run(spec)
     label_std = float(np.std(y))
     assert "val_accuracy" not in result.metrics
+    assert result.task == "regression"  # from the data, not guessed from metric names
     assert result.metrics["val_rmse"] < 0.5 * label_std  # far better than predicting the mean
 
     model = mlflow.pytorch.load_model(result.model_uri)

@@ -79,6 +79,7 @@ def test_bayesian_study_with_asha_runs_the_trainer_and_tracks_every_trial(ray_se
     )
     events: list[dict] = []
     result = Client().run(path, on_event=events.append)
+    assert result.task == "classification"
     study = result.study
 
     # every trial ran the trainer: per-epoch metrics of DeepSpeed workers reached the driver
