@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from orchestrator import cli_queue
+from orchestrator import cli_cluster, cli_queue, cli_server
 from orchestrator.address import ADDRESS_HELP
 from orchestrator.exceptions import OrchestratorError
 
@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the spec's JSON Schema (for editors)")
     _add_models(sub)
     cli_queue.add_commands(sub)
+    cli_server.add_command(sub)
+    cli_cluster.add_command(sub)
     dashboard = sub.add_parser(
         "dashboard", help="where the Ray dashboard is, and the file holding the token it asks for"
     )
@@ -479,6 +481,8 @@ _COMMANDS = {
     "models": _cmd_models,
     "serve": _cmd_serve,
     **cli_queue.COMMANDS,
+    **cli_server.COMMANDS,
+    **cli_cluster.COMMANDS,
 }
 
 

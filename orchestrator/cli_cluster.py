@@ -3,7 +3,41 @@
 
 from __future__ import annotations
 
+from orchestrator.address import ADDRESS_HELP
 from orchestrator.client import Client
+
+
+def add_command(sub) -> None:
+    """``orch cluster``'s parser."""
+    _add_cluster(sub)
+
+
+def _add_cluster(sub) -> None:
+    cluster = sub.add_parser(
+        "cluster", help="a real multi-node Ray on this machine, under $ORCH_HOME/cluster"
+    )
+    csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    up = csub.add_parser("up", help="start a head and worker raylets, each its own Ray node")
+    up.add_argument("--nodes", type=int, default=2, help="nodes in all, head included (2)")
+    up.add_argument("--cpus-per-node", type=int, default=1, help="CPUs each node offers (1)")
+    up.add_argument(
+        "--ingress",
+        choices=("haproxy", "proxy"),
+        default=None,
+        help="how Serve takes HTTP on this cluster: haproxy (default, $ORCH_SERVE_INGRESS) "
+        "or Ray's Python proxy",
+    )
+    up.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="a label on every node"
+    )
+    status = csub.add_parser("status", help="the nodes: PIDs, alive, Ray node ids, resources")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument(
+        "--address",
+        default=None,
+        help=ADDRESS_HELP.format(default="the cluster recorded under $ORCH_HOME/cluster"),
+    )
+    csub.add_parser("down", help="stop the queue server and the nodes orch started (by PID)")
 
 
 def cmd_cluster(args) -> int:
@@ -68,3 +102,6 @@ def _print_stopped(stopped) -> int:
         f"stopped the head (pid {head.pid})" if head else f"no head recorded under {cluster_dir()}"
     )
     return 0
+
+
+COMMANDS = {"cluster": cmd_cluster}

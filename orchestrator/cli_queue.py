@@ -1,4 +1,4 @@
-"""`orch submit | queue | list | status | logs | cancel | retry | server`: the job queue's CLI.
+"""`orch submit | queue | list | status | logs | cancel | retry`: the job queue's CLI.
 
 Thin over ``QueueClient`` (the object ``Client.queue_client`` returns), and light: these
 commands import neither torch nor Ray Train, so they answer in well under a second.
@@ -25,10 +25,9 @@ STATES = (
 
 
 def add_commands(sub) -> None:
-    """The queue's commands, then ``server`` and ``cluster``."""
+    """The queue's commands (``orch server`` is ``cli_server``, ``orch cluster``
+    ``cli_cluster``)."""
     _add_queue_commands(sub)
-    _add_server(sub)
-    _add_cluster(sub)
 
 
 def _with_address(parser):
@@ -68,54 +67,6 @@ def _add_queue_commands(sub) -> None:
     logs = _with_address(sub.add_parser("logs", help="a job's logs (every attempt)"))
     logs.add_argument("job", help="job id")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
-
-
-def _add_server(sub) -> None:
-    server = sub.add_parser(
-        "server", help="run the queue server (started automatically on first use)"
-    )
-    server.add_argument("--state-dir", default=None, help="default: $ORCH_HOME/queue")
-    server.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    server.add_argument("--port", type=int, default=0, help="port (default: any free one)")
-    server.add_argument("--ray-address", default=None, help=ADDRESS_HELP.format(default="auto"))
-    server.add_argument(
-        "--aging-per-minute",
-        type=float,
-        default=1.0,
-        help="priority points a queued job gains per minute waited (default 1)",
-    )
-    server.add_argument(
-        "--no-preemption", action="store_true", help="never stop running jobs for others"
-    )
-    server.add_argument("--poll-s", type=float, default=1.0, help="scheduler pass interval")
-
-
-def _add_cluster(sub) -> None:
-    cluster = sub.add_parser(
-        "cluster", help="a real multi-node Ray on this machine, under $ORCH_HOME/cluster"
-    )
-    csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
-    up = csub.add_parser("up", help="start a head and worker raylets, each its own Ray node")
-    up.add_argument("--nodes", type=int, default=2, help="nodes in all, head included (2)")
-    up.add_argument("--cpus-per-node", type=int, default=1, help="CPUs each node offers (1)")
-    up.add_argument(
-        "--ingress",
-        choices=("haproxy", "proxy"),
-        default=None,
-        help="how Serve takes HTTP on this cluster: haproxy (default, $ORCH_SERVE_INGRESS) "
-        "or Ray's Python proxy",
-    )
-    up.add_argument(
-        "--label", action="append", default=[], metavar="KEY=VALUE", help="a label on every node"
-    )
-    status = csub.add_parser("status", help="the nodes: PIDs, alive, Ray node ids, resources")
-    status.add_argument("--json", action="store_true", help="print JSON")
-    status.add_argument(
-        "--address",
-        default=None,
-        help=ADDRESS_HELP.format(default="the cluster recorded under $ORCH_HOME/cluster"),
-    )
-    csub.add_parser("down", help="stop the queue server and the nodes orch started (by PID)")
 
 
 def _queue(args):
@@ -276,31 +227,6 @@ def cmd_retry(args) -> int:
     return 0
 
 
-def cmd_server(args) -> int:
-    from pathlib import Path
-
-    from orchestrator.queue_client import queue_dir
-    from orchestrator.scheduling.policy import PolicyConfig
-    from orchestrator.scheduling.server import serve_forever
-
-    return serve_forever(
-        Path(args.state_dir) if args.state_dir else queue_dir(),
-        host=args.host,
-        port=args.port,
-        ray_address=args.ray_address,
-        policy=PolicyConfig(
-            aging_per_minute=args.aging_per_minute, preemption=not args.no_preemption
-        ),
-        poll_s=args.poll_s,
-    )
-
-
-def cmd_cluster(args) -> int:
-    from orchestrator.cli_cluster import cmd_cluster as run
-
-    return run(args)
-
-
 COMMANDS = {
     "submit": cmd_submit,
     "queue": cmd_queue,
@@ -309,8 +235,6 @@ COMMANDS = {
     "logs": cmd_logs,
     "cancel": cmd_cancel,
     "retry": cmd_retry,
-    "server": cmd_server,
-    "cluster": cmd_cluster,
 }
 
 __all__ = ["COMMANDS", "add_commands"]
