@@ -9,7 +9,7 @@ import sys
 
 from orchestrator import cli_cluster, cli_queue, cli_server
 from orchestrator.address import ADDRESS_HELP
-from orchestrator.exceptions import OrchestratorError
+from orchestrator.exceptions import OrchestratorError, UsageError, first_line
 
 
 def Client(*args, **kwargs):  # noqa: N802 - the SDK's Client, imported on first use
@@ -89,6 +89,13 @@ def _add_run(sub) -> None:
         "--resume",
         action="store_true",
         help="continue this pipeline's last unfinished tuning study (finished trials are kept)",
+    )
+    run.add_argument(
+        "--plan",
+        metavar="PATH",
+        default=None,
+        help="run with this plan (the queue passes the one it admitted the job for): a study "
+        "runs its trials at once",
     )
     run.add_argument(
         "--result-file",
@@ -191,6 +198,7 @@ def _cmd_run(args) -> int:
             on_event=_arming(display, foreground),
             resume=args.resume,
             run_name=args.run_name,
+            plan=_plan(args.plan),
         )
     except OrchestratorError as exc:
         failed = json.dumps({"spec": args.spec, "status": "failed", "error": str(exc)})
@@ -313,6 +321,24 @@ def _ingress_note(served, err) -> None:
         from cluster.ingress import HAPROXY_ADVICE
 
         print(f"note: {HAPROXY_ADVICE}", file=err, flush=True)
+
+
+def _plan(path: str | None):
+    """The ``--plan`` file as a RunPlan; None without one.
+
+    Raises:
+        UsageError: the file is missing or is not a plan.
+    """
+    if path is None:
+        return None
+    from pydantic import ValidationError
+
+    from orchestrator.plan import RunPlan
+
+    try:
+        return RunPlan.read(path)
+    except (OSError, ValidationError) as exc:
+        raise UsageError(f"--plan {path}: not a readable plan ({first_line(exc)})") from None
 
 
 def _record_outcome(path: str | None, document: str) -> None:

@@ -19,6 +19,7 @@ from orchestrator.spec import PipelineSpec
 # The stages (Ray, torch, MLflow) are imported by the methods that run them, so validating
 # a spec imports neither torch nor Ray.
 if TYPE_CHECKING:
+    from orchestrator.plan import RunPlan
     from orchestrator.results import RunResult
     from orchestrator.serving import ServeResult
 
@@ -78,13 +79,16 @@ class Client:
         *,
         resume: bool = False,
         run_name: str | None = None,
+        plan: RunPlan | None = None,
     ) -> RunResult:
         """Run a pipeline to the end and return its result.
 
         With a ``tune`` section this runs a study and returns the best trial; ``resume``
         continues the pipeline's last unfinished study instead of starting a new one.
         ``run_name`` names the training run (or study): running again under the same name
-        resumes from its checkpoints (or its unfinished study).
+        resumes from its checkpoints (or its unfinished study). ``plan``: an
+        ``orchestrator.plan.RunPlan`` decided earlier (the queue's, at submit): a study
+        runs the trials at once it fixes; None plans at start.
 
         Raises:
             SpecError: invalid spec or data, or nothing to resume; nothing was started.
@@ -102,7 +106,8 @@ class Client:
         if pipeline.tune is not None:
             if check_data is not None:
                 check_data()
-            study = self._run_study(pipeline, on_event, resume, run_name)
+            concurrent = plan.concurrent_trials if plan is not None else None
+            study = self._run_study(pipeline, on_event, resume, run_name, concurrent)
             result = self._register(pipeline, study, on_event)
             return self._serve_stage(pipeline, result, on_event)
         if resume:
@@ -172,7 +177,12 @@ class Client:
         return stop_serving(pipeline, address=self.address)
 
     def _run_study(
-        self, pipeline: PipelineSpec, on_event, resume: bool, run_name: str | None = None
+        self,
+        pipeline: PipelineSpec,
+        on_event,
+        resume: bool,
+        run_name: str | None = None,
+        concurrent_trials: int | None = None,
     ) -> RunResult:
         from orchestrator.results import RunResult
         from orchestrator.stages import run_study_pipeline
@@ -184,6 +194,7 @@ class Client:
             show_worker_logs=self.show_worker_logs,
             resume=resume,
             run_name=run_name,
+            concurrent_trials=concurrent_trials,
         )
         return RunResult.of_study(pipeline.name, pipeline.tune, run)
 

@@ -123,6 +123,14 @@ def concurrency_cap(demand: dict[str, float], cluster: dict[str, float]) -> int:
     return min(fits) if fits else 1
 
 
+def trials_at_once(tune: TuneSpec, demand: dict[str, float], cluster: dict[str, float]) -> int:
+    """The one rule for a study's concurrency (a plan, the queue's admission and a study
+    without a plan all use it): what the cluster fits, capped by ``max_concurrent_trials``
+    and by the trials planned. 0 when not even one trial fits."""
+    cap = concurrency_cap(demand, cluster)
+    return min(cap, tune.max_concurrent_trials or cap, tune.planned_trials())
+
+
 class _StudyCallback(Callback, Stopper):
     """Turns Tune's hooks into study events; also stops the study after too many failures.
 
@@ -384,6 +392,7 @@ def run_study(
     trials_storage: str | None = None,
     on_event: EventHandler | None = None,
     resume: bool = False,
+    concurrent_trials: int | None = None,
 ) -> StudyOutcome:
     """Run (or, with ``resume``, continue) a study on the connected Ray cluster.
 
@@ -396,6 +405,8 @@ def run_study(
         seed: the data seed (trials train with it, as a single run would).
         trials_storage: where trials keep their Ray Train checkpoints (a path every node
             can reach on a multi-node cluster); None = ``study_dir/trials``.
+        concurrent_trials: trials at once as a plan fixed them (the queue admitted the
+            job for that many); None = ``trials_at_once`` on the cluster now.
 
     Raises:
         TuningError: the cluster cannot fit one trial, or the study cannot be restored.
@@ -405,7 +416,7 @@ def run_study(
     emit = on_event or (lambda event: None)
     epochs = TrainSpec.model_validate(sections["train"]).epochs
     demand = trial_demand(tune, sections)
-    concurrent = _concurrency(tune, demand)
+    concurrent = concurrent_trials or _concurrency(tune, demand)
     _set_tune_environment()
     started = time.time()
     tracker = _Tracker(tune, sections, epochs, emit, started, tune.time_budget_s)
@@ -460,14 +471,14 @@ def _concurrency(tune: TuneSpec, demand: dict) -> int:
     import ray
 
     cluster = {k: float(v) for k, v in ray.cluster_resources().items()}
-    cap = concurrency_cap(demand, cluster)
-    if cap < 1:
+    concurrent = trials_at_once(tune, demand, cluster)
+    if concurrent < 1:
         raise TuningError(
             f"one trial needs {demand} (train.workers x train.resources_per_worker) but the "
             f"cluster has { ({k: cluster.get(k, 0.0) for k in demand}) }; lower train.workers or "
             "the resources per worker, or add nodes"
         )
-    return min(cap, tune.max_concurrent_trials or cap, tune.planned_trials())
+    return concurrent
 
 
 def _set_tune_environment() -> None:

@@ -49,13 +49,13 @@ def job_demand(spec: PipelineSpec, cluster_total: dict[str, float]) -> Demand:
     concurrent = None
     bundles = train.workers
     if spec.tune is not None:
-        from tuning.study import concurrency_cap, trial_demand
+        from tuning.study import trial_demand, trials_at_once
 
         per_trial = trial_demand(
             spec.tune, spec.model_dump(mode="json", include={"model", "train"})
         )
-        cap = max(1, concurrency_cap(per_trial, cluster_total))
-        concurrent = min(cap, spec.tune.max_concurrent_trials or cap, spec.tune.planned_trials())
+        # at least one: a job whose one trial cannot fit is refused by never_fits
+        concurrent = max(1, trials_at_once(spec.tune, per_trial, cluster_total))
         total = {k: v * concurrent for k, v in per_trial.items()}
         bundles = train.workers * concurrent
         # a trial's largest worker: the space may vary resources_per_worker

@@ -17,16 +17,16 @@ import threading
 import time
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, Field
 
 from orchestrator.exceptions import SpecError
+from orchestrator.plan import plan_for, plan_with
 from orchestrator.result_file import read_outcome
 from orchestrator.scheduling.demand import (
+    Demand,
     add,
     fits,
     format_resources,
-    job_demand,
     never_fits,
     subtract,
 )
@@ -113,7 +113,7 @@ class Scheduler:
             raise SpecError(f"--priority: {exc}") from None
         queue = request.queue or spec.scheduling.queue
         cluster = self.ray.resources()
-        demand = job_demand(spec, cluster.total)
+        demand = plan_for(spec, cluster.total).demand
         problem = never_fits(demand, cluster.total, cluster.nodes)
         if problem:
             raise SpecError(f"{request.spec_path}: {spec.name} can never run here: it {problem}")
@@ -277,9 +277,10 @@ class Scheduler:
         self._submit_to_ray(job)
 
     def _submit_to_ray(self, job: JobInfo) -> None:
-        spec_file = self._write_spec(job)
+        spec_file, plan_file = self._write_job_files(job)
         command = [self.python, "-m", "orchestrator", "run", str(spec_file), "--json"]
         command += ["--run-name", job.run_name, "--result-file", str(self._outcome_file(job))]
+        command += ["--plan", str(plan_file)]
         entrypoint = f"cd {shlex.quote(job.cwd)} && exec " + shlex.join(command)
         try:
             self.ray.submit(
@@ -311,19 +312,20 @@ class Scheduler:
             outcome = _result_from_logs(self.ray.logs(job.submission_id))
         return outcome
 
-    def _write_spec(self, job: JobInfo) -> Path:
+    def _write_job_files(self, job: JobInfo) -> tuple[Path, Path]:
+        """The spec as the user wrote it, and the plan the job was admitted with: the
+        study runs the trials at once its demand was counted for."""
         folder = self.state_dir / "jobs" / job.id
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "spec.yaml"
-        text = job.spec_text
-        if job.concurrent_trials is not None:
-            # the job runs exactly the trials it was admitted for
-            doc = yaml.safe_load(text)
-            if doc.get("tune", {}).get("max_concurrent_trials") is None:
-                doc["tune"]["max_concurrent_trials"] = job.concurrent_trials
-                text = yaml.safe_dump(doc, sort_keys=False)
-        path.write_text(text)
-        return path
+        spec_file = folder / "spec.yaml"
+        spec_file.write_text(job.spec_text)
+        from orchestrator.loader import parse_spec
+
+        spec, _ = parse_spec(job.spec_text, Path(job.spec_path))
+        admitted = Demand(
+            total=job.demand, bundle=job.bundle, concurrent_trials=job.concurrent_trials
+        )
+        return spec_file, plan_with(spec, admitted).write(folder / "plan.json")
 
     def _preempt(self, job: JobInfo, waiting: dict[str, str]) -> None:
         job.preemptions += 1

@@ -72,6 +72,7 @@ def run_study_pipeline(
     show_worker_logs: bool = False,
     resume: bool = False,
     run_name: str | None = None,
+    concurrent_trials: int | None = None,
 ) -> StudyRun:
     """Run the pipeline's tune study; log the best model on the study's MLflow run.
 
@@ -116,7 +117,7 @@ def run_study_pipeline(
             outcome = run_study(
                 study=state.study, study_dir=study_dir, sections=sections, tune=spec.tune,
                 data=data, seed=spec.data.seed, trials_storage=_trials_storage(spec, state.study),
-                on_event=track, resume=resume,
+                on_event=track, resume=resume, concurrent_trials=concurrent_trials,
             )  # fmt: skip
         except TuningError as exc:
             study_tracker.wait()

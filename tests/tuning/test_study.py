@@ -21,6 +21,7 @@ from jobs.tracking import load_model
 from orchestrator import Client, load_spec
 from orchestrator.cli import main
 from orchestrator.exceptions import SpecError
+from orchestrator.plan import plan_for
 
 pytestmark = pytest.mark.slow
 
@@ -154,16 +155,17 @@ def test_bayesian_study_with_asha_runs_the_trainer_and_tracks_every_trial(ray_se
 
 
 def test_reused_actors_repeat_a_trial_exactly_and_a_diverged_trial_poisons_nothing(
-    ray_session, tmp_path, capsys
+    ray_session, tmp_path
 ):
     """Trials reuse their actors: the same configuration gives the same curve on a fresh
-    and on a reused actor, and a trial that diverged does not change the next one."""
+    and on a reused actor, and a trial that diverged does not change the next one. The
+    study runs one trial at a time because its plan says so (as a queued job's does),
+    though the spec leaves the number to the cluster."""
     path = write_spec(
         tmp_path,
         "failing-study",
         """\
         search: {algorithm: grid}
-        max_concurrent_trials: 1
         early_stopping: {type: none}
         max_failed_trials: 2
         space:
@@ -172,8 +174,12 @@ def test_reused_actors_repeat_a_trial_exactly_and_a_diverged_trial_poisons_nothi
         epochs=3,
         optimizer="sgd",
     )
-    assert main(["run", str(path), "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    plan = plan_for(load_spec(path), {"CPU": 1.0})  # one trial at a time
+    events: list = []
+    result = Client().run(path, on_event=events.append, plan=plan)
+    out = json.loads(result.model_dump_json())
+    (started,) = [e for e in events if isinstance(e, dict) and e["type"] == "study_started"]
+    assert started["max_concurrent_trials"] == plan.concurrent_trials == 1
     trials = out["study"]["trials"]
     good = [t for t in trials if t["params"]["train.optimizer.lr"] == 0.05]
     (failed,) = [t for t in trials if t["params"]["train.optimizer.lr"] == 1e30]
