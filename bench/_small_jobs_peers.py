@@ -311,8 +311,11 @@ def peer_train(config: dict, out_dir: str) -> dict:
 def _kind(event) -> str:
     """An event's kind: a dict's "type", or a typed event's class name in snake case
     (``EpochEnded`` -> ``epoch_ended``), so both forms of the trainer's events read alike."""
-    if isinstance(event, dict):
+    if isinstance(event, dict):  # events of the code before issue 15 (the "before" runs)
         return str(event.get("type"))
+    kind = getattr(event, "kind", None)  # typed events: jobs.events.Event
+    if kind is not None:
+        return kind
     name = type(event).__name__
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 

@@ -9,14 +9,44 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 Runner = Literal["ray-train", "local"]
 
 
+class Event:
+    """Base of every event orch hands to ``on_event`` (training, study, stage events).
+
+    Match on the class. Each also reads as the dict earlier releases handed out:
+    ``event["type"]`` is its ``kind``, ``event["stage"]`` or ``event.get("trial")`` its
+    fields, so an ``on_event`` callback written against those keeps working.
+    """
+
+    kind: ClassVar[str]
+
+    def __getitem__(self, key: str):
+        if key == "type":
+            return self.kind
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: str) -> bool:
+        return key == "type" or hasattr(self, key)
+
+
 @dataclass(frozen=True)
-class WorkerStarted:
+class WorkerStarted(Event):
     """A worker (or the local runner) started, or restarted after a failure."""
+
+    kind: ClassVar[str] = "worker_started"
 
     rank: int
     runner: Runner
@@ -29,7 +59,7 @@ class WorkerStarted:
 
 
 @dataclass(frozen=True)
-class EpochEnded:
+class EpochEnded(Event):
     """Rank 0's metrics of one epoch (already reduced over ranks).
 
     ``replayed``: sent again by a worker that resumed from this epoch's checkpoint. A
@@ -37,6 +67,8 @@ class EpochEnded:
     otherwise lose that epoch's metrics; the driver keeps a replay only when it never got
     the epoch (``jobs.trainer``).
     """
+
+    kind: ClassVar[str] = "epoch_ended"
 
     metrics: dict[str, float]
     checkpointed: bool
@@ -46,16 +78,20 @@ class EpochEnded:
 
 
 @dataclass(frozen=True)
-class TrainingWarning:
+class TrainingWarning(Event):
     """Something the user should know that does not stop training (e.g. emulated bf16)."""
+
+    kind: ClassVar[str] = "training_warning"
 
     message: str
     rank: int = 0
 
 
 @dataclass(frozen=True)
-class Diverged:
+class Diverged(Event):
     """The loss became NaN or infinite: training stopped, the driver raises this message."""
+
+    kind: ClassVar[str] = "diverged"
 
     message: str
     epoch: int

@@ -359,9 +359,10 @@ def _foreground(args):
 def _arming(display, foreground):
     """The event callback: the display, and Ctrl-C turns into a clean stop once serving starts."""
 
+    from orchestrator.events import StageStarted
+
     def on_event(event) -> None:
-        stage = event.get("stage") if isinstance(event, dict) else None
-        if foreground and stage == "serve":
+        if foreground and isinstance(event, StageStarted) and event.stage == "serve":
             foreground.arm()
         if display:
             display(event)

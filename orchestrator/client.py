@@ -19,6 +19,7 @@ from orchestrator.spec import PipelineSpec
 # The stages (Ray, torch, MLflow) are imported by the methods that run them, so validating
 # a spec imports neither torch nor Ray.
 if TYPE_CHECKING:
+    from jobs.events import Event
     from orchestrator.plan import RunPlan
     from orchestrator.results import RunResult
     from orchestrator.serving import ServeResult
@@ -75,7 +76,7 @@ class Client:
     def run(
         self,
         spec: str | Path | PipelineSpec,
-        on_event: Callable[[dict], None] | None = None,
+        on_event: Callable[[Event], None] | None = None,
         *,
         resume: bool = False,
         run_name: str | None = None,
@@ -137,7 +138,7 @@ class Client:
     def serve(
         self,
         spec: str | Path | PipelineSpec,
-        on_event: Callable[[dict], None] | None = None,
+        on_event: Callable[[Event], None] | None = None,
         *,
         emit_config: str | None = None,
     ) -> ServeResult:

@@ -11,6 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from jobs.events import EpochEnded, TrainingEvent, TrainingWarning, WorkerStarted
+from orchestrator.events import ClusterFound, StageStarted
+from tuning.events import StudyEvent, StudyFinished, StudyStarted, TrialFinished
 
 _STAGES = {
     "data": "Reading and splitting data",
@@ -64,21 +66,18 @@ class RunDisplay:
         if isinstance(event, TrainingEvent):
             self._training(event)
             return
-        kind = event["type"]
-        if kind == "stage":
+        if isinstance(event, StageStarted):
             self._stage(event)
-        elif kind.startswith(("study_", "trial_")):
-            if kind == "study_started":
-                self.study = StudyTable(self.console, event)
-            elif self.study is not None:
-                self.study(event)
-                if kind == "study_finished":
-                    self.study = None
-        elif kind == "cluster" and event.get("dashboard_url"):
-            token = event.get("token_path")
+        elif isinstance(event, StudyStarted):
+            self.study = StudyTable(self.console, event)
+        elif isinstance(event, StudyEvent) and self.study is not None:
+            self.study(event)
+            if isinstance(event, StudyFinished):
+                self.study = None
+        elif isinstance(event, ClusterFound) and event.dashboard_url:
+            token = event.token_path
             self.console.print(
-                f"  Ray dashboard {event['dashboard_url']}"
-                + (f" (token: {token})" if token else ""),
+                f"  Ray dashboard {event.dashboard_url}" + (f" (token: {token})" if token else ""),
                 soft_wrap=True,
             )
 
@@ -97,17 +96,15 @@ class RunDisplay:
                 metrics=format_metrics(event.metrics),
             )
 
-    def _stage(self, event: dict) -> None:
-        stage = event["stage"]
+    def _stage(self, event: StageStarted) -> None:
+        stage = event.stage
         self.close()  # the last stage's progress bar or study table
         self.console.print(f"[bold cyan]>[/] {_STAGES.get(stage, stage)}")
         if stage == "tune":
-            resumed = " (resumed)" if event["resumed"] else ""
-            self.console.print(
-                f"  study {event['study']}{resumed}, MLflow run {event['mlflow_run_id']}"
-            )
+            resumed = " (resumed)" if event.resumed else ""
+            self.console.print(f"  study {event.study}{resumed}, MLflow run {event.mlflow_run_id}")
         if stage in ("train", "refit"):
-            self.console.print(f"  MLflow run {event['mlflow_run_id']}")
+            self.console.print(f"  MLflow run {event.mlflow_run_id}")
             self.progress = Progress(
                 TextColumn("  epoch"),
                 MofNCompleteColumn(),
@@ -120,7 +117,7 @@ class RunDisplay:
                 redirect_stdout=False,
                 redirect_stderr=False,
             )
-            self.task = self.progress.add_task("train", total=event["epochs"], metrics="")
+            self.task = self.progress.add_task("train", total=event.epochs, metrics="")
             self.progress.start()
 
     def close(self) -> None:
@@ -135,16 +132,16 @@ class RunDisplay:
 class StudyTable:
     """A live table of a study's trials: state, epoch, metric, best so far, params."""
 
-    def __init__(self, console: Console, started: dict):
+    def __init__(self, console: Console, started: StudyStarted):
         self.console = console
-        self.metric = started["metric"]
-        self.planned = started["planned_trials"]
-        self.mode = started["mode"]
+        self.metric = started.metric
+        self.planned = started.planned_trials
+        self.mode = started.mode
         self.trials: dict = {}
         self.best_so_far = None
         console.print(
-            f"  {self.planned} trials, up to {started['max_concurrent_trials']} at once, each "
-            f"using {format_params(started['trial_resources']) or 'no resources'}; "
+            f"  {self.planned} trials, up to {started.max_concurrent_trials} at once, each "
+            f"using {format_params(started.trial_resources) or 'no resources'}; "
             f"{self.mode} {self.metric}"
         )
         self.live = Live(
@@ -157,15 +154,15 @@ class StudyTable:
         )
         self.live.start()
 
-    def __call__(self, event: dict) -> None:
-        if event["type"] == "study_finished":
+    def __call__(self, event: StudyEvent) -> None:
+        if isinstance(event, StudyFinished):
             self.close()
             return
-        trial = event["trial"]
+        trial = event.trial
         self.trials[trial.trial_id] = trial
-        if event.get("best_so_far") is not None:
-            self.best_so_far = event["best_so_far"]
-        if event["type"] == "trial_finished" and trial.status in ("stopped", "failed"):
+        if getattr(event, "best_so_far", None) is not None:
+            self.best_so_far = event.best_so_far
+        if isinstance(event, TrialFinished) and trial.status in ("stopped", "failed"):
             self.console.print(
                 f"  [{_STATE_STYLE[trial.status]}]trial {trial.trial_id} {trial.status} at "
                 f"epoch {trial.epoch}: {escape(trial.reason or '')}[/]"

@@ -15,8 +15,10 @@ import numpy as np
 
 from jobs.data import PreparedData, prepare
 from jobs.errors import DataError
+from jobs.events import Event
 from jobs.tracking import load_inference_model
 from orchestrator.address import RayAddress
+from orchestrator.events import ClusterFound, Served, StageStarted, VariantMeasured
 from orchestrator.exceptions import ClusterError, JobFailedError, SpecError
 from orchestrator.runtime import connect_ray, default_tracking_uri
 from orchestrator.serve_result import ServeResult
@@ -27,7 +29,7 @@ from serve.quantize import QuantizationError
 from serve.registry import Registry, RegistryError
 from serve.variant import GateError, VariantReport, check_gate, prepare_variant
 
-EventHandler = Callable[[dict], None]
+EventHandler = Callable[[Event], None]
 
 
 def _served_versions(spec: PipelineSpec, registry: Registry) -> list[tuple[str | None, str]]:
@@ -108,7 +110,7 @@ def _gated_variant(
             "pipeline's data section (fingerprints differ); the quantization gate measures "
             "on this pipeline's validation split, so serve it from its own pipeline"
         )
-    on_event({"type": "stage", "stage": "quantize", "model": f"{name}/{version}"})
+    on_event(StageStarted("quantize", model=f"{name}/{version}"))
     try:
         model, model_info = load_inference_model(f"models:/{name}/{version}", registry.tracking_uri)
         report = prepare_variant(
@@ -129,7 +131,7 @@ def _gated_variant(
         raise JobFailedError(f"serve: {name} version {version}: {exc}") from None
     except GateError as exc:
         raise JobFailedError(str(exc)) from None
-    on_event({"type": "variant", "report": report})
+    on_event(VariantMeasured(report))
     return name, version, report, model_info
 
 
@@ -196,7 +198,7 @@ def run_serving(
             "dynamic-int8}}) to serve its registered model"
         )
     emit = on_event or (lambda event: None)
-    emit({"type": "stage", "stage": "serve"})
+    emit(StageStarted("serve"))
     tracking_uri = spec.tracking.tracking_uri or default_tracking_uri()
     config, reports = build_app_config(spec, tracking_uri, emit)
     versions = {m.alias or "model": m.version for m in config.models}
@@ -212,11 +214,7 @@ def run_serving(
             config_path=emit_config_path,
         )
     connection = connect_ray(address, show_worker_logs=show_worker_logs)
-    emit({
-        "type": "cluster",
-        "dashboard_url": connection.dashboard_url,
-        "token_path": connection.token_path,
-    })  # fmt: skip
+    emit(ClusterFound(connection.dashboard_url, connection.token_path))
     from serve.deploy import deploy, ingress_in_use
 
     try:
@@ -232,7 +230,7 @@ def run_serving(
         variants=reports,
         ingress=ingress_in_use(),
     )
-    emit({"type": "served", "result": result})
+    emit(Served(result))
     return result
 
 

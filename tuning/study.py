@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 from ray.tune import Callback, Stopper
 
 from jobs.data import PreparedData
+from jobs.events import Event
 from jobs.spec import TrainSpec
 from tuning import events
 from tuning.errors import TuningError
@@ -50,7 +51,7 @@ TRIAL_REPORT_KEYS = (
     "data_wait_fraction",
 )
 
-EventHandler = Callable[[dict], None]
+EventHandler = Callable[[Event], None]
 
 
 class StudyState(BaseModel):
@@ -151,30 +152,23 @@ class _StudyCallback(Callback, Stopper):
             self.state_copy.refresh()  # Tune's loop is between writes here
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        events.emit(
-            self.study,
-            {"type": "trial_started", "trial_id": trial.trial_id, "config": dict(trial.config)},
-        )
+        events.emit(self.study, events.HookStarted(trial.trial_id, dict(trial.config)))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         metrics = {k: result[k] for k in TRIAL_REPORT_KEYS if k in result}
         events.emit(
             self.study,
-            {
-                "type": "trial_result",
-                "trial_id": trial.trial_id,
-                "config": dict(trial.config),
-                "metrics": metrics,
-                "checkpoint": result.get(CHECKPOINT_KEY),
-                "pid": result.get("pid"),
-            },
+            events.HookResult(
+                trial.trial_id,
+                dict(trial.config),
+                metrics,
+                checkpoint=result.get(CHECKPOINT_KEY),
+                pid=result.get("pid"),
+            ),
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        events.emit(
-            self.study,
-            {"type": "trial_complete", "trial_id": trial.trial_id, "config": dict(trial.config)},
-        )
+        events.emit(self.study, events.HookComplete(trial.trial_id, dict(trial.config)))
 
     # Tune saves a callback's state with the experiment: failures count across a resume.
     def get_state(self) -> dict:
@@ -186,13 +180,7 @@ class _StudyCallback(Callback, Stopper):
     def on_trial_error(self, iteration, trials, trial, **info):
         self.failed.add(trial.trial_id)
         events.emit(
-            self.study,
-            {
-                "type": "trial_error",
-                "trial_id": trial.trial_id,
-                "config": dict(trial.config),
-                "error": _error_line(trial),
-            },
+            self.study, events.HookError(trial.trial_id, dict(trial.config), _error_line(trial))
         )
 
     # Stopper
@@ -263,12 +251,12 @@ class _Tracker:
         self.started = started
         self.budget_s = budget_s
 
-    def _trial(self, event: dict) -> TrialSummary:
-        trial = self.trials.get(event["trial_id"])
+    def _trial(self, event: events.TuneHook) -> TrialSummary:
+        trial = self.trials.get(event.trial_id)
         if trial is None:
-            params = decode(self.tune, event.get("config", {}))
+            params = decode(self.tune, getattr(event, "config", {}))
             trial = TrialSummary(
-                trial_id=event["trial_id"],
+                trial_id=event.trial_id,
                 params=params,
                 runner=trial_runner(self.sections, params),
             )
@@ -294,59 +282,43 @@ class _Tracker:
             return None
         return max(values) if self.tune.resolved_mode == "max" else min(values)
 
-    def __call__(self, event: dict) -> None:
-        kind = event["type"]
-        if kind == "trial_stop_decision":
-            self.stop_reasons[event["trial_id"]] = event["reason"]
+    def __call__(self, event: events.TuneHook) -> None:
+        if isinstance(event, events.StopDecision):
+            self.stop_reasons[event.trial_id] = event.reason
             return
         trial = self._trial(event)
-        if kind == "trial_started":
+        if isinstance(event, events.HookStarted):
             trial.status = "running"
-            self.on_event({"type": "trial_started", "trial": trial.model_copy()})
-        elif kind == "trial_result":
-            metrics = {k: float(v) for k, v in event["metrics"].items()}
-            trial.status = "running"
-            trial.epoch = int(metrics.get(TIME_ATTR, trial.epoch))
-            trial.metrics = metrics
-            value = metrics.get(self.tune.metric)
-            if value is not None:
-                trial.metric = value
-                if self._better(value, trial.best_metric):
-                    trial.best_metric = value
-            if event.get("checkpoint"):
-                trial.checkpoint = event["checkpoint"]
-            if event.get("pid"):
-                trial.pid = int(event["pid"])
-            self.on_event(
-                {
-                    "type": "trial_result",
-                    "trial": trial.model_copy(),
-                    "best_so_far": self.best_so_far(),
-                }
-            )
-        elif kind == "trial_complete":
+            self.on_event(events.TrialStarted(trial.model_copy()))
+        elif isinstance(event, events.HookResult):
+            self._record(trial, event)
+            self.on_event(events.TrialResult(trial.model_copy(), self.best_so_far()))
+        elif isinstance(event, events.HookComplete):
             if trial.checkpoint and trial.epoch >= self.epochs:
                 trial.status = "completed"
             else:
                 trial.status = "stopped"
                 trial.reason = self.stop_reasons.get(trial.trial_id) or self._study_stop_reason()
-            self.on_event(
-                {
-                    "type": "trial_finished",
-                    "trial": trial.model_copy(),
-                    "best_so_far": self.best_so_far(),
-                }
-            )
-        elif kind == "trial_error":
+            self.on_event(events.TrialFinished(trial.model_copy(), self.best_so_far()))
+        elif isinstance(event, events.HookError):
             trial.status = "failed"
-            trial.reason = event["error"]
-            self.on_event(
-                {
-                    "type": "trial_finished",
-                    "trial": trial.model_copy(),
-                    "best_so_far": self.best_so_far(),
-                }
-            )
+            trial.reason = event.error
+            self.on_event(events.TrialFinished(trial.model_copy(), self.best_so_far()))
+
+    def _record(self, trial: TrialSummary, event: events.HookResult) -> None:
+        metrics = {k: float(v) for k, v in event.metrics.items()}
+        trial.status = "running"
+        trial.epoch = int(metrics.get(TIME_ATTR, trial.epoch))
+        trial.metrics = metrics
+        value = metrics.get(self.tune.metric)
+        if value is not None:
+            trial.metric = value
+            if self._better(value, trial.best_metric):
+                trial.best_metric = value
+        if event.checkpoint:
+            trial.checkpoint = event.checkpoint
+        if event.pid:
+            trial.pid = int(event.pid)
 
     def close_unfinished(self) -> None:
         """Trials the study itself stopped (time budget, failures) get no hook: end them."""
@@ -354,13 +326,7 @@ class _Tracker:
             if trial.status in ("pending", "running"):
                 trial.status = "stopped"
                 trial.reason = self._study_stop_reason()
-                self.on_event(
-                    {
-                        "type": "trial_finished",
-                        "trial": trial.model_copy(),
-                        "best_so_far": self.best_so_far(),
-                    }
-                )
+                self.on_event(events.TrialFinished(trial.model_copy(), self.best_so_far()))
 
     def _study_stop_reason(self) -> str:
         if self.budget_s is not None and time.time() - self.started >= self.budget_s * 0.99:
@@ -434,18 +400,12 @@ def run_study(
         else:
             tuner = _new_tuner(study, study_dir, trainable, tune, epochs, concurrent)
         emit(
-            {
-                "type": "study_started",
-                "study": study,
-                "planned_trials": tune.planned_trials(),
-                "max_concurrent_trials": concurrent,
-                "trial_resources": demand,
-                "metric": tune.metric,
-                "mode": tune.resolved_mode,
-                "resumed": resume,
-                "path": str(study_dir),
-            }
-        )
+            events.StudyStarted(
+                study=study, planned_trials=tune.planned_trials(),
+                max_concurrent_trials=concurrent, trial_resources=demand, metric=tune.metric,
+                mode=tune.resolved_mode, resumed=resume, path=str(study_dir),
+            )
+        )  # fmt: skip
         grid = tuner.fit()
         tracker.close_unfinished()
         _backfill(tracker, grid, tune, resume)
@@ -458,7 +418,7 @@ def run_study(
         path=str(study_dir),
         wall_s=time.time() - started,
     )
-    emit({"type": "study_finished", "outcome": outcome})
+    emit(events.StudyFinished(outcome))
     return outcome
 
 

@@ -23,6 +23,7 @@ import threading
 from pathlib import Path
 
 from jobs.tracking import RunTracker
+from tuning.events import StudyEvent, TrialFinished, TrialResult, TrialStarted
 from tuning.report import plot_history, plot_params, write_table
 from tuning.spec import TuneSpec
 
@@ -68,7 +69,7 @@ class StudyTracker:
         self.children[trial.trial_id] = child
         return child
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event: StudyEvent) -> None:
         """Queue one event for mirroring (the events carry snapshots of their trials)."""
         self._pending.put(event)
 
@@ -78,7 +79,7 @@ class StudyTracker:
             try:
                 self._mirror(event)
             except Exception as exc:  # MLflow client errors are many types; the study goes on
-                logger.warning("MLflow logging of %s failed: %s", event["type"], exc)
+                logger.warning("MLflow logging of %s failed: %s", event.kind, exc)
             finally:
                 self._pending.task_done()
 
@@ -86,15 +87,14 @@ class StudyTracker:
         """Until every event so far is mirrored (or failed with a warning)."""
         self._pending.join()
 
-    def _mirror(self, event: dict) -> None:
-        kind = event["type"]
-        if kind not in ("trial_started", "trial_result", "trial_finished"):
+    def _mirror(self, event: StudyEvent) -> None:
+        if not isinstance(event, TrialStarted | TrialResult | TrialFinished):
             return
-        trial = event["trial"]
+        trial = event.trial
         child = self._child(trial)
-        if kind == "trial_result" and trial.metrics:
+        if isinstance(event, TrialResult) and trial.metrics:
             child.log_metrics(trial.metrics, step=trial.epoch)
-        elif kind == "trial_finished":
+        elif isinstance(event, TrialFinished):
             tags = {"orch.trial_status": _TAG_STATUS[trial.status], "orch.epochs": str(trial.epoch)}
             if trial.status == "stopped":
                 tags |= {
@@ -122,7 +122,7 @@ class StudyTracker:
             child = self.children.get(trial.trial_id)
             if child is not None and trial.status in _MLFLOW_STATUS and self._still_running(child):
                 # the server missed the trial's end (or Tune never announced it): end it now
-                self._mirror({"type": "trial_finished", "trial": trial})
+                self._mirror(TrialFinished(trial))
                 self.finish_order.pop()
             if child is None:  # finished before a resume; its run is already complete
                 found = self.parent.find_runs(

@@ -36,15 +36,8 @@ class _Explains:
         decision = super().on_trial_result(tune_controller, trial, result)
         epoch = result.get(TIME_ATTR)
         if decision == TrialScheduler.STOP and epoch is not None and epoch < self.epochs:
-            events.emit(
-                self.study,
-                {
-                    "type": "trial_stop_decision",
-                    "trial_id": trial.trial_id,
-                    "epoch": int(epoch),
-                    "reason": self._reason(trial, result, before),
-                },
-            )
+            reason = self._reason(trial, result, before)
+            events.emit(self.study, events.StopDecision(trial.trial_id, int(epoch), reason))
         return decision
 
     def _snapshot(self, trial, result):

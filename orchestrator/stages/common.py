@@ -1,7 +1,7 @@
 """What the stages share: reading the data, connecting to Ray, the MLflow run's tracker,
 the names and lineage tags of runs, and relaying a training's events.
 
-Each stage announces itself through ``on_event`` ({"type": "stage", "stage": ...}); the
+Each stage announces itself through ``on_event`` (``orchestrator.events.StageStarted``); the
 trainer's own events (worker started, epoch metrics) pass through the same callback, so a
 CLI, a notebook or a test can watch one stream.
 """
@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from jobs.data import PreparedData, prepare
 from jobs.errors import DataError
-from jobs.events import EpochEnded, TrainingEvent, WorkerStarted
+from jobs.events import EpochEnded, Event, TrainingEvent, WorkerStarted
+from orchestrator.events import ClusterFound, StageStarted
 from orchestrator.exceptions import SpecError
 from orchestrator.runtime import (
     artifact_root,
@@ -28,16 +29,12 @@ if TYPE_CHECKING:
     from jobs.tracking import RunTracker
 
 
-EventHandler = Callable[[dict], None]
+EventHandler = Callable[[Event], None]
 
 
 def emit_cluster(connection, emit) -> None:
     """Say where the Ray dashboard is, and which file holds the token it asks for."""
-    emit({
-        "type": "cluster",
-        "dashboard_url": connection.dashboard_url,
-        "token_path": connection.token_path,
-    })  # fmt: skip
+    emit(ClusterFound(connection.dashboard_url, connection.token_path))
 
 
 def start_event_hub() -> None:
@@ -62,7 +59,7 @@ def ray_job_id() -> str:
 
 
 def prepare_data(spec: PipelineSpec, emit: EventHandler) -> PreparedData:
-    emit({"type": "stage", "stage": "data"})
+    emit(StageStarted("data"))
     return read_data(spec)
 
 

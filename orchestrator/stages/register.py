@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from orchestrator.events import Registered, StageStarted
 from orchestrator.exceptions import JobFailedError
 from orchestrator.spec import PipelineSpec
 from orchestrator.stages.common import EventHandler, spec_hash
@@ -44,7 +45,7 @@ def run_registration(
     emit = on_event or (lambda event: None)
     from jobs.tracking import run_tags
 
-    emit({"type": "stage", "stage": "register"})
+    emit(StageStarted("register"))
     run = run_tags(run_id, tracking_uri)
     lineage = {
         "orch.pipeline": spec.name,
@@ -76,5 +77,5 @@ def run_registration(
         reason=decision.reason,
         model_uri=f"models:/{name}/{version}",
     )
-    emit({"type": "registered", "registration": registration})
+    emit(Registered(registration))
     return registration

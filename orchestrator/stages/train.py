@@ -13,6 +13,7 @@ import yaml
 from jobs.data import PreparedData
 from jobs.errors import TrainingError
 from orchestrator.address import RayAddress
+from orchestrator.events import StageStarted
 from orchestrator.exceptions import JobFailedError
 from orchestrator.runtime import (
     checkpoint_root,
@@ -67,7 +68,7 @@ def run_training(
     from jobs.trainer import fit  # after the actor's start; no torch yet: jobs.loop_config
 
     tracker, data, run_id = setup.tracker, setup.data, setup.tracker.run_id
-    emit({"type": "stage", "stage": "train", "mlflow_run_id": run_id, "epochs": spec.train.epochs})
+    emit(StageStarted("train", mlflow_run_id=run_id, epochs=spec.train.epochs))
     with tracker:
         tracker.log_params(flatten(spec.model_dump(mode="json")))
         tracker.log_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "spec.yaml")
@@ -86,7 +87,7 @@ def run_training(
             tracker.flush()  # the epochs logged while MLflow was away land before the model
         except ConnectionError as exc:
             raise JobFailedError(f"{spec.name}: trained, but {exc}") from None
-        emit({"type": "stage", "stage": "log_model"})
+        emit(StageStarted("log_model"))
         example = data.info.raw_features(data.x_val[:5])
         model_uri = tracker.log_model(result.model, data.info, example)
         tracker.set_tags({"orch.model_uri": model_uri, "orch.checkpoint": result.checkpoint_path})
@@ -127,10 +128,10 @@ def _set_up_training(spec, address, emit, show_worker_logs, run_name, check_data
     """
     local = spec.train.resolved_runner == "local"
     with ThreadPoolExecutor(2, thread_name_prefix="orch-setup") as pool:
-        emit({"type": "stage", "stage": "data"})
+        emit(StageStarted("data"))
         reading = pool.submit(read_data, spec, check_data)
         tracking = None if local else pool.submit(tracker_for, spec)
-        emit({"type": "stage", "stage": "connect"})
+        emit(StageStarted("connect"))
         connection = connect_ray(address, show_worker_logs=show_worker_logs)
         local_worker = None
         if local:  # first: its start is the longest path

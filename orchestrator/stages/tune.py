@@ -14,6 +14,7 @@ from jobs.data import PreparedData
 from jobs.errors import TrainingError
 from jobs.spec import ModelSpec
 from orchestrator.address import RayAddress
+from orchestrator.events import StageStarted
 from orchestrator.exceptions import JobFailedError, SpecError
 from orchestrator.runtime import (
     checkpoint_root,
@@ -95,14 +96,13 @@ def run_study_pipeline(
     data = prepare_data(spec, emit)
     if problem := metric_problem(spec.tune.metric, data.info.task):
         raise SpecError(f"tune.metric: {problem}")
-    emit({"type": "stage", "stage": "connect"})
+    emit(StageStarted("connect"))
     emit_cluster(connect_ray(address, show_worker_logs=show_worker_logs), emit)
     start_event_hub()
     tracker, tracking_uri = tracker_for(spec)
     study_dir, state = _open_study(spec, data, tracker, study_dir, state, run_name)
     parent_id = tracker.run_id
-    emit({"type": "stage", "stage": "tune", "mlflow_run_id": parent_id, "study": state.study,
-          "resumed": resume})  # fmt: skip
+    emit(StageStarted("tune", mlflow_run_id=parent_id, study=state.study, resumed=resume))
     study_tracker = StudyTracker(tracker, spec.tune, state.study, spec.name)
 
     def track(event: dict) -> None:
@@ -129,7 +129,7 @@ def run_study_pipeline(
             raise _nothing_completed(spec, state.study, outcome, parent_id)
         best_sections = apply_values(sections, outcome.best.params)
         best = _best_model(spec, state.study, outcome, best_sections, data, tracker, emit)
-        emit({"type": "stage", "stage": "log_model"})
+        emit(StageStarted("log_model"))
         model_uri = _log_best(spec, best, best_sections, data, tracker)
         _mark(state, study_dir, "finished")
     return StudyRun(
@@ -323,7 +323,7 @@ def _refit(
             parent_run_id=parent.run_id,
         )
         child.log_params(flatten({"train": train.model_dump(mode="json")}))
-    emit({"type": "stage", "stage": "refit", "mlflow_run_id": child.run_id, "epochs": train.epochs})
+    emit(StageStarted("refit", mlflow_run_id=child.run_id, epochs=train.epochs))
     with child:
         try:
             result = fit(

@@ -20,6 +20,7 @@ from jobs.data import prepare
 from jobs.events import EpochEnded, WorkerStarted
 from orchestrator import Client, load_spec
 from orchestrator.cli import main
+from orchestrator.events import StageStarted
 from tests.conftest import EXAMPLES
 
 pytestmark = pytest.mark.slow
@@ -71,7 +72,7 @@ def test_digits_example_reaches_target_and_is_tracked(ray_session, tmp_path):
     assert info.signature.inputs.inputs[0].shape == (-1, 64)
     assert info.metadata["classes"] == list(range(10))
 
-    stages = [e["stage"] for e in events if isinstance(e, dict) and e["type"] == "stage"]
+    stages = [e.stage for e in events if isinstance(e, StageStarted)]
     assert stages == ["data", "connect", "train", "log_model", "register"]
 
     # the run's model is registered with its lineage; the first good version takes the alias

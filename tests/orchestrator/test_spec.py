@@ -235,6 +235,7 @@ def test_run_display_prints_warnings_and_resume():
     from rich.console import Console
 
     from jobs.events import EpochEnded, TrainingWarning, WorkerStarted
+    from orchestrator.events import StageStarted
     from orchestrator.progress import RunDisplay
 
     out = io.StringIO()
@@ -251,7 +252,7 @@ def test_run_display_prints_warnings_and_resume():
             resumed_from_epoch=3,
         )
     )
-    display({"type": "stage", "stage": "train", "mlflow_run_id": "abc", "epochs": 2})
+    display(StageStarted("train", mlflow_run_id="abc", epochs=2))
     display(
         EpochEnded(metrics={"epoch": 1, "train_loss": 0.5, "val_accuracy": 0.9}, checkpointed=True)
     )

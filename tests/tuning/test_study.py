@@ -22,6 +22,7 @@ from orchestrator import Client, load_spec
 from orchestrator.cli import main
 from orchestrator.exceptions import SpecError
 from orchestrator.plan import plan_for
+from tuning.events import StudyStarted, TrialResult
 
 pytestmark = pytest.mark.slow
 
@@ -178,7 +179,7 @@ def test_reused_actors_repeat_a_trial_exactly_and_a_diverged_trial_poisons_nothi
     events: list = []
     result = Client().run(path, on_event=events.append, plan=plan)
     out = json.loads(result.model_dump_json())
-    (started,) = [e for e in events if isinstance(e, dict) and e["type"] == "study_started"]
+    (started,) = [e for e in events if isinstance(e, StudyStarted)]
     assert started["max_concurrent_trials"] == plan.concurrent_trials == 1
     trials = out["study"]["trials"]
     good = [t for t in trials if t["params"]["train.optimizer.lr"] == 0.05]
@@ -366,7 +367,7 @@ def test_a_killed_trial_actor_resumes_from_its_last_checkpoint(ray_session, tmp_
     killed: list[int] = []
 
     def kill_after_epoch_3(event) -> None:
-        if isinstance(event, dict) and event["type"] == "trial_result" and not killed:
+        if isinstance(event, TrialResult) and not killed:
             trial = event["trial"]
             if trial.epoch >= 3 and trial.pid:
                 killed.append(trial.epoch)
