@@ -20,6 +20,7 @@ import numpy as np
 
 from jobs.errors import first_line
 from jobs.mlflow_fluent import fluent_calls
+from jobs.mlflow_store import mlflow_client
 from jobs.prepared import DataInfo
 
 if TYPE_CHECKING:  # torch (about 2 s): a driver imports it while it waits for training
@@ -215,7 +216,7 @@ class RunTracker:
         import mlflow
 
         self._mlflow = mlflow
-        self.client = mlflow.MlflowClient(tracking_uri)
+        self.client = mlflow_client(tracking_uri)
         self.tracking_uri = tracking_uri
         location = (
             f"{Path(artifact_root).resolve().as_uri()}/{experiment}" if artifact_root else None
@@ -355,9 +356,7 @@ def load_model(model_uri: str, tracking_uri: str):
 
 def run_tags(run_id: str, tracking_uri: str) -> dict[str, str]:
     """The tags of a run (what a later stage reads of an earlier one)."""
-    import mlflow
-
-    return dict(mlflow.MlflowClient(tracking_uri).get_run(run_id).data.tags)
+    return dict(mlflow_client(tracking_uri).get_run(run_id).data.tags)
 
 
 def load_inference_model(model_uri: str, tracking_uri: str) -> tuple[InferenceModel, DataInfo]:
@@ -379,7 +378,7 @@ def load_inference_model(model_uri: str, tracking_uri: str) -> tuple[InferenceMo
     from jobs.export import InferenceModel
     from jobs.spec import ModelSpec
 
-    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    client = mlflow_client(tracking_uri)
     run_id = _run_of(client, model_uri)
     names = {a.path for a in client.list_artifacts(run_id)}
     spec_file = next((f for f in ("best_spec.yaml", "spec.yaml") if f in names), None)

@@ -65,12 +65,12 @@ class Registry:
     """MLflow model registry facade (same tracking URI as the runs)."""
 
     def __init__(self, tracking_uri: str):
-        import mlflow
+        from jobs.mlflow_store import mlflow_client
 
         # Downloads print a progress bar per file otherwise (into replica logs, CLI stderr).
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.tracking_uri = tracking_uri
-        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.client = mlflow_client(tracking_uri)
 
     # ----------------------------------------------------------------- writing
 

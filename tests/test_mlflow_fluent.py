@@ -1,6 +1,7 @@
-"""orch leaves MLflow's process-wide URIs as the user set them: its fluent calls (log_model,
-register_model, load_model of a models:/ URI) point them at orch's store for the call only,
-and only jobs/mlflow_fluent.py sets them."""
+"""orch reaches MLflow one way and leaves its process-wide URIs as the user set them: every
+client comes from jobs/mlflow_store.py (one per store), and the fluent calls (log_model,
+register_model, load_model of a models:/ URI) point the URIs at orch's store for the call
+only, from jobs/mlflow_fluent.py alone."""
 
 from __future__ import annotations
 
@@ -24,6 +25,29 @@ def test_only_the_fluent_module_sets_mlflows_process_wide_uris():
         and node.func.attr in SETTERS
     }
     assert callers == {"jobs.mlflow_fluent"}
+
+
+def test_only_the_store_module_builds_mlflow_clients():
+    builders = {
+        name
+        for name, path in our_modules().items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute | ast.Name)
+        and getattr(node.func, "attr", getattr(node.func, "id", "")) == "MlflowClient"
+    }
+    assert builders == {"jobs.mlflow_store"}
+
+
+def test_one_client_per_store_with_its_registry_in_the_same_store(orch_home):
+    from jobs.mlflow_store import mlflow_client
+
+    uri = f"sqlite:///{orch_home / 'mlflow.db'}"  # the session's empty store, copied
+    assert mlflow_client(uri) is mlflow_client(uri)
+    mlflow_client(uri).create_registered_model("one-store")
+    mlflow.set_registry_uri(f"sqlite:///{orch_home / 'elsewhere.db'}")  # not followed
+    reader = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert reader.get_registered_model("one-store").name == "one-store"
 
 
 def test_a_users_own_uris_are_what_they_set_after_a_fluent_call(tmp_path, monkeypatch):
