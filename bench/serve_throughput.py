@@ -208,7 +208,7 @@ def run(quick: bool = False) -> dict:
     from fastapi import FastAPI
     from ray import serve
 
-    from jobs.tracking import load_inference_model
+    from jobs.model_loading import load_inference_model
     from orchestrator import Client
     from orchestrator.runtime import init_local_ray
     from orchestrator.spec import PipelineSpec

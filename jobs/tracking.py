@@ -1,4 +1,5 @@
-"""The runs side of MLflow: the only module of ``jobs`` that imports mlflow.
+"""The runs side of MLflow (its epoch writes are ``jobs.outbox``; reading models back is
+``jobs.model_loading``; every client comes from ``jobs.mlflow_store``).
 
 One MLflow run per training: the flattened spec as params, per-epoch metrics, the resolved
 spec as an artifact, and the consolidated model (``pt2`` format: torch.export, loads
@@ -7,7 +8,6 @@ without unpickling) with its signature and an input example.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import tempfile
@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jobs.errors import first_line
 from jobs.mlflow_fluent import fluent_calls
 from jobs.mlflow_store import mlflow_client
+from jobs.outbox import Outbox
 from jobs.prepared import DataInfo
 
 if TYPE_CHECKING:  # torch (about 2 s): a driver imports it while it waits for training
@@ -104,8 +104,6 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-log = logging.getLogger(__name__)
-
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 """MLflow 3.17's UI opens an experiment without this tag on its GenAI "Overview" (traces),
@@ -144,69 +142,6 @@ def ensure_experiment(client, name: str, artifact_location: str | None = None) -
     if EXPERIMENT_KIND_TAG not in experiment.tags:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
-
-
-class Outbox:
-    """Epoch metrics and tags written by a background thread, kept and retried in order while
-    the tracking server is away, so training never waits on (or fails because of) MLflow.
-    ``flush`` at the end waits for everything to land."""
-
-    def __init__(self, client, run_id: str):
-        self._client, self._run_id = client, run_id
-        self._items: collections.deque = collections.deque()
-        self._cv = threading.Condition()
-        self._busy = False
-        self.retries = 0
-        self.last_error = ""
-        threading.Thread(target=self._drain, name="orch-mlflow-outbox", daemon=True).start()
-
-    def put(self, metrics: list | None = None, tags: list | None = None) -> None:
-        with self._cv:
-            self._items.append((metrics or [], tags or []))
-            self._cv.notify()
-
-    def _drain(self) -> None:
-        delay = 0.5
-        while True:
-            with self._cv:
-                while not self._items:
-                    self._busy = False
-                    self._cv.notify_all()
-                    self._cv.wait()
-                self._busy = True
-                count, metrics, tags = self._next_batch()
-            try:
-                self._client.log_batch(self._run_id, metrics=metrics, tags=tags)
-            except Exception as exc:  # server away: keep the item, retry with backoff
-                self.retries += 1
-                self.last_error = first_line(exc)
-                log.warning("MLflow write failed (%s); retrying in %.1f s", self.last_error, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            delay = 0.5
-            with self._cv:
-                for _ in range(count):
-                    self._items.popleft()
-
-    def _next_batch(self) -> tuple[int, list, list]:
-        """Everything queued, as one ``log_batch`` (MLflow's client cuts it into requests of
-        the sizes its server takes): a short training's epochs queue faster than one write
-        each lands, and ``flush`` would wait for every write in turn."""
-        metrics = [m for item_metrics, _ in self._items for m in item_metrics]
-        tags = [t for _, item_tags in self._items for t in item_tags]
-        return len(self._items), metrics, tags
-
-    def flush(self, timeout_s: float) -> bool:
-        """Wait until everything is written; False if ``timeout_s`` passed first."""
-        deadline = time.time() + timeout_s
-        with self._cv:
-            while self._items or self._busy:
-                left = deadline - time.time()
-                if left <= 0:
-                    return False
-                self._cv.wait(min(left, 1.0))
-        return True
 
 
 class RunTracker:
@@ -346,66 +281,6 @@ class RunTracker:
         return logged.model_uri
 
 
-def load_model(model_uri: str, tracking_uri: str):
-    """Read a logged model back as a torch module (``torch.export`` program, no pickle)."""
-    import mlflow.pytorch
-
-    with fluent_calls(tracking_uri):
-        return mlflow.pytorch.load_model(model_uri)
-
-
 def run_tags(run_id: str, tracking_uri: str) -> dict[str, str]:
     """The tags of a run (what a later stage reads of an earlier one)."""
     return dict(mlflow_client(tracking_uri).get_run(run_id).data.tags)
-
-
-def load_inference_model(model_uri: str, tracking_uri: str) -> tuple[InferenceModel, DataInfo]:
-    """A logged model as an eager ``InferenceModel`` (weights from the registry's pt2 file).
-
-    Quantizers need the eager module (bf16 casts it; ONNX export traces it), which the pt2
-    program alone cannot give back. The architecture comes from the run's spec
-    (``best_spec.yaml`` of a study, else ``spec.yaml``) and ``data_info.json``.
-
-    Raises:
-        ValueError: the model was not logged by an orch pipeline run.
-    """
-    import tempfile
-
-    import mlflow
-    import mlflow.pytorch
-    import yaml
-
-    from jobs.export import InferenceModel
-    from jobs.spec import ModelSpec
-
-    client = mlflow_client(tracking_uri)
-    run_id = _run_of(client, model_uri)
-    names = {a.path for a in client.list_artifacts(run_id)}
-    spec_file = next((f for f in ("best_spec.yaml", "spec.yaml") if f in names), None)
-    if spec_file is None or "data_info.json" not in names:
-        raise ValueError(
-            f"{model_uri} was not logged by an orch pipeline (its run {run_id} has no spec.yaml "
-            "or data_info.json); serve a model that `orch run` registered"
-        )
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = yaml.safe_load(Path(client.download_artifacts(run_id, spec_file, tmp)).read_text())
-        info = DataInfo.model_validate_json(
-            Path(client.download_artifacts(run_id, "data_info.json", tmp)).read_text()
-        )
-    model = InferenceModel.build(ModelSpec.model_validate(spec["model"]), info)
-    with fluent_calls(tracking_uri):
-        program = mlflow.pytorch.load_model(model_uri)
-    model.load_state_dict(program.state_dict())
-    return model.eval(), info
-
-
-def _run_of(client, model_uri: str) -> str:
-    """The run that logged a models:/ or runs:/ URI."""
-    if model_uri.startswith("runs:/"):
-        return model_uri.split("/")[1]
-    name_part = model_uri.removeprefix("models:/")
-    if "@" in name_part:
-        name, alias = name_part.split("@", 1)
-        return client.get_model_version_by_alias(name, alias).run_id
-    name, version = name_part.rsplit("/", 1)
-    return client.get_model_version(name, version).run_id

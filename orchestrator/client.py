@@ -352,7 +352,7 @@ class Client:
         MLflow's own ``mlflow.pytorch.load_model`` reads the process-wide tracking URI,
         which orch leaves as you set it: this call needs none set.
         """
-        from jobs.tracking import load_model
+        from jobs.model_loading import load_model
         from orchestrator.runtime import default_tracking_uri
 
         return load_model(model_uri, tracking_uri or default_tracking_uri())

@@ -16,7 +16,7 @@ import numpy as np
 from jobs.data import PreparedData, prepare
 from jobs.errors import DataError
 from jobs.events import Event
-from jobs.tracking import load_inference_model
+from jobs.model_loading import load_inference_model
 from orchestrator.address import RayAddress
 from orchestrator.events import ClusterFound, Served, StageStarted, VariantMeasured
 from orchestrator.exceptions import ClusterError, JobFailedError, SpecError

@@ -124,9 +124,15 @@ class Registry:
 
     def resolve(self, model_uri: str) -> tuple[str, str]:
         """models:/<name>@<alias> or models:/<name>/<version> -> (name, version)."""
-        rest = model_uri.removeprefix("models:/")
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
+        from jobs.model_uri import parse_models_uri
+
+        try:
+            ref = parse_models_uri(model_uri)
+        except ValueError as exc:
+            raise RegistryError(str(exc)) from None
+        name = ref.name
+        if ref.alias is not None:
+            alias = ref.alias
             self._model(name)
             holder = self.alias_holder(name, alias)
             if holder is None:
@@ -136,9 +142,8 @@ class Registry:
                     f"`orch models promote {name} <version> --alias {alias}`"
                 )
             return name, holder
-        name, version = rest.rsplit("/", 1)
-        self._version(name, version)
-        return name, version
+        self._version(name, ref.version)
+        return name, ref.version
 
     def version_run(self, name: str, version: str) -> str:
         return self._version(name, version).run_id

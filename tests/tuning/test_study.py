@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from jobs.data import prepare
-from jobs.tracking import load_model
+from jobs.model_loading import load_model
 from orchestrator import Client, load_spec
 from orchestrator.cli import main
 from orchestrator.exceptions import SpecError
