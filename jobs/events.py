@@ -33,13 +33,16 @@ class Event:
             raise KeyError(key) from None
 
     def get(self, key: str, default=None):
+        """As ``dict.get`` on the old dicts: ``default`` for a field the event did not set."""
         try:
-            return self[key]
+            value = self[key]
         except KeyError:
             return default
+        return default if value is None else value
 
     def __contains__(self, key: str) -> bool:
-        return key == "type" or hasattr(self, key)
+        """As on the old dicts, which had no key for a field an event did not set."""
+        return key == "type" or getattr(self, key, None) is not None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import time
 from jobs.errors import first_line
 
 log = logging.getLogger("jobs.tracking")  # where its warnings have always been logged
+_MAX_METRICS, _MAX_TAGS = 1000, 100  # what one MLflow request takes (its client splits more)
 
 
 class Outbox:
@@ -61,12 +62,21 @@ class Outbox:
                     self._items.popleft()
 
     def _next_batch(self) -> tuple[int, list, list]:
-        """Everything queued, as one ``log_batch`` (MLflow's client cuts it into requests of
-        the sizes its server takes): a short training's epochs queue faster than one write
-        each lands, and ``flush`` would wait for every write in turn."""
-        metrics = [m for item_metrics, _ in self._items for m in item_metrics]
-        tags = [t for _, item_tags in self._items for t in item_tags]
-        return len(self._items), metrics, tags
+        """The oldest queued items that fit one MLflow request (1000 metrics, 100 tags), as
+        one ``log_batch``: a short training's epochs queue faster than one write each lands.
+        Within one request a write lands whole or not at all, so a retry repeats no point."""
+        count, metrics, tags = 0, [], []
+        for item_metrics, item_tags in self._items:
+            fits = (
+                len(metrics) + len(item_metrics) <= _MAX_METRICS
+                and len(tags) + len(item_tags) <= _MAX_TAGS
+            )
+            if count and not fits:
+                break
+            count += 1
+            metrics += item_metrics
+            tags += item_tags
+        return count, metrics, tags
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until everything is written; False if ``timeout_s`` passed first."""

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from orchestrator import cli_cluster, cli_queue, cli_server
 from orchestrator.address import ADDRESS_HELP
@@ -192,6 +193,7 @@ def _cmd_run(args) -> int:
     display = RunDisplay(Console(file=term.err)) if show_progress else None
     foreground = _foreground(args)
     client = Client(args.address, show_worker_logs=args.verbose)
+    _check_result_file(args.result_file)  # a bad path stops here, before any work
     try:
         result = client.run(
             args.spec,
@@ -202,9 +204,14 @@ def _cmd_run(args) -> int:
         )
     except OrchestratorError as exc:
         failed = json.dumps({"spec": args.spec, "status": "failed", "error": str(exc)})
-        _record_outcome(args.result_file, failed)
+        _record_outcome(args.result_file, failed, after_failure=True)
         if args.json:
             print(failed, file=term.out, flush=True)
+        raise
+    except BaseException as exc:  # interrupted, or a bug: the file still says it failed
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else first_line(exc)
+        failed = json.dumps({"spec": args.spec, "status": "failed", "error": why})
+        _record_outcome(args.result_file, failed, after_failure=True)
         raise
     finally:
         if display:
@@ -341,11 +348,31 @@ def _plan(path: str | None):
         raise UsageError(f"--plan {path}: not a readable plan ({first_line(exc)})") from None
 
 
-def _record_outcome(path: str | None, document: str) -> None:
-    if path:
-        from orchestrator.result_file import write_outcome
+def _check_result_file(path: str | None) -> None:
+    """Raises UsageError when ``--result-file`` names a place that cannot be written."""
+    if path is None:
+        return
+    folder = Path(path).absolute().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--result-file {path}: {first_line(exc)}") from None
+    if Path(path).is_dir() or not os.access(folder, os.W_OK):
+        raise UsageError(f"--result-file {path}: not a file this user can write")
 
+
+def _record_outcome(path: str | None, document: str, *, after_failure: bool = False) -> None:
+    """Write the outcome to ``--result-file``. Raises UsageError when it cannot be written,
+    unless the run already failed (its own error is the one to report)."""
+    if not path:
+        return
+    from orchestrator.result_file import write_outcome
+
+    try:
         write_outcome(path, document)
+    except OSError as exc:
+        if not after_failure:
+            raise UsageError(f"--result-file {path}: {first_line(exc)}") from None
 
 
 def _foreground(args):

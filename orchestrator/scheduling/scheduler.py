@@ -277,7 +277,13 @@ class Scheduler:
         self._submit_to_ray(job)
 
     def _submit_to_ray(self, job: JobInfo) -> None:
-        spec_file, plan_file = self._write_job_files(job)
+        try:
+            spec_file, plan_file = self._write_job_files(job)
+        except SpecError as exc:  # queued by an older release, invalid under this one
+            job.moved("failed", f"its spec no longer validates: {exc}")
+            job.finished_at = time.time()
+            self.store.save(job)
+            return
         command = [self.python, "-m", "orchestrator", "run", str(spec_file), "--json"]
         command += ["--run-name", job.run_name, "--result-file", str(self._outcome_file(job))]
         command += ["--plan", str(plan_file)]

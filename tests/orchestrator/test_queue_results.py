@@ -99,3 +99,28 @@ def test_a_queue_db_from_a_newer_release_is_refused_in_one_line(tmp_path):
     db.close()
     with pytest.raises(StoreVersionError, match=r"queue schema 2, newer than this orch's 1"):
         JobStore(path)
+
+
+def test_a_result_file_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    spec = tmp_path / "iris.yaml"
+    spec.write_text("name: iris\ndata: {source: sklearn://iris}\nmodel: {type: mlp}\n")
+    (tmp_path / "a-file").write_text("")
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", str(spec),
+         "--result-file", str(tmp_path / "a-file" / "out.json")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: --result-file ") and "a-file/out.json" in line
+    assert not (tmp_path / ".orch").exists()  # nothing ran
+
+
+def test_a_queued_spec_that_no_longer_validates_fails_its_job_not_the_pass(tmp_path):
+    store = JobStore(tmp_path / "queue.db")
+    scheduler = Scheduler(store, _LogsOnly(""), create_policy("priority"), tmp_path)
+    job = _job(store)
+    job.spec_text = "name: old\nmodel: {type: mlp, params: {hidden_sizes: []}}\n"
+    scheduler._submit_to_ray(job)  # _LogsOnly has no submit: reaching Ray would raise
+    saved = store.get(job.id)
+    assert saved.state == "failed" and saved.reason.startswith("its spec no longer validates:")
