@@ -320,6 +320,8 @@ def _print_served(served, stream=None) -> None:
         f"{served.endpoint}/docs   OIP v2: {served.v2}/models/{served.model_name}/infer",
         file=out,
     )
+    if served.grpc:
+        print(f"  gRPC (OIP v2): {served.grpc}  metadata application: orch-v2", file=out)
 
 
 def _ingress_note(served, err) -> None:

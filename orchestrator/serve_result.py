@@ -19,6 +19,11 @@ class ServeResult(BaseModel):
         description="http://host:port/<name>; POST <endpoint>/predict. None with --emit-config."
     )
     v2: str | None = Field(description="Open Inference Protocol v2 base URL (…/v2).")
+    grpc: str | None = Field(
+        None,
+        description="host:port of the v2 gRPC service (metadata application: orch-v2); "
+        "None without serve.grpc_port.",
+    )
     model_name: str
     versions: dict[str, str] = Field(description="alias (or 'model') -> version served")
     variants: list[VariantReport]

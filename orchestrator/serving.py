@@ -215,7 +215,7 @@ def run_serving(
         )
     connection = connect_ray(address, show_worker_logs=show_worker_logs)
     emit(ClusterFound(connection.dashboard_url, connection.token_path))
-    from serve.deploy import deploy, ingress_in_use
+    from serve.deploy import deploy, grpc_address, ingress_in_use
 
     try:
         endpoint = deploy(config, spec.serve)
@@ -225,6 +225,7 @@ def run_serving(
         app=config.name,
         endpoint=endpoint,
         v2=endpoint.rsplit("/", 1)[0] + "/v2",
+        grpc=grpc_address(spec.serve),
         model_name=config.model_name,
         versions=versions,
         variants=reports,

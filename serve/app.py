@@ -17,6 +17,7 @@ import asyncio
 import random
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,16 @@ class AppConfig(BaseModel):
     deployment: dict = Field(default_factory=dict, description="Serve deployment options.")
 
 
+class ModelLoad(BaseModel):
+    """What one replica's model did since it started: ``/healthz`` reports it, so a user (or
+    the benchmark) can see the batch sizes reached and the share of time in the model."""
+
+    requests: int = 0
+    calls: int = 0
+    rows: int = 0
+    model_seconds: float = 0.0
+
+
 class BatchedModel:
     """The model behind a ``@serve.batch`` queue: concurrent requests share one forward.
 
@@ -76,46 +87,91 @@ class BatchedModel:
     ``batch_wait_timeout_s`` for batch-mates that are not coming would be all of its
     latency at low load (a 10 ms wait was 24 ms p50 of a model that answers in 0.7 ms).
     Requests that overlap wait for each other, up to the timeout or ``max_batch_size``.
+    With ``max_batch_size`` 1 there is no queue at all.
+
+    Model calls run one at a time (the replica's CPUs are the model's threads). A model
+    whose largest batch answers within ``INLINE_BUDGET_S`` runs in the event loop itself:
+    handing it to a thread and back cost more than the call (the int8 MLP: 0.03 ms).
+    Slower ones run in a thread of their own, so the loop keeps taking requests.
     """
 
-    def __init__(self, served: ServedModel, max_batch_size: int, batch_wait_timeout_s: float):
+    INLINE_BUDGET_S = 0.0005
+
+    def __init__(
+        self,
+        served: ServedModel,
+        n_features: int,
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
+    ):
         self.served = served
         self._dir = tempfile.mkdtemp(prefix="orch-model-")
         path = Registry(served.tracking_uri).download(
             served.run_id, served.artifact_path, self._dir
         )
         self._predict = load_predictor(Path(path), served.runtime, served.threads)
+        warm = np.zeros((max_batch_size, n_features), dtype=np.float32)
+        self.inline = _call_seconds(self._predict, warm) <= self.INLINE_BUDGET_S
+        self._thread = None if self.inline else ThreadPoolExecutor(1, "orch-model")
+        self._batched = max_batch_size > 1
         self._run.set_max_batch_size(max_batch_size)
         self._run.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self.batches = 0
+        self.load = ModelLoad()
         self._in_flight = 0  # requests in this replica's model path now
+
+    async def _call(self, rows: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        if self._thread is None:
+            outputs = self._predict(rows)
+        else:  # ONNX Runtime and torch release the GIL while they compute
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self._thread, self._predict, rows)
+        load = self.load
+        load.calls += 1
+        load.rows += len(rows)
+        load.model_seconds += time.perf_counter() - started
+        return outputs
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _run(self, requests: list[np.ndarray]) -> list[np.ndarray]:
         sizes = np.cumsum([len(r) for r in requests])[:-1]
         rows = np.concatenate(requests) if len(requests) > 1 else requests[0]
-        # ONNX Runtime and torch release the GIL: the event loop keeps taking requests.
-        outputs = await asyncio.get_running_loop().run_in_executor(None, self._predict, rows)
-        self.batches += 1
-        return np.split(outputs, sizes)
+        return np.split(await self._call(rows), sizes)
 
     async def __call__(self, rows: np.ndarray) -> np.ndarray:
+        self.load.requests += 1
         alone = self._in_flight == 0
         self._in_flight += 1
         try:
-            if alone:
-                return await asyncio.get_running_loop().run_in_executor(None, self._predict, rows)
+            if alone or not self._batched:
+                return await self._call(rows)
             return await self._run(rows)
         finally:
             self._in_flight -= 1
+
+
+def _call_seconds(predict, batch: np.ndarray) -> float:
+    """Median seconds of ``predict`` on ``batch``, after one warm-up call (which also makes
+    the first request's answer as quick as the rest)."""
+    predict(batch)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        predict(batch)
+        times.append(time.perf_counter() - started)
+    return sorted(times)[1]
 
 
 @serve.deployment(name="Predictor")
 class Predictor:
     """One alias's model when ``traffic`` splits requests between aliases."""
 
-    def __init__(self, served: dict, max_batch_size: int, batch_wait_timeout_s: float):
-        self.model = BatchedModel(ServedModel(**served), max_batch_size, batch_wait_timeout_s)
+    def __init__(
+        self, served: dict, n_features: int, max_batch_size: int, batch_wait_timeout_s: float
+    ):
+        self.model = BatchedModel(
+            ServedModel(**served), n_features, max_batch_size, batch_wait_timeout_s
+        )
 
     async def predict(self, rows: np.ndarray) -> tuple[np.ndarray, dict]:
         served = self.model.served
@@ -154,6 +210,36 @@ _PREDICT_BODY = {
 }
 
 
+class PredictFastPath:
+    """``POST /<app>/predict`` straight to the replica's ``Ingress.predict``, past FastAPI's
+    routing, dependency solving and exception layers: on a small model those were about a
+    tenth of the replica's CPU per request. The same method answers, so status codes and
+    bodies are FastAPI's; the route stays in FastAPI for the OpenAPI docs. A traffic split's
+    ingress, which calls other deployments, keeps FastAPI's path (and Serve's 503 for an
+    overloaded one)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and _route(scope) == "/predict":
+            ingress = serve.get_replica_context().servable_object
+            if ingress.local is not None:
+                response = await ingress.predict(Request(scope, receive))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _route(scope: dict) -> str:
+    """The request's path inside the application (Serve mounts it at its route prefix)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+model_api.add_middleware(PredictFastPath)
+
+
 @serve.deployment(name="Ingress")
 @serve.ingress(model_api)
 class Ingress:
@@ -166,6 +252,7 @@ class Ingress:
         else:
             self.local = BatchedModel(
                 self.config.models[0],
+                len(self.config.feature_names),
                 self.config.max_batch_size,
                 self.config.batch_wait_timeout_s,
             )
@@ -221,6 +308,8 @@ class Ingress:
             "versions": {m.alias or "model": m.version for m in config.models},
             "quantization": config.models[0].quantization,
             "uptime_s": round(time.time() - self.started, 1),
+            # this replica's model since it started (one alias's, without a traffic split)
+            "load": self.local.load.model_dump() if self.local is not None else None,
         }
 
     def metadata(self) -> dict:
@@ -244,7 +333,10 @@ def build_app(args: dict):
         return Ingress.options(**options).bind(config.model_dump())
     predictors = [
         Predictor.options(name=f"Predictor-{m.alias}", **options).bind(
-            m.model_dump(), config.max_batch_size, config.batch_wait_timeout_s
+            m.model_dump(),
+            len(config.feature_names),
+            config.max_batch_size,
+            config.batch_wait_timeout_s,
         )
         for m in config.models
     ]

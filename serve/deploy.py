@@ -17,6 +17,7 @@ import yaml
 from serve.app import AppConfig, build_app
 from serve.spec import ServeSpec
 from serve.v2 import ROUTER_CPUS, V2_APP, build_v2_app
+from serve.v2_grpc import grpc_options
 
 
 class ServeError(Exception):
@@ -92,12 +93,46 @@ def deploy(config: AppConfig, spec: ServeSpec) -> str:
 
     _quiet_serve_logs()
     check_resources(config)
-    serve.start(http_options={"host": spec.host, "port": spec.port, "location": "HeadOnly"})
+    serve.start(**serve_options(spec))
+    check_grpc(spec)
     serve.run(build_app(config.model_dump()), name=config.name, route_prefix=f"/{config.name}")
     models = _v2_models()
     models[config.model_name] = config.name
     serve.run(build_v2_app({"models": models}), name=V2_APP, route_prefix="/v2")
     return f"{http_address(spec)}/{config.name}"
+
+
+def serve_options(spec: ServeSpec) -> dict:
+    """``serve.start``'s options (and a ``serve deploy`` config's) for ``spec``: HTTP on
+    host:port from the head, and the v2 gRPC service when ``grpc_port`` is set."""
+    options: dict = {"http_options": {"host": spec.host, "port": spec.port, "location": "HeadOnly"}}
+    if spec.grpc_port is not None:
+        options["grpc_options"] = grpc_options(spec.grpc_port)
+    return options
+
+
+def check_grpc(spec: ServeSpec) -> None:
+    """A Serve already running keeps its gRPC options: say so when they are not the spec's."""
+    if spec.grpc_port is None:
+        return
+    from serve.serve_internals import running_grpc_port
+
+    running = running_grpc_port()
+    if running != spec.grpc_port:
+        now = f"on port {running}" if running else "without gRPC"
+        raise ServeError(
+            f"serve.grpc_port is {spec.grpc_port} but Serve on this cluster already runs "
+            f"{now}; Serve takes its gRPC options only when it starts: stop every "
+            "application on it (orch serve --down), or set serve.grpc_port to match"
+        )
+
+
+def grpc_address(spec: ServeSpec) -> str | None:
+    """host:port of the v2 gRPC service (HAProxy's, or Ray's proxy's), when it is on."""
+    if spec.grpc_port is None:
+        return None
+    host = http_address(spec).split("//", 1)[1].rsplit(":", 1)[0]
+    return f"{host}:{spec.grpc_port}"
 
 
 def ingress_in_use() -> str:
@@ -189,9 +224,11 @@ def emit_config(config: AppConfig, spec: ServeSpec, path: str) -> dict:
     imported from the installed ``orch-platform`` package (install it on every node);
     no ``working_dir`` is shipped.
     """
+    options = serve_options(spec)
     document = {
         "proxy_location": "HeadOnly",
         "http_options": {"host": spec.host, "port": spec.port},
+        **({"grpc_options": options["grpc_options"]} if "grpc_options" in options else {}),
         "applications": [
             {
                 "name": config.name,

@@ -16,13 +16,18 @@ class Unauthorized(Exception):
     pass
 
 
-def check_key(request: Request, key_sha256: str | None) -> None:
-    if key_sha256 is None:
-        return
-    auth = request.headers.get("authorization", "")
-    scheme, _, key = auth.partition(" ")
+def key_matches(authorization: str, key_sha256: str) -> bool:
+    """``Bearer <key>`` whose SHA-256 is ``key_sha256``, compared in constant time (HTTP
+    ``Authorization`` header or gRPC ``authorization`` metadata)."""
+    scheme, _, key = authorization.partition(" ")
     given = hashlib.sha256(key.strip().encode()).hexdigest()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given, key_sha256):
+    return scheme.lower() == "bearer" and hmac.compare_digest(given, key_sha256)
+
+
+def check_key(request: Request, key_sha256: str | None) -> None:
+    if key_sha256 is not None and not key_matches(
+        request.headers.get("authorization", ""), key_sha256
+    ):
         raise Unauthorized()
 
 

@@ -91,8 +91,24 @@ def parse_instances(body: bytes, feature_names: list[str]) -> np.ndarray:
             )
         if len(row) != n:
             raise RequestError(422, f"instances[{i}] has {len(row)} features; the model takes {n}")
-        matrix[i] = [_number(v, f"instances[{i}][{j}]") for j, v in enumerate(row)]
+        if not all(type(v) in _NUMBERS for v in row):  # bool is not a number here
+            for j, v in enumerate(row):
+                _number(v, f"instances[{i}][{j}]")  # raises, naming the first bad value
+        try:
+            matrix[i] = row
+        except OverflowError:  # an integer beyond any float
+            j = next(j for j, v in enumerate(row) if abs(v) > 1e308)
+            raise RequestError(422, f"instances[{i}][{j}] is too large for a float") from None
+    if not np.isfinite(matrix).all():  # NaN/Infinity (Python's json accepts them), or > fp32
+        i, j = (int(k) for k in np.argwhere(~np.isfinite(matrix))[0])
+        value = rows[i][feature_names[j]] if isinstance(rows[i], dict) else rows[i][j]
+        raise RequestError(
+            422, f"instances[{i}][{j}] is {value}; features must be finite float32 numbers"
+        )
     return matrix
+
+
+_NUMBERS = (int, float)
 
 
 def predictions(outputs: np.ndarray, task: str, classes: list) -> list[dict]:
@@ -107,7 +123,7 @@ def predictions(outputs: np.ndarray, task: str, classes: list) -> list[dict]:
 
 # --------------------------------------------------------------------------- OIP v2
 
-_DTYPES = {
+DTYPES = {
     "FP32": np.float32,
     "FP64": np.float64,
     "FP16": np.float16,
@@ -142,12 +158,12 @@ def parse_infer(body: bytes, header_length: str | None, n_features: int) -> tupl
     tensor = doc["inputs"][0]
     if not isinstance(tensor, dict):
         raise RequestError(422, "inputs[0] must be an object with name, shape, datatype, data")
-    dtype = _DTYPES.get(str(tensor.get("datatype", "")).upper())
+    dtype = DTYPES.get(str(tensor.get("datatype", "")).upper())
     if dtype is None:
         raise RequestError(
             422,
             f"inputs[0].datatype {tensor.get('datatype')!r} is not numeric; use one of "
-            + ", ".join(_DTYPES),
+            + ", ".join(DTYPES),
         )
     shape = tensor.get("shape")
     if (
@@ -250,7 +266,7 @@ def infer_response(
         datatype, array = tensors[name]
         entry = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary:
-            blob = _to_bytes(datatype, array)
+            blob = tensor_bytes(datatype, array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
@@ -268,7 +284,7 @@ def infer_response(
     }
 
 
-def _to_bytes(datatype: str, array: np.ndarray) -> bytes:
+def tensor_bytes(datatype: str, array: np.ndarray) -> bytes:
     if datatype == "BYTES":
         parts = []
         for item in array.reshape(-1):

@@ -182,6 +182,16 @@ class ServeSpec(_Section):
     auth: AuthSpec = Field(default_factory=AuthSpec, description="Bearer-key authentication.")
     host: str = Field("127.0.0.1", description="Serve HTTP bind address.")
     port: int = Field(8000, ge=1, le=65535, description="Serve HTTP port.")
+    grpc_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve gRPC port for the Open Inference Protocol v2 service (KServe and "
+        "Triton's GRPCInferenceService; clients send metadata application: orch-v2), on "
+        "serve.host. null = no gRPC. Needs auth.api_key_env: Ray opens each replica's gRPC "
+        "port on every interface, so the key guards it. Like port, it is the cluster's: "
+        "the first pipeline served sets it.",
+    )
     cpus_per_replica: float = Field(
         1.0, gt=0, description="CPUs reserved per replica (also its inference threads)."
     )
@@ -197,6 +207,15 @@ class ServeSpec(_Section):
                 f"batching.max_batch_size ({self.batching.max_batch_size}): batches could "
                 "never fill; raise max_ongoing_requests"
             )
+        if self.grpc_port is not None:
+            if self.grpc_port == self.port:
+                raise ValueError(f"grpc_port and port are both {self.port}; give gRPC its own")
+            if self.auth.api_key_env is None:
+                raise ValueError(
+                    "grpc_port needs auth.api_key_env: in Ray 2.60 each replica's gRPC server "
+                    "listens on every interface, and the bearer key is what keeps others out; "
+                    "set auth: {api_key_env: MY_KEY_VAR} or drop grpc_port"
+                )
         if self.traffic is not None:
             import re
 

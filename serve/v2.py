@@ -23,8 +23,17 @@ from serve.protocol import (
     output_tensors,
     parse_infer,
 )
+from serve.v2_grpc import (
+    check_grpc_key,
+    fail,
+    metadata_response,
+    parse_grpc_infer,
+    pb,
+)
+from serve.v2_grpc import infer_response as grpc_infer_response
 
 V2_APP = "orch-v2"
+SERVER = {"name": "orch", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 ROUTER_CPUS = 0.1  # the /v2 router's and a traffic split's ingress replica
 
 v2_api = FastAPI(title="orch Open Inference Protocol v2", docs_url="/docs")
@@ -73,7 +82,7 @@ class V2Router:
 
     @v2_api.get("/")
     async def server_metadata(self) -> dict:
-        return {"name": "orch", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+        return SERVER
 
     @v2_api.get("/health/live")
     async def live(self) -> dict:
@@ -99,26 +108,7 @@ class V2Router:
             meta = await self._served(model, version)
         except RequestError as exc:
             return _error(exc.status, exc.message)
-        classification = meta["task"] == "classification"
-        outputs = (
-            [
-                {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(meta["classes"])]},
-                {"name": "class", "datatype": label_datatype(meta["classes"]), "shape": [-1]},
-            ]
-            if classification
-            else [{"name": "value", "datatype": "FP32", "shape": [-1]}]
-        )
-        return JSONResponse(
-            {
-                "name": model,
-                "versions": meta["versions"],
-                "platform": "onnxruntime_onnx" if meta["runtime"] == "onnxruntime" else "pytorch",
-                "inputs": [
-                    {"name": "features", "datatype": "FP32", "shape": [-1, meta["n_features"]]}
-                ],
-                "outputs": outputs,
-            }
-        )
+        return JSONResponse(_metadata_doc(model, meta))
 
     @v2_api.post("/models/{model}/infer")
     @v2_api.post("/models/{model}/versions/{version}/infer")
@@ -136,6 +126,67 @@ class V2Router:
         except RequestError as exc:
             return _error(exc.status, exc.message)
         return Response(content, headers=headers)
+
+    # ----------------------------------------------------------------- v2 over gRPC
+    # Ray Serve calls the method named like the gRPC one, with Triton's request message.
+
+    async def ServerLive(self, request, grpc_context=None):  # noqa: N802 (gRPC's names)
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, grpc_context=None):  # noqa: N802
+        return pb.ServerReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request, grpc_context=None):  # noqa: N802
+        return pb.ServerMetadataResponse(name=SERVER["name"], version=SERVER["version"])
+
+    async def ModelReady(self, request, grpc_context=None):  # noqa: N802
+        try:
+            await self._served(request.name, request.version or None)
+        except RequestError as exc:
+            fail(grpc_context, exc)
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ModelMetadata(self, request, grpc_context=None):  # noqa: N802
+        try:
+            meta = await self._served(request.name, request.version or None)
+        except RequestError as exc:
+            fail(grpc_context, exc)
+            return pb.ModelMetadataResponse()
+        return metadata_response(_metadata_doc(request.name, meta))
+
+    async def ModelInfer(self, request, grpc_context=None):  # noqa: N802
+        model = request.model_name
+        try:
+            meta = await self._served(model, request.model_version or None)
+            check_grpc_key(grpc_context, meta["api_key_sha256"])
+            rows = parse_grpc_infer(request, meta["n_features"])
+            outputs, served = await self._handle(model).infer.remote(rows)
+            tensors = output_tensors(outputs, meta["task"], meta["classes"])
+            return grpc_infer_response(request, tensors, served["version"])
+        except RequestError as exc:
+            fail(grpc_context, exc)
+            return pb.ModelInferResponse()
+
+
+def _metadata_doc(model: str, meta: dict) -> dict:
+    """What ``GET /v2/models/<name>`` answers (and gRPC's ModelMetadata)."""
+    classification = meta["task"] == "classification"
+    outputs = (
+        [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(meta["classes"])]},
+            {"name": "class", "datatype": label_datatype(meta["classes"]), "shape": [-1]},
+        ]
+        if classification
+        else [{"name": "value", "datatype": "FP32", "shape": [-1]}]
+    )
+    return {
+        "name": model,
+        "versions": meta["versions"],
+        "platform": "onnxruntime_onnx" if meta["runtime"] == "onnxruntime" else "pytorch",
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, meta["n_features"]]}],
+        "outputs": outputs,
+    }
 
 
 def build_v2_app(args: dict | None = None):

@@ -61,6 +61,14 @@ def test_rows_as_lists_or_objects_by_feature_name():
         (body({"instances": [{"a": 1, "b": 2}]}), 422, "instances[0] lacks 'c'"),
         (body({"instances": [{"a": 1, "b": 2, "c": 3, "d": 4}]}), 422, "unknown feature 'd'"),
         (body({"instances": [7]}), 422, "instances[0] must be a list of 3 numbers"),
+        (
+            b'{"instances": [[1, 2, 1e300]]}',
+            422,
+            "instances[0][2] is 1e+300; features must be finite float32",
+        ),
+        (b'{"instances": [[1, 2, 3], [1, 2, -1e39]]}', 422, "instances[1][2] is -1e+39"),
+        (body({"instances": [{"a": 1, "b": 1e300, "c": 3}]}), 422, "instances[0][1] is 1e+300"),
+        (body({"instances": [[1, 10**400, 3]]}), 422, "instances[0][1] is too large for a float"),
     ],
 )
 def test_bad_predict_bodies_name_the_problem(raw, status, message):

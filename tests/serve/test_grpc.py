@@ -1,0 +1,132 @@
+"""The Open Inference Protocol v2 over gRPC (serve.grpc_port), through the embedded Ray's
+HAProxy, with Triton's own client: inference, metadata, the bearer key, the errors.
+
+Serve takes its gRPC options when it starts, so this module starts its own Serve (with
+gRPC) and shuts it down at the end, like test_serving's.
+"""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris
+
+from orchestrator import Client
+from orchestrator.exceptions import ClusterError
+from tests.conftest import free_port
+from tests.serve.conftest import iris_pipeline, register_quick_model
+
+pytestmark = pytest.mark.slow
+FLOWERS = load_iris().data[[0, 1, 50, 100]].astype(np.float32)
+V2_APP = {"application": "orch-v2"}
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, tmp_path_factory):
+    from ray import serve
+
+    store = f"sqlite:///{tmp_path_factory.mktemp('grpc-store') / 'mlflow.db'}"
+    port, grpc_port = free_port(), free_port()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("IRIS_GRPC_KEY", "k3y")
+    spec = iris_pipeline(
+        "iris-grpc", store, port, grpc_port=grpc_port, auth={"api_key_env": "IRIS_GRPC_KEY"}
+    )
+    register_quick_model(spec)
+    try:
+        yield Client().serve(spec), spec, store
+    finally:
+        serve.shutdown()
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    import tritonclient.grpc as triton
+
+    result, _, _ = served
+    return triton.InferenceServerClient(result.grpc)
+
+
+def _features(rows: np.ndarray):
+    import tritonclient.grpc as triton
+
+    tensor = triton.InferInput("features", list(rows.shape), "FP32")
+    tensor.set_data_from_numpy(rows)  # raw bytes, as Triton's client sends them
+    return tensor
+
+
+def test_tritonclient_grpc_infers_what_http_predicts(served, client):
+    result, _, _ = served
+    assert result.grpc.startswith("127.0.0.1:")
+    key = {"authorization": "Bearer k3y"}
+    assert client.is_server_live(headers=V2_APP)
+    assert client.is_model_ready("iris-grpc", headers=V2_APP)
+    meta = client.get_model_metadata("iris-grpc", headers=V2_APP)
+    assert (meta.inputs[0].name, list(meta.inputs[0].shape)) == ("features", [-1, 4])
+    assert [o.name for o in meta.outputs] == ["probabilities", "class"]
+
+    answer = client.infer("iris-grpc", [_features(FLOWERS)], headers=V2_APP | key)
+    http = httpx.post(
+        f"{result.endpoint}/predict",
+        json={"instances": FLOWERS.tolist()},
+        headers={"Authorization": "Bearer k3y"},
+    ).json()["predictions"]
+    assert answer.as_numpy("class").tolist() == [p["class"] for p in http] == [0, 0, 1, 2]
+    assert np.allclose(
+        answer.as_numpy("probabilities"), [p["probabilities"] for p in http], atol=1e-5
+    )
+    assert answer.get_response().model_version == result.versions["model"]
+
+
+def test_grpc_errors_name_the_problem(client):
+    from tritonclient.utils import InferenceServerException
+
+    def refused(*, model="iris-grpc", rows=FLOWERS, headers=V2_APP):
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer(model, [_features(rows)], headers=headers)
+        return caught.value.status(), caught.value.message()
+
+    key = {"authorization": "Bearer k3y"}
+    status, message = refused()
+    assert status == "StatusCode.UNAUTHENTICATED" and "missing or wrong bearer key" in message
+    status, _ = refused(headers=V2_APP | {"authorization": "Bearer nope"})
+    assert status == "StatusCode.UNAUTHENTICATED"
+    status, message = refused(rows=FLOWERS[:, :3], headers=V2_APP | key)
+    assert status == "StatusCode.INVALID_ARGUMENT"
+    assert "inputs[0].shape must be [rows >= 1, 4], got [4, 3]" in message
+    status, message = refused(model="nope", headers=V2_APP | key)
+    assert status == "StatusCode.NOT_FOUND" and "no model 'nope' is served" in message
+    status, message = refused(headers=key)  # Ray Serve routes gRPC by this metadata
+    assert status == "StatusCode.NOT_FOUND" and "Application metadata not set" in message
+    # still serving after the refusals
+    answer = client.infer("iris-grpc", [_features(FLOWERS[:1])], headers=V2_APP | key)
+    assert answer.as_numpy("class").tolist() == [0]
+
+
+def test_a_model_without_a_key_does_not_answer_over_grpc(served, client):
+    from tritonclient.utils import InferenceServerException
+
+    result, spec, store = served
+    open_spec = iris_pipeline("iris-open", store, spec.serve.port)  # no auth, no grpc_port
+    register_quick_model(open_spec)
+    opened = Client().serve(open_spec)
+    assert opened.grpc is None
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("iris-open", [_features(FLOWERS)], headers=V2_APP)
+    assert caught.value.status() == "StatusCode.PERMISSION_DENIED"
+    assert "served without a key" in caught.value.message()
+    # over HTTP, on loopback, it answers as before
+    reply = httpx.post(f"{opened.endpoint}/predict", json={"instances": FLOWERS.tolist()})
+    assert [p["class"] for p in reply.json()["predictions"]] == [0, 0, 1, 2]
+
+
+def test_a_running_serve_keeps_its_grpc_port_and_says_so(served):
+    result, spec, _ = served
+    other = spec.model_copy(
+        update={"serve": spec.serve.model_copy(update={"grpc_port": free_port()})}
+    )
+    with pytest.raises(ClusterError, match="already runs on port") as caught:
+        Client().serve(other)
+    assert str(spec.serve.grpc_port) in str(caught.value)
