@@ -39,6 +39,30 @@ ROUTER_CPUS = 0.1  # the /v2 router's and a traffic split's ingress replica
 v2_api = FastAPI(title="orch Open Inference Protocol v2", docs_url="/docs")
 
 
+def _metadata_doc(model: str, meta: dict) -> dict:
+    """What ``GET /v2/models/<name>`` answers (and gRPC's ModelMetadata).
+
+    Defined above the deployment: ``@serve.ingress`` pickles the class's routes while the
+    class statement runs, and a module name defined below it would be missing in the
+    replica (NameError at request time)."""
+    classification = meta["task"] == "classification"
+    outputs = (
+        [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(meta["classes"])]},
+            {"name": "class", "datatype": label_datatype(meta["classes"]), "shape": [-1]},
+        ]
+        if classification
+        else [{"name": "value", "datatype": "FP32", "shape": [-1]}]
+    )
+    return {
+        "name": model,
+        "versions": meta["versions"],
+        "platform": "onnxruntime_onnx" if meta["runtime"] == "onnxruntime" else "pytorch",
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, meta["n_features"]]}],
+        "outputs": outputs,
+    }
+
+
 @serve.deployment(name="V2Router", ray_actor_options={"num_cpus": ROUTER_CPUS})
 @serve.ingress(v2_api)
 class V2Router:
@@ -139,9 +163,16 @@ class V2Router:
     async def ServerMetadata(self, request, grpc_context=None):  # noqa: N802
         return pb.ServerMetadataResponse(name=SERVER["name"], version=SERVER["version"])
 
+    async def _keyed(self, model: str, version: str, grpc_context) -> dict:
+        """The model's metadata once the call carries its key: gRPC's replica ports face
+        the network, so even a model's name and shape are the key holder's to see."""
+        meta = await self._served(model, version or None)
+        check_grpc_key(grpc_context, meta["api_key_sha256"])
+        return meta
+
     async def ModelReady(self, request, grpc_context=None):  # noqa: N802
         try:
-            await self._served(request.name, request.version or None)
+            await self._keyed(request.name, request.version, grpc_context)
         except RequestError as exc:
             fail(grpc_context, exc)
             return pb.ModelReadyResponse(ready=False)
@@ -149,7 +180,7 @@ class V2Router:
 
     async def ModelMetadata(self, request, grpc_context=None):  # noqa: N802
         try:
-            meta = await self._served(request.name, request.version or None)
+            meta = await self._keyed(request.name, request.version, grpc_context)
         except RequestError as exc:
             fail(grpc_context, exc)
             return pb.ModelMetadataResponse()
@@ -158,8 +189,7 @@ class V2Router:
     async def ModelInfer(self, request, grpc_context=None):  # noqa: N802
         model = request.model_name
         try:
-            meta = await self._served(model, request.model_version or None)
-            check_grpc_key(grpc_context, meta["api_key_sha256"])
+            meta = await self._keyed(model, request.model_version, grpc_context)
             rows = parse_grpc_infer(request, meta["n_features"])
             outputs, served = await self._handle(model).infer.remote(rows)
             tensors = output_tensors(outputs, meta["task"], meta["classes"])
@@ -167,26 +197,6 @@ class V2Router:
         except RequestError as exc:
             fail(grpc_context, exc)
             return pb.ModelInferResponse()
-
-
-def _metadata_doc(model: str, meta: dict) -> dict:
-    """What ``GET /v2/models/<name>`` answers (and gRPC's ModelMetadata)."""
-    classification = meta["task"] == "classification"
-    outputs = (
-        [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(meta["classes"])]},
-            {"name": "class", "datatype": label_datatype(meta["classes"]), "shape": [-1]},
-        ]
-        if classification
-        else [{"name": "value", "datatype": "FP32", "shape": [-1]}]
-    )
-    return {
-        "name": model,
-        "versions": meta["versions"],
-        "platform": "onnxruntime_onnx" if meta["runtime"] == "onnxruntime" else "pytorch",
-        "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, meta["n_features"]]}],
-        "outputs": outputs,
-    }
 
 
 def build_v2_app(args: dict | None = None):

@@ -1,8 +1,9 @@
 """Private names of Ray and MLflow: only in one adapter module per library, and still there.
 
 Each use is deliberate (there is no public equivalent) and lives in its library's adapter:
-- ``serve/serve_internals.py``: Ray Serve's ``_get_global_client``, the running Serve's
-  HTTP address;
+- ``serve/serve_internals.py``: Ray Serve's ``_get_global_client`` (and its controller's
+  ``get_grpc_config``), the running Serve's HTTP address and gRPC port (the latter checked
+  by tests/serve/test_grpc.py, which asks a running Serve for its gRPC port);
 - ``serve/mlflow_internals.py``: MLflow's ``_validate_pt2_archive_is_pickle_free``, refusing
   a pt2 archive that holds pickles before ``torch.export.load``;
 - ``tuning/tune_internals.py``: Ray Tune's ASHA and median-rule state that says why a trial

@@ -249,3 +249,59 @@ def test_serve_under_haproxy_answers_the_network_only_with_its_api(ray_session, 
                     httpx.get(f"http://{outward}:{listen_port}/", timeout=3)
     finally:
         serve.shutdown()
+
+
+def test_grpc_serving_faces_the_network_only_behind_the_key(ray_session, tmp_path, monkeypatch):
+    """With serve.grpc_port (opt-in): HAProxy's gRPC frontend binds 127.0.0.1; the replicas'
+    own gRPC ports, which Ray 2.60 opens on every interface, infer nothing without the key
+    when called from a non-loopback address."""
+    import socket
+
+    import numpy as np
+    import tritonclient.grpc as triton
+    from ray import serve
+    from tritonclient.utils import InferenceServerException
+
+    from orchestrator import Client
+    from tests.serve.conftest import iris_pipeline, register_quick_model
+
+    monkeypatch.setenv("IRIS_SECURE_KEY", "k")
+    port, grpc_port = free_port(), free_port()
+    spec = iris_pipeline(
+        "iris-grpc-secure",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        port,
+        grpc_port=grpc_port,
+        auth={"api_key_env": "IRIS_SECURE_KEY"},
+    )
+    register_quick_model(spec, epochs=5)
+    try:
+        Client().serve(spec)
+        ray_processes = _descendants(os.getpid())
+        haproxy = {pid for pid in ray_processes if "haproxy.cfg" in _command(pid)}
+        replicas = {pid for pid in ray_processes if "ServeReplica" in _command(pid)}
+        listeners = _listening(haproxy | replicas)
+        assert (grpc_port, "127.0.0.1") in {(p, h) for pid, h, p in listeners if pid in haproxy}
+        facing = [(h, p) for pid, h, p in listeners if pid in replicas and h != "127.0.0.1"]
+        assert facing, "Ray 2.60 opens the replicas' gRPC ports on every interface"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect(("192.0.2.1", 9))
+                outward = probe.getsockname()[0]
+            except OSError:
+                pytest.skip("no address off loopback to call from")
+        rows = triton.InferInput("features", [1, 4], "FP32")
+        rows.set_data_from_numpy(np.zeros((1, 4), dtype=np.float32))
+        statuses = set()
+        for _, listen_port in facing:
+            client = triton.InferenceServerClient(f"{outward}:{listen_port}")
+            with pytest.raises(InferenceServerException) as refused:  # never an answer
+                client.infer(
+                    "iris-grpc-secure", [rows], headers={"application": "orch-v2"},
+                    client_timeout=10,
+                )  # fmt: skip
+            statuses.add(f"{refused.value.status()}: {refused.value.message()}")
+        # the router's own port was reached, and asked for the key
+        assert any("missing or wrong bearer key" in s for s in statuses), statuses
+    finally:
+        serve.shutdown()

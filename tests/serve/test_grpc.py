@@ -58,12 +58,16 @@ def _features(rows: np.ndarray):
 
 
 def test_tritonclient_grpc_infers_what_http_predicts(served, client):
+    from tritonclient.utils import InferenceServerException
+
     result, _, _ = served
     assert result.grpc.startswith("127.0.0.1:")
     key = {"authorization": "Bearer k3y"}
     assert client.is_server_live(headers=V2_APP)
-    assert client.is_model_ready("iris-grpc", headers=V2_APP)
-    meta = client.get_model_metadata("iris-grpc", headers=V2_APP)
+    assert client.is_model_ready("iris-grpc", headers=V2_APP | key)
+    with pytest.raises(InferenceServerException, match="missing or wrong bearer key"):
+        client.is_model_ready("iris-grpc", headers=V2_APP)  # only the key shows the model
+    meta = client.get_model_metadata("iris-grpc", headers=V2_APP | key)
     assert (meta.inputs[0].name, list(meta.inputs[0].shape)) == ("features", [-1, 4])
     assert [o.name for o in meta.outputs] == ["probabilities", "class"]
 
