@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from orchestrator import cli_cluster, cli_queue, cli_server
+from orchestrator import cli_cluster, cli_queue, cli_server, cli_users
 from orchestrator.address import ADDRESS_HELP
 from orchestrator.exceptions import OrchestratorError, UsageError, first_line
 
@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_models(sub)
     cli_queue.add_commands(sub)
     cli_server.add_command(sub)
+    cli_users.add_command(sub)
     cli_cluster.add_command(sub)
     dashboard = sub.add_parser(
         "dashboard", help="where the Ray dashboard is, and the file holding the token it asks for"
@@ -538,6 +539,7 @@ _COMMANDS = {
     "serve": _cmd_serve,
     **cli_queue.COMMANDS,
     **cli_server.COMMANDS,
+    **cli_users.COMMANDS,
     **cli_cluster.COMMANDS,
 }
 

@@ -36,6 +36,12 @@ def _with_address(parser):
         default=None,
         help=ADDRESS_HELP.format(default="the embedded local cluster"),
     )
+    parser.add_argument(
+        "--server",
+        default=None,
+        help="the queue server's URL (e.g. an SSH tunnel's http://127.0.0.1:PORT); default "
+        "$ORCH_SERVER, else the server of --address's cluster",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON on stdout")
     return parser
 
@@ -72,7 +78,7 @@ def _add_queue_commands(sub) -> None:
 def _queue(args):
     from orchestrator.queue_client import QueueClient
 
-    return QueueClient(args.address)
+    return QueueClient(args.address, server=args.server)
 
 
 def _age(seconds: float) -> str:

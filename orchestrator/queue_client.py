@@ -34,7 +34,7 @@ from orchestrator.exceptions import (
 )
 from orchestrator.home import orch_home
 from orchestrator.scheduling.record import JobInfo
-from orchestrator.scheduling.token import ray_token
+from orchestrator.scheduling.token import bearer_headers, ray_token
 
 SERVER_START_TIMEOUT_S = 120
 
@@ -58,10 +58,27 @@ class QueueClient:
         start: start the server (as a Ray job on the cluster) when none answers.
     """
 
-    def __init__(self, address: str | RayAddress | None = None, *, start: bool = True):
+    def __init__(
+        self,
+        address: str | RayAddress | None = None,
+        *,
+        start: bool = True,
+        server: str | None = None,
+    ):
         from orchestrator.address import dashboard_url, given_address, recorded_head
+        from orchestrator.scheduling.access import client_token
 
         self.state_dir = queue_dir()
+        try:
+            self._user_token = client_token()  # a queue user's token, when one is set
+        except PermissionError as exc:
+            raise ClusterError(str(exc)) from None
+        server = server or os.environ.get("ORCH_SERVER")
+        self._fixed_url = bool(server)
+        if server:  # a member elsewhere: the server's URL (a tunnel), no Ray address
+            self.dashboard_url, self._token, self._start = "", None, False
+            self._url: str | None = server.rstrip("/")
+            return
         if not isinstance(address, RayAddress):
             address = given_address(address)
         if address is None:
@@ -80,9 +97,8 @@ class QueueClient:
 
     @property
     def headers(self) -> dict[str, str]:
-        from orchestrator.scheduling.token import bearer_headers
-
-        return bearer_headers(self._token)
+        """A queue user's token (``ORCH_TOKEN``, ``~/.orch/token``), else the Ray token."""
+        return bearer_headers(self._user_token or self._token)
 
     # ------------------------------------------------------------- the server
 
@@ -126,7 +142,7 @@ class QueueClient:
             f"{sys.executable} -m orchestrator server --state-dir {self.state_dir} --port 0"
         )
         try:
-            ray_jobs = JobSubmissionClient(self.dashboard_url, headers=self.headers)
+            ray_jobs = JobSubmissionClient(self.dashboard_url, headers=bearer_headers(self._token))
             ray_jobs.submit_job(
                 entrypoint=entrypoint,
                 submission_id=submission_id,
@@ -158,7 +174,9 @@ class QueueClient:
             reply = httpx.request(
                 method, f"{url}{path}", headers=self.headers, timeout=60, **kwargs
             )
-        except httpx.HTTPError:
+        except httpx.HTTPError as exc:
+            if self._fixed_url:
+                raise ClusterError(f"the orch server at {url} does not answer: {exc}") from None
             self._url = None  # the server went away: find or start it again
             url = self.server_url()
             reply = httpx.request(

@@ -28,6 +28,8 @@ class JobInfo(BaseModel):
     name: str = Field(description="--name, else the pipeline's name.")
     pipeline: str = Field(description="The spec's name.")
     queue: str = "default"
+    owner: str = Field("admin", description="Who submitted it (jobs from before users: admin).")
+    team: str = Field("admins", description="The submitter's team.")
     priority: int = Field(description="low=0, normal=50, high=100, or the integer given.")
     preemptible: bool = True
     state: JobState = "queued"

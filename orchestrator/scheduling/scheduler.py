@@ -30,6 +30,7 @@ from orchestrator.scheduling.demand import (
     never_fits,
     subtract,
 )
+from orchestrator.scheduling.identity import LOCAL_ADMIN, User
 from orchestrator.scheduling.policy import Plan, SchedulingPolicy
 from orchestrator.scheduling.ray_jobs import TERMINAL_RAY_STATES, RayJobs, RayUnavailable
 from orchestrator.scheduling.record import ACTIVE, JobInfo
@@ -90,8 +91,9 @@ class Scheduler:
 
     # ---------------------------------------------------------------- requests
 
-    def submit(self, request: SubmitRequest) -> tuple[JobInfo, bool]:
-        """Queue a pipeline. Returns (job, created); created is False for a known key.
+    def submit(self, request: SubmitRequest, owner: User = LOCAL_ADMIN) -> tuple[JobInfo, bool]:
+        """Queue ``owner``'s pipeline. Returns (job, created); created is False for a known
+        key.
 
         Raises:
             SpecError: the spec is invalid, or can never fit this cluster.
@@ -132,6 +134,8 @@ class Scheduler:
             cwd=request.cwd,
             env={k: v for k, v in request.env.items() if k in FORWARDED_ENV},
             idempotency_key=request.idempotency_key,
+            owner=owner.name,
+            team=owner.team,
         )
         job.moved("queued", "submitted")
         # Under the scheduler's lock: a pass that read the job between its insert and this
@@ -176,7 +180,8 @@ class Scheduler:
                 name=old.name,
                 priority=old.priority,
                 queue=old.queue,
-            )
+            ),
+            User(name=old.owner, team=old.team, role="member", token_id="-", created_at=0),
         )
         job.retry_of = old.id
         self.store.save(job)

@@ -9,7 +9,6 @@ PID) once it answers, which is how clients find it.
 from __future__ import annotations
 
 import fcntl
-import hmac
 import json
 import logging
 import os
@@ -23,12 +22,20 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from orchestrator.exceptions import SpecError
+from orchestrator.scheduling.access import (
+    Forbidden,
+    Unauthenticated,
+    caller,
+    check_owner,
+    check_submit,
+    visible,
+)
+from orchestrator.scheduling.identity import User
 from orchestrator.scheduling.policy import PolicyConfig, create_policy
 from orchestrator.scheduling.ray_jobs import RayJobs, RayUnavailable
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.scheduler import JobConflict, Scheduler, SubmitRequest, UnknownJob
 from orchestrator.scheduling.store import JobStore, StoreVersionError
-from orchestrator.scheduling.token import ray_token, token_required
 
 log = logging.getLogger("orch.server")
 
@@ -51,18 +58,6 @@ class ServerInfo(BaseModel):
     ray_submission_id: str | None = None
 
 
-def _authorize(request: Request) -> None:
-    """Every call but /healthz carries the cluster's Ray token when token auth is on."""
-    if not token_required():
-        return
-    expected = f"Bearer {ray_token() or ''}"
-    given = request.headers.get("authorization", "")
-    if not given:
-        raise HTTPException(401, "missing the Ray token: send Authorization: Bearer <token>")
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(403, "invalid Ray token")
-
-
 _ERROR_STATUS = {SpecError: 400, UnknownJob: 404, JobConflict: 409}
 
 
@@ -83,50 +78,104 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(status_code=503, content={"detail": f"Ray is not answering: {exc}"})
 
 
+class CallGate:
+    """The API's door: names each call's user (``access.caller``) and writes every
+    state-changing call, refused or not, to the audit trail."""
+
+    def __init__(self, scheduler: Scheduler):
+        self.identities = scheduler.store.identities
+        self.audit = scheduler.store.audit
+
+    def record(self, request: Request, user: User, action: str, target: str, outcome="ok"):
+        client = request.client.host if request.client else "-"
+        self.audit.append(user=user.name, team=user.team, action=action, target=target,
+                          address=client, outcome=outcome)  # fmt: skip
+
+    def who(self, request: Request) -> User:
+        """FastAPI dependency: the caller, or 401 (a refused POST is recorded)."""
+        try:
+            return caller(self.identities, request.headers.get("authorization", ""))
+        except Unauthenticated as exc:
+            if request.method == "POST":
+                nobody = User(name="-", team="-", role="viewer", token_id="-", created_at=0)
+                self.record(request, nobody, request.url.path, "-", f"refused (401): {exc}")
+            raise HTTPException(401, str(exc)) from None
+
+    def allow(self, request: Request, user: User, action: str, target: str, check) -> None:
+        """Run ``check``; a Forbidden becomes a recorded 403 and nothing changes."""
+        try:
+            check()
+        except Forbidden as exc:
+            self.record(request, user, action, target, f"refused (403): {exc}")
+            raise HTTPException(403, str(exc)) from None
+
+
 def build_api(scheduler: Scheduler, info: ServerInfo) -> FastAPI:
+    """The queue's HTTP API; ``CallGate`` says who calls and records what changes."""
     app = FastAPI(title="orch queue", version="1")
     _add_error_handlers(app)
-    guarded = [Depends(_authorize)]
+    gate = CallGate(scheduler)
+    who, record, allowed = gate.who, gate.record, gate.allow
 
     @app.get("/healthz")
     def healthz() -> ServerInfo:
         return info
 
-    @app.post("/jobs", dependencies=guarded, status_code=201)
-    def submit(request: SubmitRequest) -> JSONResponse:
-        job, created = scheduler.submit(request)
+    @app.post("/jobs", status_code=201)
+    def submit(body: SubmitRequest, request: Request, user: User = Depends(who)) -> JSONResponse:
+        allowed(request, user, "submit", body.spec_path, lambda: check_submit(user))
+        try:
+            job, created = scheduler.submit(body, user)
+        except SpecError as exc:
+            record(request, user, "submit", body.spec_path, f"refused (400): {exc}")
+            raise
+        if created:
+            record(request, user, "submit", job.id)
         return JSONResponse(status_code=201 if created else 200, content=job.model_dump())
 
-    @app.get("/jobs", dependencies=guarded)
-    def list_jobs(state: str | None = None, limit: int | None = None) -> list[JobInfo]:
+    @app.get("/jobs")
+    def list_jobs(
+        state: str | None = None, limit: int | None = None, user: User = Depends(who)
+    ) -> list[JobInfo]:
         jobs = scheduler.store.all(limit)
-        return [j for j in jobs if state is None or j.state == state]
+        return [visible(user, j) for j in jobs if state is None or j.state == state]
 
-    @app.get("/queue", dependencies=guarded)
-    def queue() -> list[QueueEntry]:
-        queued = scheduler.store.queued()
-        ordered = scheduler.policy.order(queued, time.time())
-        return [QueueEntry(position=i + 1, job=j) for i, j in enumerate(ordered)]
+    @app.get("/queue")
+    def queue(user: User = Depends(who)) -> list[QueueEntry]:
+        ordered = scheduler.policy.order(scheduler.store.queued(), time.time())
+        return [QueueEntry(position=i + 1, job=visible(user, j)) for i, j in enumerate(ordered)]
 
-    @app.get("/jobs/{job_id}", dependencies=guarded)
-    def get_job(job_id: str) -> JobInfo:
-        return scheduler.get(job_id)
+    @app.get("/jobs/{job_id}")
+    def get_job(job_id: str, user: User = Depends(who)) -> JobInfo:
+        return visible(user, scheduler.get(job_id))
 
-    @app.get("/jobs/{job_id}/logs", dependencies=guarded)
-    def logs(job_id: str) -> dict:
+    @app.get("/jobs/{job_id}/logs")
+    def logs(job_id: str, user: User = Depends(who)) -> dict:
         job = scheduler.get(job_id)
+        try:
+            check_owner(user, job, "read the logs of")
+        except Forbidden as exc:
+            raise HTTPException(403, str(exc)) from None
         return {"state": job.state, "logs": scheduler.logs(job_id)}
 
-    @app.post("/jobs/{job_id}/cancel", dependencies=guarded)
-    def cancel(job_id: str) -> JobInfo:
-        return scheduler.cancel(job_id)
+    @app.post("/jobs/{job_id}/cancel")
+    def cancel(job_id: str, request: Request, user: User = Depends(who)) -> JobInfo:
+        job = scheduler.get(job_id)
+        allowed(request, user, "cancel", job_id, lambda: check_owner(user, job, "cancel"))
+        cancelled = scheduler.cancel(job_id)
+        record(request, user, "cancel", job_id)
+        return cancelled
 
-    @app.post("/jobs/{job_id}/retry", dependencies=guarded, status_code=201)
-    def retry(job_id: str) -> JobInfo:
-        return scheduler.retry(job_id)
+    @app.post("/jobs/{job_id}/retry", status_code=201)
+    def retry(job_id: str, request: Request, user: User = Depends(who)) -> JobInfo:
+        job = scheduler.get(job_id)
+        allowed(request, user, "retry", job_id, lambda: check_owner(user, job, "retry"))
+        again = scheduler.retry(job_id)
+        record(request, user, "retry", job_id, f"ok: {again.id}")
+        return again
 
-    @app.get("/cluster", dependencies=guarded)
-    def cluster() -> dict:
+    @app.get("/cluster")
+    def cluster(user: User = Depends(who)) -> dict:
         resources = scheduler.ray.resources()
         return {
             **resources.model_dump(),

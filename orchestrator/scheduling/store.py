@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from orchestrator.scheduling.audit import AuditTrail
+from orchestrator.scheduling.identity import Identities
 from orchestrator.scheduling.record import ACTIVE, JobInfo
 
 _SCHEMA = """
@@ -28,9 +30,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """``PRAGMA user_version`` of a queue.db this release writes. 0 is a file from before the
-version existed (same tables), adopted as version 1; a higher one is a newer release's."""
+version existed (same tables), adopted as version 1; 2 adds users, teams and the audit
+trail (new tables only: a version-1 file is adopted as is, its jobs owned by the admin). A
+higher one is a newer release's: an older orch refuses it rather than ignore its users."""
 
 
 class StoreVersionError(RuntimeError):
@@ -56,6 +60,8 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._adopt_schema()
+        self.identities = Identities(self._db, self._lock)
+        self.audit = AuditTrail(self._db, self._lock, self.path.parent)
         # This queue's id, fixed at creation: it keeps the Ray submission ids of two queues
         # on one cluster apart (each ORCH_HOME numbers its jobs from job-000001).
         new_id = uuid.uuid4().hex[:8]

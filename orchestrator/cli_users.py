@@ -1,0 +1,154 @@
+"""``orch users | teams | audit``: an admin's commands on the head, next to the queue's file.
+
+They open ``queue.db`` directly (like ``orch server``), so they work whether or not the
+server runs; every change goes into the audit trail as the operating-system user who ran
+it. A user mistake (unknown team, bad name, the last admin) is one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from pathlib import Path
+
+
+def add_command(sub) -> None:
+    """The parsers of ``orch users``, ``orch teams`` and ``orch audit``."""
+    users = sub.add_parser("users", help="queue users and their tokens (admins, on the head)")
+    users_sub = users.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = _common(users_sub.add_parser("add", help="create a user; prints its token once"))
+    add.add_argument("name")
+    add.add_argument("--team", required=True, help="the user's team (orch teams add)")
+    add.add_argument("--role", default="member", help="admin | member | viewer (default member)")
+    _common(users_sub.add_parser("list", help="users (never their tokens)"))
+    revoke = _common(users_sub.add_parser("revoke", help="revoke a user's token now"))
+    revoke.add_argument("name")
+
+    teams = sub.add_parser("teams", help="queue teams (admins, on the head)")
+    teams_sub = teams.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _common(teams_sub.add_parser("add", help="create a team")).add_argument("name")
+    _common(teams_sub.add_parser("list", help="teams and how many live members each has"))
+
+    audit = _common(sub.add_parser("audit", help="who changed what in the queue, and verify it"))
+    audit.add_argument("--user", default=None, help="only this user's calls")
+    audit.add_argument(
+        "--since", type=float, default=None, help="only calls this many hours back or newer"
+    )
+    audit.add_argument(
+        "--verify", action="store_true", help="check the HMAC chain; exit 1 naming a bad row"
+    )
+
+
+def _common(parser):
+    parser.add_argument("--state-dir", default=None, help="default: $ORCH_HOME/queue")
+    parser.add_argument("--json", action="store_true", help="print JSON on stdout")
+    return parser
+
+
+def _store(args):
+    from orchestrator.queue_client import queue_dir
+    from orchestrator.scheduling.store import JobStore
+
+    return JobStore(Path(args.state_dir or queue_dir()) / "queue.db")
+
+
+def _operator() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def cmd_users(args) -> int:
+    from orchestrator.exceptions import SpecError
+    from orchestrator.scheduling.identity import IdentityError
+
+    store = _store(args)
+    try:
+        if args.action == "list":
+            return _print(args, [u.model_dump() for u in store.identities.users()], _user_line)
+        if args.action == "add":
+            first = not store.identities.enforced()
+            made = store.identities.add_user(args.name, args.team, args.role)
+            _audit(store, "users.add", args.name, f"role {args.role}, team {args.team}")
+            if not args.json:
+                print(f"user {args.name} ({args.role}, team {args.team}); token, shown once:")
+                print(made.token)
+                if first:
+                    print("users are now required: every queue call needs a user's token")
+                return 0
+            return _print(args, made.model_dump(), _user_line)
+        revoked = store.identities.revoke(args.name)
+        _audit(store, "users.revoke", args.name)
+        return _print(args, revoked.model_dump(), _user_line)
+    except IdentityError as exc:
+        _audit(store, f"users.{args.action}", getattr(args, "name", "-"), f"refused: {exc}")
+        raise SpecError(str(exc)) from None
+    finally:
+        store.close()
+
+
+def cmd_teams(args) -> int:
+    from orchestrator.exceptions import SpecError
+    from orchestrator.scheduling.identity import IdentityError
+
+    store = _store(args)
+    try:
+        if args.action == "list":
+            teams = [t.model_dump() for t in store.identities.teams()]
+            return _print(args, teams, lambda t: f"{t['name']}  {t['members']} member(s)")
+        team = store.identities.add_team(args.name)
+        _audit(store, "teams.add", args.name)
+        return _print(args, team.model_dump(), lambda t: f"team {t['name']}")
+    except IdentityError as exc:
+        _audit(store, f"teams.{args.action}", args.name, f"refused: {exc}")
+        raise SpecError(str(exc)) from None
+    finally:
+        store.close()
+
+
+def cmd_audit(args) -> int:
+    store = _store(args)
+    try:
+        if args.verify:
+            verdict = store.audit.verify()
+            if args.json:
+                print(verdict.model_dump_json())
+            else:
+                print(f"audit trail whole: {verdict.rows} rows" if verdict.ok else verdict.problem)
+            return 0 if verdict.ok else 1
+        since = None if args.since is None else time.time() - args.since * 3600
+        entries = [e.model_dump() for e in store.audit.entries(args.user, since)]
+        return _print(args, entries, _audit_line)
+    finally:
+        store.close()
+
+
+def _audit(store, action: str, target: str, outcome: str = "ok") -> None:
+    outcome = outcome if outcome == "ok" or outcome.startswith("refused") else f"ok: {outcome}"
+    store.audit.append(user=_operator(), team="admins", action=action, target=target,
+                       address="cli", outcome=outcome)  # fmt: skip
+
+
+def _print(args, document, line) -> int:
+    if args.json:
+        print(json.dumps(document))
+    else:
+        for item in document if isinstance(document, list) else [document]:
+            print(line(item))
+    return 0
+
+
+def _user_line(user: dict) -> str:
+    user = user.get("user", user)
+    revoked = " (revoked)" if user.get("revoked_at") else ""
+    return f"{user['name']}  {user['role']}  team {user['team']}  token {user['token_id']}{revoked}"
+
+
+def _audit_line(entry: dict) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["at"]))
+    return (
+        f"{entry['seq']:>5}  {when}  {entry['user']} ({entry['team']}) from {entry['address']}: "
+        f"{entry['action']} {entry['target']} -> {entry['outcome']}"
+    )
+
+
+COMMANDS = {"users": cmd_users, "teams": cmd_teams, "audit": cmd_audit}

@@ -1,0 +1,120 @@
+"""Who calls the queue server, and what they may see and do.
+
+- No user configured (a laptop): the caller is the local admin; the cluster's Ray token
+  guards the server when the cluster uses token auth, as before users existed.
+- Users configured: every call carries a user's token (``ORCH_TOKEN`` or ``~/.orch/token``);
+  the cluster's Ray token still works and makes its holder an admin (admins hold it; the
+  server submits members' jobs with it, so members never need it).
+- A member submits, and cancels, retries and reads the logs and results of their own jobs;
+  others' jobs show in the queue with their position and demand but not their spec, working
+  directory, environment, result or logs. A viewer only looks. An admin may do everything.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from pathlib import Path
+
+from orchestrator.scheduling.identity import LOCAL_ADMIN, Identities, User
+from orchestrator.scheduling.record import JobInfo
+from orchestrator.scheduling.token import ray_token, token_required
+
+TOKEN_ENV = "ORCH_TOKEN"
+
+
+class Unauthenticated(Exception):
+    """No usable token (HTTP 401)."""
+
+
+class Forbidden(Exception):
+    """The caller may not do this (HTTP 403); the message says why."""
+
+
+def _bearer(authorization: str) -> str:
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _is_ray_token(token: str) -> bool:
+    expected = ray_token() or ""
+    return bool(expected) and hmac.compare_digest(token.encode(), expected.encode())
+
+
+def caller(identities: Identities, authorization: str) -> User:
+    """The user behind an ``Authorization`` header.
+
+    Raises:
+        Unauthenticated: no token, or one that is malformed, unknown or revoked.
+    """
+    token = _bearer(authorization)
+    if not identities.enforced():
+        if token_required() and not _is_ray_token(token):
+            raise Unauthenticated(
+                "missing or wrong Ray token: send Authorization: Bearer <the cluster's token>"
+            )
+        return LOCAL_ADMIN
+    if not token:
+        raise Unauthenticated(
+            f"this queue has users: send your token (Authorization: Bearer <token>; the CLI "
+            f"and SDK read ${TOKEN_ENV} or ~/.orch/token)"
+        )
+    user = identities.authenticate(token)
+    if user is not None:
+        return user
+    if _is_ray_token(token):
+        return LOCAL_ADMIN
+    raise Unauthenticated("unknown or revoked token; ask an admin for one (orch users add)")
+
+
+def check_submit(user: User) -> None:
+    if user.role == "viewer":
+        raise Forbidden(f"{user.name} is a viewer: viewers see the queue but submit nothing")
+
+
+def check_owner(user: User, job: JobInfo, action: str) -> None:
+    """Only the job's owner or an admin may ``action`` it."""
+    if user.admin or job.owner == user.name:
+        return
+    raise Forbidden(
+        f"{job.id} belongs to {job.owner} (team {job.team}); only its owner or an admin may "
+        f"{action} it"
+    )
+
+
+def visible(user: User, job: JobInfo) -> JobInfo:
+    """The job as ``user`` may see it: others' jobs without what they submitted or got."""
+    if user.admin or job.owner == user.name:
+        return job
+    return job.model_copy(
+        update={
+            "spec_text": "",
+            "spec_path": "",
+            "cwd": "",
+            "env": {},
+            "result": None,
+            "reason": job.reason if job.state == "queued" else "",
+            "history": [],
+        }
+    )
+
+
+def client_token() -> str | None:
+    """The user's token for the CLI and SDK: $ORCH_TOKEN, else ``~/.orch/token``.
+
+    Raises:
+        PermissionError: the token file is readable by other users (it is a password).
+    """
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if token:
+        return token
+    path = Path.home() / ".orch" / "token"
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if mode & 0o077:
+        raise PermissionError(
+            f"{path} can be read by other users (mode {mode & 0o777:o}); chmod 600 {path}"
+        )
+    return path.read_text().strip() or None

@@ -1,0 +1,158 @@
+"""Users, teams and the audit trail in queue.db, without Ray: tokens stored hashed, the first
+user an admin, revocation at once, and a chain that names the row someone changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import stat
+
+import pytest
+
+from orchestrator.scheduling.audit import HEAD_FILE, KEY_FILE
+from orchestrator.scheduling.identity import IdentityError
+from orchestrator.scheduling.store import JobStore
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = JobStore(tmp_path / "queue.db")
+    yield store
+    store.close()
+
+
+def test_tokens_are_random_stored_hashed_and_revocable(store, tmp_path):
+    identities = store.identities
+    assert not identities.enforced()
+    with pytest.raises(IdentityError, match="the first user must be an admin"):
+        identities.add_user("alice", "vision", "member")
+    root = identities.add_user("root", "admins", "admin")
+    assert identities.enforced()
+    identities.add_team("vision")
+    alice = identities.add_user("alice", "vision", "member")
+    assert alice.token.startswith(f"orch_{alice.user.token_id}_") and len(alice.token) == 57
+    assert alice.token != root.token
+    rows = sqlite3.connect(tmp_path / "queue.db").execute("SELECT * FROM users").fetchall()
+    stored = [value for row in rows for value in row]
+    assert alice.token not in stored and root.token not in stored
+    assert hashlib.sha256(alice.token.encode()).hexdigest() in stored
+
+    assert identities.authenticate(alice.token).name == "alice"
+    for wrong in ("", "nonsense", alice.token[:-1] + "x", root.token.replace("orch_", "orc_")):
+        assert identities.authenticate(wrong) is None
+    identities.revoke("alice")
+    assert identities.authenticate(alice.token) is None  # at once
+    assert identities.authenticate(root.token).admin
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda ids: ids.add_user("bob", "nlp", "member"), "unknown team 'nlp'"),
+        (lambda ids: ids.add_user("bob", "vision", "owner"), "role 'owner': use one of"),
+        (lambda ids: ids.add_user("Bob!", "vision", "member"), "user name 'Bob!'"),
+        (lambda ids: ids.add_user("root", "admins", "admin"), "user 'root' exists already"),
+        (lambda ids: ids.add_team("vision"), "team 'vision' exists already"),
+        (lambda ids: ids.revoke("nobody"), "no live user 'nobody'"),
+        (lambda ids: ids.revoke("root"), "'root' is the last admin"),
+    ],
+)
+def test_bad_identity_calls_name_the_problem_and_change_nothing(store, call, message):
+    store.identities.add_user("root", "admins", "admin")
+    store.identities.add_team("vision")
+    before = (store.identities.users(), store.identities.teams())
+    with pytest.raises(IdentityError, match=message):
+        call(store.identities)
+    assert (store.identities.users(), store.identities.teams()) == before
+
+
+def test_users_and_the_trail_survive_reopening(tmp_path):
+    store = JobStore(tmp_path / "queue.db")
+    token = store.identities.add_user("root", "admins", "admin").token
+    store.audit.append(user="root", team="admins", action="users.add", target="root",
+                       address="cli")  # fmt: skip
+    store.close()
+    again = JobStore(tmp_path / "queue.db")
+    assert again.identities.authenticate(token).name == "root"
+    assert [e.action for e in again.audit.entries()] == ["users.add"]
+    assert again.audit.verify().ok
+    again.close()
+
+
+def _trail(store, n=4):
+    for i in range(n):
+        store.audit.append(
+            user="alice" if i % 2 else "bob", team="vision", action="cancel",
+            target=f"job-00000{i}", address="127.0.0.1", outcome="ok",
+        )  # fmt: skip
+
+
+def test_the_audit_key_and_head_live_outside_the_database_readable_by_the_server_only(
+    store, tmp_path
+):
+    _trail(store)
+    for name in (KEY_FILE, HEAD_FILE):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
+    assert json.loads((tmp_path / HEAD_FILE).read_text())["seq"] == 4
+    assert [e.user for e in store.audit.entries(user="alice")] == ["alice", "alice"]
+    assert store.audit.verify().model_dump() == {
+        "ok": True,
+        "rows": 4,
+        "problem": None,
+        "seq": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "tamper, seq, problem",
+    [
+        ("UPDATE audit SET user = 'mallory' WHERE seq = 2", 2, "row 2 was changed"),
+        ("DELETE FROM audit WHERE seq = 3", 3, "row 3 is missing"),
+        ("DELETE FROM audit WHERE seq = 4", 4, "rows were removed from the end"),
+        ("DELETE FROM audit", 4, "the trail ends at row 0"),
+    ],
+)
+def test_verify_names_the_row_someone_edited_removed_or_cut(store, tmp_path, tamper, seq, problem):
+    _trail(store)
+    db = sqlite3.connect(tmp_path / "queue.db")
+    db.execute(tamper)
+    db.commit()
+    verdict = store.audit.verify()
+    assert not verdict.ok and verdict.seq == seq and problem in verdict.problem
+
+
+def test_a_trail_rewritten_without_the_key_does_not_verify(store, tmp_path):
+    _trail(store)
+    (tmp_path / KEY_FILE).write_text("00" * 32)  # a forger's key: every MAC differs
+    forged = JobStore(tmp_path / "queue.db")
+    assert not forged.audit.verify().ok
+    forged.close()
+
+
+def test_the_cli_makes_the_first_user_an_admin_and_audits_every_change(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    where = ["--state-dir", str(tmp_path)]
+    assert main(["users", "add", "alice", "--team", "vision", *where]) == 2
+    assert "the first user must be an admin" in capsys.readouterr().err
+    assert main(["users", "add", "root", "--team", "admins", "--role", "admin", *where]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1].startswith("orch_") and "users are now required" in printed[2]
+    assert main(["teams", "add", "Vision!", *where]) == 2
+    assert "team name 'Vision!'" in capsys.readouterr().err
+    assert main(["teams", "add", "vision", *where]) == 0
+    assert main(["users", "add", "alice", "--team", "vision", "--json", *where]) == 0
+    made = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert made["user"]["role"] == "member" and made["token"].startswith("orch_")
+    assert main(["audit", "--json", *where]) == 0
+    trail = json.loads(capsys.readouterr().out)
+    assert [(e["action"], e["target"], e["outcome"].split(":")[0]) for e in trail] == [
+        ("users.add", "alice", "refused"),
+        ("users.add", "root", "ok"),
+        ("teams.add", "Vision!", "refused"),
+        ("teams.add", "vision", "ok"),
+        ("users.add", "alice", "ok"),
+    ]
+    assert {e["user"] for e in trail} == {f"cli:{__import__('getpass').getuser()}"}
+    assert main(["audit", "--verify", *where]) == 0
