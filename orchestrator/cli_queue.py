@@ -134,13 +134,14 @@ def cmd_queue(args) -> int:
         print("the queue is empty")
         return 0
     now = time.time()
-    rows = [["#", "JOB", "NAME", "PRIORITY", "WAITED", "NEEDS", "WHY IT WAITS"]]
+    rows = [["#", "JOB", "NAME", "OWNER", "PRIORITY", "WAITED", "NEEDS", "WHY IT WAITS"]]
     for position, job in entries:
         rows.append(
             [
                 str(position),
                 job.id,
                 job.name,
+                f"{job.owner} ({job.team})",
                 priority_label(job.priority),
                 _age(now - job.enqueued_at),
                 _demand(job),
@@ -162,12 +163,13 @@ def cmd_list(args) -> int:
         print("no jobs" + (f" in state {args.state}" if args.state else ""))
         return 0
     now = time.time()
-    rows = [["JOB", "NAME", "STATE", "PRIORITY", "QUEUE", "AGE", "DETAIL"]]
+    rows = [["JOB", "NAME", "OWNER", "STATE", "PRIORITY", "QUEUE", "AGE", "DETAIL"]]
     for job in jobs:
         rows.append(
             [
                 job.id,
                 job.name,
+                f"{job.owner} ({job.team})",
                 job.state,
                 priority_label(job.priority),
                 job.queue,
@@ -185,6 +187,7 @@ def cmd_status(args) -> int:
         print(job.model_dump_json(exclude={"spec_text"}))
         return 0
     print(f"{job.id}  {job.name}  {job.state}: {job.reason}")
+    print(f"  owner {job.owner} (team {job.team})")
     print(
         f"  pipeline {job.pipeline} ({job.spec_path}), queue {job.queue}, priority "
         f"{priority_label(job.priority)}{'' if job.preemptible else ', not preemptible'}"

@@ -28,7 +28,17 @@ def add_command(sub) -> None:
     teams = sub.add_parser("teams", help="queue teams (admins, on the head)")
     teams_sub = teams.add_subparsers(dest="action", required=True, metavar="ACTION")
     _common(teams_sub.add_parser("add", help="create a team")).add_argument("name")
-    _common(teams_sub.add_parser("list", help="teams and how many live members each has"))
+    _common(teams_sub.add_parser("list", help="teams, their quotas and live members"))
+    quota = _common(teams_sub.add_parser("set", help="set a team's quotas (none = no limit)"))
+    quota.add_argument("name")
+    for flag, kind, text in (
+        ("--cpus", float, "CPUs its running jobs hold at once"),
+        ("--gpus", float, "GPUs its running jobs hold at once"),
+        ("--running", int, "jobs running at once"),
+        ("--queued", int, "jobs waiting at once (a submit beyond is refused)"),
+        ("--max-priority", str, "highest priority a member may submit at (low, normal, high, N)"),
+    ):
+        quota.add_argument(flag, type=_limit(kind), default=..., help=f"{text}; none = no limit")
 
     audit = _common(sub.add_parser("audit", help="who changed what in the queue, and verify it"))
     audit.add_argument("--user", default=None, help="only this user's calls")
@@ -38,6 +48,22 @@ def add_command(sub) -> None:
     audit.add_argument(
         "--verify", action="store_true", help="check the HMAC chain; exit 1 naming a bad row"
     )
+
+
+def _limit(kind):
+    """argparse type of a quota: a number, or ``none`` to lift the limit."""
+
+    def parse(text: str):
+        if text.lower() == "none":
+            return None
+        if kind is str:
+            from orchestrator.scheduling.spec import priority_value
+
+            return priority_value(text)
+        return kind(text)
+
+    parse.__name__ = "priority" if kind is str else kind.__name__
+    return parse
 
 
 def _common(parser):
@@ -94,10 +120,17 @@ def cmd_teams(args) -> int:
     try:
         if args.action == "list":
             teams = [t.model_dump() for t in store.identities.teams()]
-            return _print(args, teams, lambda t: f"{t['name']}  {t['members']} member(s)")
+            return _print(args, teams, _team_line)
+        if args.action == "set":
+            names = {"cpus": "cpus", "gpus": "gpus", "running": "running", "queued": "queued",
+                     "max_priority": "priority"}  # fmt: skip
+            limits = {v: getattr(args, k) for k, v in names.items() if getattr(args, k) is not ...}
+            team = store.identities.set_quota(args.name, **limits)
+            _audit(store, "teams.set", args.name, json.dumps(limits))
+            return _print(args, team.model_dump(), _team_line)
         team = store.identities.add_team(args.name)
         _audit(store, "teams.add", args.name)
-        return _print(args, team.model_dump(), lambda t: f"team {t['name']}")
+        return _print(args, team.model_dump(), _team_line)
     except IdentityError as exc:
         _audit(store, f"teams.{args.action}", args.name, f"refused: {exc}")
         raise SpecError(str(exc)) from None
@@ -141,6 +174,11 @@ def _user_line(user: dict) -> str:
     user = user.get("user", user)
     revoked = " (revoked)" if user.get("revoked_at") else ""
     return f"{user['name']}  {user['role']}  team {user['team']}  token {user['token_id']}{revoked}"
+
+
+def _team_line(team: dict) -> str:
+    limits = ", ".join(f"{k} {v:g}" for k, v in team["quota"].items() if v is not None)
+    return f"{team['name']}  {team['members']} member(s)  quota: {limits or 'none'}"
 
 
 def _audit_line(entry: dict) -> str:

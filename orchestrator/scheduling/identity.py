@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, ValidationError
 
 Role = Literal["admin", "member", "viewer"]
 ROLES: tuple[str, ...] = ("admin", "member", "viewer")
@@ -29,7 +29,11 @@ NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 TOKEN = re.compile(r"^orch_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS teams (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS teams (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    quota TEXT NOT NULL DEFAULT '{}'
+);
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
     team TEXT NOT NULL REFERENCES teams(name),
@@ -66,10 +70,29 @@ LOCAL_ADMIN = User(name="admin", team=ADMIN_TEAM, role="admin", token_id="-", cr
 """The caller when no user exists (a laptop), or who holds the cluster's Ray token."""
 
 
+class Quota(BaseModel):
+    """A team's limits; None = no limit. Held resources and running jobs make a job wait
+    (with the reason); queued jobs and priority refuse a submit."""
+
+    model_config = {"extra": "forbid"}
+
+    cpus: float | None = Field(None, ge=0, description="CPUs its running jobs hold at once.")
+    gpus: float | None = Field(None, ge=0, description="GPUs its running jobs hold at once.")
+    running: int | None = Field(None, ge=0, description="Jobs running at once.")
+    queued: int | None = Field(None, ge=0, description="Jobs waiting in the queue at once.")
+    priority: int | None = Field(None, ge=0, description="Highest priority it may submit at.")
+
+    def held_limits(self) -> dict[str, float]:
+        """Ray resource name -> limit, for the held-resource quotas that are set."""
+        named = {"CPU": self.cpus, "GPU": self.gpus}
+        return {key: limit for key, limit in named.items() if limit is not None}
+
+
 class Team(BaseModel):
     name: str
     created_at: float
     members: int = 0
+    quota: Quota = Field(default_factory=Quota)
 
 
 class NewUser(BaseModel):
@@ -120,11 +143,18 @@ class Identities:
     def teams(self) -> list[Team]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT t.name, t.created_at, COUNT(u.name) FROM teams t "
+                "SELECT t.name, t.created_at, t.quota, COUNT(u.name) FROM teams t "
                 "LEFT JOIN users u ON u.team = t.name AND u.revoked_at IS NULL "
                 "GROUP BY t.name ORDER BY t.name"
             ).fetchall()
-        return [Team(name=n, created_at=c, members=m) for n, c, m in rows]
+        return [
+            Team(name=n, created_at=c, members=m, quota=Quota.model_validate_json(q))
+            for n, c, q, m in rows
+        ]
+
+    def quotas(self) -> dict[str, Quota]:
+        """Team name -> its quota, for the teams that have any limit."""
+        return {t.name: t.quota for t in self.teams() if t.quota != Quota()}
 
     def authenticate(self, token: str) -> User | None:
         """The live user whose token this is; None for anything else (malformed, unknown,
@@ -144,11 +174,34 @@ class Identities:
 
     # ------------------------------------------------------------------ changing
 
+    def set_quota(self, name: str, **limits) -> Team:
+        """Set (or with None lift) some of team ``name``'s limits; the others stay.
+
+        Raises:
+            IdentityError: unknown team, or a negative limit.
+        """
+        team = next((t for t in self.teams() if t.name == name), None)
+        if team is None:
+            raise IdentityError(f"unknown team {name!r} (orch teams list)")
+        try:
+            quota = Quota.model_validate(team.quota.model_dump() | limits)
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            field = problem["loc"][0] if problem["loc"] else "quota"
+            raise IdentityError(f"--{field}: {problem['msg'].lower()}") from None
+        with self._lock:
+            self._db.execute(
+                "UPDATE teams SET quota = ? WHERE name = ?", (quota.model_dump_json(), name)
+            )
+        return next(t for t in self.teams() if t.name == name)
+
     def add_team(self, name: str) -> Team:
         check_name("team", name)
         with self._lock:
             try:
-                self._db.execute("INSERT INTO teams VALUES (?, ?)", (name, time.time()))
+                self._db.execute(
+                    "INSERT INTO teams (name, created_at) VALUES (?, ?)", (name, time.time())
+                )
             except sqlite3.IntegrityError:
                 raise IdentityError(f"team {name!r} exists already") from None
         return next(t for t in self.teams() if t.name == name)
@@ -172,7 +225,10 @@ class Identities:
         token = f"orch_{token_id}_{secrets.token_urlsafe(32)}"
         with self._lock:
             if team == ADMIN_TEAM or role == "admin":
-                self._db.execute("INSERT OR IGNORE INTO teams VALUES (?, ?)", (team, time.time()))
+                self._db.execute(
+                    "INSERT OR IGNORE INTO teams (name, created_at) VALUES (?, ?)",
+                    (team, time.time()),
+                )
             if not self._db.execute("SELECT 1 FROM teams WHERE name = ?", (team,)).fetchone():
                 known = ", ".join(t.name for t in self.teams()) or "none yet"
                 raise IdentityError(

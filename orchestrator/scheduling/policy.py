@@ -4,6 +4,8 @@ The default, ``PriorityPolicy``:
 - order: effective priority (priority + ``aging_per_minute`` x minutes waited), then
   submission order (FIFO within a priority). Aging lets a low job overtake newer high ones
   after waiting long enough, so nothing starves.
+- teams (``fairness``): at equal priority, teams take turns by their dominant share of the
+  cluster; a job over its team's quota waits without holding up other teams' jobs.
 - gang admission: a job starts only when its whole demand fits what is free.
 - strict order, no backfill: when the first job in order does not fit, the jobs behind it
   wait too, even a smaller one that would fit. A stream of small jobs can then never delay a
@@ -22,6 +24,8 @@ import time
 from pydantic import BaseModel, Field
 
 from orchestrator.scheduling.demand import add, fits, format_resources, shortfall, subtract
+from orchestrator.scheduling.fairness import QuotaBook, fair_order
+from orchestrator.scheduling.identity import Quota
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.spec import priority_label
 
@@ -52,8 +56,15 @@ class SchedulingPolicy(abc.ABC):
     """Decides admission from the queued jobs, the active ones and the free resources."""
 
     @abc.abstractmethod
-    def order(self, queued: list[JobInfo], now: float) -> list[JobInfo]:
-        """Queued jobs in the order they are to be admitted."""
+    def order(
+        self,
+        queued: list[JobInfo],
+        now: float,
+        active: list[JobInfo] | None = None,
+        total: dict[str, float] | None = None,
+    ) -> list[JobInfo]:
+        """Queued jobs in the order they are to be admitted (with ``active`` and ``total``,
+        shared fairly between teams: ``fairness``)."""
 
     @abc.abstractmethod
     def plan(
@@ -63,8 +74,9 @@ class SchedulingPolicy(abc.ABC):
         free: dict[str, float],
         now: float | None = None,
         total: dict[str, float] | None = None,
+        quotas: dict[str, Quota] | None = None,
     ) -> Plan:
-        """The admissions and preemptions for this moment."""
+        """The admissions and preemptions for this moment, within the teams' ``quotas``."""
 
 
 class PriorityPolicy(SchedulingPolicy):
@@ -75,16 +87,23 @@ class PriorityPolicy(SchedulingPolicy):
         waited_min = max(0.0, now - job.enqueued_at) / 60.0
         return job.priority + self.config.aging_per_minute * waited_min
 
-    def order(self, queued: list[JobInfo], now: float) -> list[JobInfo]:
-        return sorted(queued, key=lambda j: (-self.effective_priority(j, now), j.seq))
+    def order(self, queued, now, active=None, total=None) -> list[JobInfo]:
+        return fair_order(
+            queued, active or [], total or {}, lambda j: self.effective_priority(j, now)
+        )
 
-    def plan(self, queued, active, free, now=None, total=None) -> Plan:
+    def plan(self, queued, active, free, now=None, total=None, quotas=None) -> Plan:
         now = time.time() if now is None else now
-        ordered = self.order(queued, now)
+        ordered = self.order(queued, now, active, total)
         plan = Plan(order=[j.id for j in ordered])
         free = dict(free)
+        book = QuotaBook(quotas or {}, active)
         head: JobInfo | None = None
         for job in ordered:
+            over = book.reason(job)
+            if over is not None:  # waits for its own team, holds up no one else
+                plan.waiting[job.id] = over
+                continue
             if total is not None and not fits(job.demand, total):
                 # the cluster shrank below this job: it must not hold up the others
                 plan.waiting[job.id] = (
@@ -95,6 +114,7 @@ class PriorityPolicy(SchedulingPolicy):
             if head is None and fits(job.demand, free):
                 plan.admit.append(job.id)
                 free = subtract(free, job.demand)
+                book.admitted(job)
                 continue
             if head is not None:
                 plan.waiting[job.id] = (

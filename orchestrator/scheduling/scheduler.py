@@ -64,6 +64,10 @@ class UnknownJob(Exception):
     pass
 
 
+class QuotaRefused(Exception):
+    """A submit beyond the team's queued-jobs or priority quota (HTTP 403)."""
+
+
 class Scheduler:
     def __init__(
         self,
@@ -85,6 +89,7 @@ class Scheduler:
         self._lock = threading.RLock()
         self.last_plan = Plan()
         self.last_free: dict[str, float] = {}
+        self.last_total: dict[str, float] = {}  # the cluster at the last pass (fair order)
         self.last_pass_at: float | None = None  # when the last pass completed
         self.last_pass_error: str | None = None  # why the latest pass failed, if it did
         self.pass_started_at: float | None = None  # set while a pass runs
@@ -113,6 +118,7 @@ class Scheduler:
             )
         except ValueError as exc:
             raise SpecError(f"--priority: {exc}") from None
+        self._check_submit_quota(owner, priority)
         queue = request.queue or spec.scheduling.queue
         cluster = self.ray.resources()
         demand = plan_for(spec, cluster.total).demand
@@ -150,6 +156,28 @@ class Scheduler:
         self.wake()
         return job, True
 
+    def _check_submit_quota(self, owner: User, priority: int) -> None:
+        """A member's team may cap its priority and its queued jobs (admins are not capped).
+
+        Raises:
+            QuotaRefused: the submit would pass one of them (nothing is queued).
+        """
+        quota = self.store.identities.quotas().get(owner.team)
+        if quota is None or owner.admin:
+            return
+        if quota.priority is not None and priority > quota.priority:
+            raise QuotaRefused(
+                f"priority {priority} is above team {owner.team}'s limit of {quota.priority}; "
+                "submit at that or lower (--priority), or ask an admin (orch teams set)"
+            )
+        if quota.queued is not None:
+            waiting = sum(1 for job in self.store.queued() if job.team == owner.team)
+            if waiting >= quota.queued:
+                raise QuotaRefused(
+                    f"team {owner.team} has {waiting} jobs queued, its limit is "
+                    f"{quota.queued}; wait for some to start"
+                )
+
     def cancel(self, job_id: str) -> JobInfo:
         with self._lock:
             job = self._get(job_id)
@@ -181,7 +209,7 @@ class Scheduler:
                 priority=old.priority,
                 queue=old.queue,
             ),
-            User(name=old.owner, team=old.team, role="member", token_id="-", created_at=0),
+            self._owner(old),
         )
         job.retry_of = old.id
         self.store.save(job)
@@ -189,6 +217,15 @@ class Scheduler:
 
     def get(self, job_id: str) -> JobInfo:
         return self._get(job_id)
+
+    def _owner(self, job: JobInfo) -> User:
+        """Who ``job`` belongs to (a retry stays theirs, within their team's quotas)."""
+        user = self.store.identities.user(job.owner)
+        if user is not None:
+            return user
+        if job.owner == LOCAL_ADMIN.name:
+            return LOCAL_ADMIN
+        return User(name=job.owner, team=job.team, role="member", token_id="-", created_at=0)
 
     def logs(self, job_id: str) -> str:
         job = self._get(job_id)
@@ -248,7 +285,9 @@ class Scheduler:
             told = subtract(cluster.total, reserved)
             free = {k: min(told.get(k, 0.0), cluster.available.get(k, 0.0)) for k in cluster.total}
             queued = self.store.queued()
-            plan = self.policy.plan(queued, active, free, total=cluster.total)
+            quotas = self.store.identities.quotas()
+            plan = self.policy.plan(queued, active, free, total=cluster.total, quotas=quotas)
+            self.last_total = cluster.total
             by_id = {j.id: j for j in queued}
             for job_id in plan.admit:
                 self._admit(by_id[job_id])

@@ -34,7 +34,13 @@ from orchestrator.scheduling.identity import User
 from orchestrator.scheduling.policy import PolicyConfig, create_policy
 from orchestrator.scheduling.ray_jobs import RayJobs, RayUnavailable
 from orchestrator.scheduling.record import JobInfo
-from orchestrator.scheduling.scheduler import JobConflict, Scheduler, SubmitRequest, UnknownJob
+from orchestrator.scheduling.scheduler import (
+    JobConflict,
+    QuotaRefused,
+    Scheduler,
+    SubmitRequest,
+    UnknownJob,
+)
 from orchestrator.scheduling.store import JobStore, StoreVersionError
 
 log = logging.getLogger("orch.server")
@@ -58,7 +64,7 @@ class ServerInfo(BaseModel):
     ray_submission_id: str | None = None
 
 
-_ERROR_STATUS = {SpecError: 400, UnknownJob: 404, JobConflict: 409}
+_ERROR_STATUS = {SpecError: 400, UnknownJob: 404, JobConflict: 409, QuotaRefused: 403}
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -126,8 +132,9 @@ def build_api(scheduler: Scheduler, info: ServerInfo) -> FastAPI:
         allowed(request, user, "submit", body.spec_path, lambda: check_submit(user))
         try:
             job, created = scheduler.submit(body, user)
-        except SpecError as exc:
-            record(request, user, "submit", body.spec_path, f"refused (400): {exc}")
+        except (SpecError, QuotaRefused) as exc:
+            status = _ERROR_STATUS[type(exc)] if type(exc) in _ERROR_STATUS else 400
+            record(request, user, "submit", body.spec_path, f"refused ({status}): {exc}")
             raise
         if created:
             record(request, user, "submit", job.id)
@@ -142,7 +149,10 @@ def build_api(scheduler: Scheduler, info: ServerInfo) -> FastAPI:
 
     @app.get("/queue")
     def queue(user: User = Depends(who)) -> list[QueueEntry]:
-        ordered = scheduler.policy.order(scheduler.store.queued(), time.time())
+        store = scheduler.store
+        ordered = scheduler.policy.order(
+            store.queued(), time.time(), store.active(), scheduler.last_total
+        )
         return [QueueEntry(position=i + 1, job=visible(user, j)) for i, j in enumerate(ordered)]
 
     @app.get("/jobs/{job_id}")

@@ -12,6 +12,7 @@ import pytest
 
 from orchestrator.scheduling.audit import HEAD_FILE, KEY_FILE
 from orchestrator.scheduling.identity import IdentityError
+from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.store import JobStore
 
 
@@ -156,3 +157,47 @@ def test_the_cli_makes_the_first_user_an_admin_and_audits_every_change(tmp_path,
     ]
     assert {e["user"] for e in trail} == {f"cli:{__import__('getpass').getuser()}"}
     assert main(["audit", "--verify", *where]) == 0
+
+
+def test_team_quotas_are_set_checked_and_refuse_a_submit_beyond_them(tmp_path, capsys):
+    from orchestrator.cli import main
+    from orchestrator.scheduling.policy import create_policy
+    from orchestrator.scheduling.scheduler import QuotaRefused, Scheduler, SubmitRequest
+
+    where = ["--state-dir", str(tmp_path)]
+    main(["users", "add", "root", "--team", "admins", "--role", "admin", *where])
+    main(["teams", "add", "vision", *where])
+
+    def exit_code(argv: list[str]) -> int:
+        try:
+            return main(argv)
+        except SystemExit as stop:  # argparse refused a value
+            return stop.code
+
+    for bad, message in (
+        (["--cpus", "-1"], "--cpus: input should be greater than or equal to 0"),
+        (["--running", "two"], "invalid int value: 'two'"),
+        (["--max-priority", "urgent"], "invalid priority value: 'urgent'"),
+    ):
+        capsys.readouterr()
+        assert exit_code(["teams", "set", "vision", *bad, *where]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["teams", "set", "nobody", "--cpus", "2", *where]) == 2
+    assert "unknown team 'nobody'" in capsys.readouterr().err
+    assert main(["teams", "set", "vision", "--cpus", "2", "--queued", "1",
+                 "--max-priority", "normal", *where]) == 0  # fmt: skip
+    assert "quota: cpus 2, queued 1, priority 50" in capsys.readouterr().out
+
+    store = JobStore(tmp_path / "queue.db")
+    alice = store.identities.add_user("alice", "vision", "member").user
+    scheduler = Scheduler(store, None, create_policy(), tmp_path)
+    spec = "name: iris\ndata: {source: sklearn://iris}\nmodel: {type: mlp}\n"
+    ask = SubmitRequest(spec_text=spec, spec_path="iris.yaml", cwd=str(tmp_path), priority="high")
+    with pytest.raises(QuotaRefused, match="priority 100 is above team vision's limit of 50"):
+        scheduler.submit(ask, alice)
+    store.add(JobInfo(id="", name="w", pipeline="w", priority=50, demand={"CPU": 1},
+                      spec_path="w.yaml", cwd="/", owner="alice", team="vision"))  # fmt: skip
+    with pytest.raises(QuotaRefused, match="team vision has 1 jobs queued, its limit is 1"):
+        scheduler.submit(ask.model_copy(update={"priority": "normal"}), alice)
+    assert len(store.queued()) == 1  # nothing was queued
+    store.close()

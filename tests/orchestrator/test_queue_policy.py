@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.scheduling.identity import Quota
 from orchestrator.scheduling.policy import PolicyConfig, PriorityPolicy, create_policy
 from orchestrator.scheduling.record import JobInfo
 
@@ -111,3 +112,61 @@ def test_preemption_can_be_turned_off():
 def test_unknown_policy_lists_the_known_ones():
     with pytest.raises(ValueError, match="unknown scheduling policy 'fair'; use one of priority"):
         create_policy("fair")
+
+
+# --------------------------------------------------------------------------- teams
+
+
+def team_job(seq: int, team: str, cpus: float = 1, priority: int = 50, **extra) -> JobInfo:
+    return job(seq, priority, cpus, team=team, owner=f"{team}-user", **extra)
+
+
+def test_fair_share_a_team_that_floods_the_queue_cannot_starve_another():
+    """vision queues 10 one-CPU jobs, then nlp 3, same priority, 2 CPUs: replaying the
+    scheduler (two finish, the next two start), nlp's three start before vision's fifth."""
+    policy = PriorityPolicy(PolicyConfig(aging_per_minute=0))
+    total = {"CPU": 2.0}
+    queued = [team_job(i, "vision") for i in range(1, 11)]
+    queued += [team_job(i, "nlp") for i in range(11, 14)]
+    running = [team_job(i, "vision", state="running") for i in (98, 99)]  # vision's first two
+    started: list[str] = []
+    while queued:
+        running.pop(0)  # the oldest running job finishes, freeing one CPU
+        free = {"CPU": total["CPU"] - sum(j.demand["CPU"] for j in running)}
+        plan = policy.plan(queued, running, free, NOW, total)
+        admitted = [j for j in queued if j.id in plan.admit]
+        started += [f"{j.team}:{j.seq}" for j in admitted]
+        running += [j.model_copy(update={"state": "running"}) for j in admitted]
+        queued = [j for j in queued if j.id not in plan.admit]
+    assert started[:6] == ["nlp:11", "vision:1", "nlp:12", "vision:2", "nlp:13", "vision:3"]
+    fifth_vision = started.index("vision:5")
+    assert all(started.index(f"nlp:{n}") < fifth_vision for n in (11, 12, 13))
+
+
+def test_fair_share_comes_after_priority_and_is_fifo_within_a_team():
+    policy = PriorityPolicy(PolicyConfig(aging_per_minute=0))
+    total = {"CPU": 4.0}
+    busy = [team_job(90, "vision", cpus=3, state="running")]
+    queued = [team_job(1, "vision", priority=100), team_job(2, "vision"), team_job(3, "nlp"),
+              team_job(4, "vision"), team_job(5, "nlp")]  # fmt: skip
+    order = [j.seq for j in policy.order(queued, NOW, busy, total)]
+    assert order == [1, 3, 5, 2, 4]  # high first; then nlp (holding nothing) before vision
+    alone = [team_job(7, "admins"), team_job(6, "admins", priority=60)]
+    assert [j.seq for j in policy.order(alone, NOW, busy, total)] == [6, 7]  # the old order
+
+
+def test_a_job_over_its_team_quota_waits_with_the_reason_and_blocks_no_other_team():
+    """vision limited to 2 CPUs on a 4-CPU cluster: its second 2-CPU job waits with the quota
+    reason while nlp's job starts beside the first."""
+    policy = PriorityPolicy()
+    first = team_job(1, "vision", cpus=2, state="running")
+    queued = [team_job(2, "vision", cpus=2), team_job(3, "nlp", cpus=2)]
+    quotas = {"vision": Quota(cpus=2)}
+    plan = policy.plan(queued, [first], {"CPU": 2.0}, NOW, {"CPU": 4.0}, quotas)
+    assert plan.admit == ["job-000003"]
+    assert plan.waiting["job-000002"] == "quota: team vision holds CPU 2 of 2 (this job needs 2)"
+    running_cap = {"nlp": Quota(running=1)}
+    two = [team_job(4, "nlp"), team_job(5, "nlp")]
+    plan = policy.plan(two, [], {"CPU": 4.0}, NOW, {"CPU": 4.0}, running_cap)
+    assert plan.admit == ["job-000004"]
+    assert plan.waiting["job-000005"] == "quota: team nlp runs 1 of 1 jobs"

@@ -60,6 +60,24 @@ def test_members_act_on_their_own_jobs_and_every_change_is_audited(
     assert cancelled.status_code == 200 or "already" in cancelled.text
     wait_for(lambda: store.get(job.id).terminal, 120, f"{job.id} to end")
 
+    # quotas on the real server: vision may hold 1 CPU; its second job waits for vision
+    # alone while nlp's job starts beside its first (2 CPUs)
+    ids.set_quota("vision", cpus=1)
+    spec = IRIS.replace("epochs: 2", "epochs: 40")
+    as_alice = QueueClient(server=url)
+    mine = [
+        as_alice.submit(write(orch_home, f"v{i}", spec.replace("{who}", f"v{i}"))) for i in (1, 2)
+    ]
+    monkeypatch.setenv("ORCH_TOKEN", bob)
+    theirs = QueueClient(server=url).submit(write(orch_home, "n", spec.replace("{who}", "n")))
+    wait_for(lambda: store.get(theirs.id).started_at is not None, 120, "nlp's job to start")
+    waiting = store.get(mine[1].id)
+    assert waiting.state == "queued"
+    assert waiting.reason.startswith("quota: team vision holds CPU 1 of 1"), waiting.reason
+    for done in (*mine, theirs):
+        httpx.post(f"{url}/jobs/{done.id}/cancel", headers=_as(root), timeout=30)
+    wait_for(lambda: all(store.get(j.id).terminal for j in (*mine, theirs)), 120, "jobs to end")
+
     main(["users", "revoke", "bob", "--state-dir", str(queue_client.state_dir)])
     assert httpx.get(f"{url}/jobs", headers=_as(bob), timeout=10).status_code == 401
 
