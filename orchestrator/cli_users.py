@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -83,12 +84,25 @@ def _operator() -> str:
     return f"cli:{getpass.getuser()}"
 
 
-def cmd_users(args) -> int:
+@contextmanager
+def _changing(args, kind: str):
+    """The queue's store for a users/teams command; a refused change is audited, then
+    reported as one line (exit 2)."""
     from orchestrator.exceptions import SpecError
     from orchestrator.scheduling.identity import IdentityError
 
     store = _store(args)
     try:
+        yield store
+    except IdentityError as exc:
+        _audit(store, f"{kind}.{args.action}", getattr(args, "name", "-"), f"refused: {exc}")
+        raise SpecError(str(exc)) from None
+    finally:
+        store.close()
+
+
+def cmd_users(args) -> int:
+    with _changing(args, "users") as store:
         if args.action == "list":
             return _print(args, [u.model_dump() for u in store.identities.users()], _user_line)
         if args.action == "add":
@@ -105,19 +119,10 @@ def cmd_users(args) -> int:
         revoked = store.identities.revoke(args.name)
         _audit(store, "users.revoke", args.name)
         return _print(args, revoked.model_dump(), _user_line)
-    except IdentityError as exc:
-        _audit(store, f"users.{args.action}", getattr(args, "name", "-"), f"refused: {exc}")
-        raise SpecError(str(exc)) from None
-    finally:
-        store.close()
 
 
 def cmd_teams(args) -> int:
-    from orchestrator.exceptions import SpecError
-    from orchestrator.scheduling.identity import IdentityError
-
-    store = _store(args)
-    try:
+    with _changing(args, "teams") as store:
         if args.action == "list":
             teams = [t.model_dump() for t in store.identities.teams()]
             return _print(args, teams, _team_line)
@@ -131,11 +136,6 @@ def cmd_teams(args) -> int:
         team = store.identities.add_team(args.name)
         _audit(store, "teams.add", args.name)
         return _print(args, team.model_dump(), _team_line)
-    except IdentityError as exc:
-        _audit(store, f"teams.{args.action}", args.name, f"refused: {exc}")
-        raise SpecError(str(exc)) from None
-    finally:
-        store.close()
 
 
 def cmd_audit(args) -> int:
