@@ -337,7 +337,13 @@ class Scheduler:
                 job.submission_id,
                 entrypoint,
                 # the driver's chatter stays in the Ray job's log, which `orch logs` shows
-                env_vars={**job.env, "ORCH_LOG_TO_STDERR": "1"},
+                # the run's MLflow tags name its owner (orch.user / orch.team)
+                env_vars={
+                    **job.env,
+                    "ORCH_LOG_TO_STDERR": "1",
+                    "ORCH_USER": job.owner,
+                    "ORCH_TEAM": job.team,
+                },
                 # orch_queue: several queues (one per ORCH_HOME) may share a cluster,
                 # and each numbers its jobs from job-000001
                 metadata={

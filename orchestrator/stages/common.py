@@ -9,6 +9,7 @@ CLI, a notebook or a test can watch one stream.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -104,6 +105,18 @@ def lineage_tags(spec: PipelineSpec, data: PreparedData, stage: str) -> dict[str
         "orch.data_fingerprint": data.info.fingerprint,
         "orch.ray_job_id": ray_job_id(),
         "orch.stage": stage,
+        **submitter(),
+    }
+
+
+def submitter() -> dict[str, str]:
+    """Whose run this is: the queue's user and team for a queued job (the scheduler puts
+    them in the job's environment), else whoever runs ``orch run`` (no team)."""
+    import getpass
+
+    return {
+        "orch.user": os.environ.get("ORCH_USER") or getpass.getuser(),
+        "orch.team": os.environ.get("ORCH_TEAM", ""),
     }
 
 

@@ -55,6 +55,8 @@ def run_registration(
         "orch.ray_job_id": run.get("orch.ray_job_id", ""),
         "orch.trial_id": run.get("orch.best_trial_id", ""),
         "orch.study": run.get("orch.study", ""),
+        "orch.user": run.get("orch.user", ""),
+        "orch.team": run.get("orch.team", ""),
     }
     name, alias = spec.registered_model_name, spec.register.alias
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}

@@ -3,6 +3,7 @@ what a worker crash costs, and that other data and models train too."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -44,6 +45,7 @@ def test_digits_example_reaches_target_and_is_tracked(ray_session, tmp_path):
     assert run.data.params["train.deepspeed.zero_stage"] == "2"
     assert run.data.params["model.params.hidden_sizes"] == "[128, 64]"
     assert run.data.tags["orch.pipeline"] == "digits-mlp"
+    assert run.data.tags["orch.user"] == getpass.getuser()  # a local run: who ran it
     history = client.get_metric_history(result.mlflow_run_id, "val_accuracy")
     assert sorted(m.step for m in history) == list(range(1, 21))
     for key in ("train_loss", "val_loss", "samples_per_s"):

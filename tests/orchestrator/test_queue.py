@@ -128,6 +128,8 @@ def test_priorities_preemption_restart_cancel_and_retry(queue_client, queue_head
     assert result.metrics["epoch"] == 100 and result.runner == "local"
     assert result.resumed_from_epochs and min(result.resumed_from_epochs) >= 2
     assert result.metrics["val_accuracy"] > 0.9
+    tags = mlflow.MlflowClient().get_run(result.mlflow_run_id).data.tags
+    assert (tags["orch.user"], tags["orch.team"]) == ("admin", "admins")  # the queue's owner
     wait(lambda: first.refresh().terminal and normal.refresh().terminal, 60, "urgent, normal")
     assert first.info.state == normal.info.state == "succeeded"
 

@@ -52,7 +52,11 @@ def logged_model(tmp_path) -> Logged:
         os.environ["MLFLOW_TRACKING_URI"], "iris", artifact_root=str(tmp_path / "art")
     )
     with tracker:
-        run_id = tracker.start("iris-run", tags={"orch.spec_hash": "abc", "orch.ray_job_id": "01"})
+        run_id = tracker.start(
+            "iris-run",
+            tags={"orch.spec_hash": "abc", "orch.ray_job_id": "01", "orch.user": "alice",
+                  "orch.team": "vision"},
+        )  # fmt: skip
         example = (data.x_val[:3] * data.info.feature_std + data.info.feature_mean).astype(
             np.float32
         )
@@ -105,6 +109,7 @@ def test_versions_are_registered_with_lineage_and_promoted_by_policy(tmp_path, l
     assert v2["tags"]["orch.mlflow_run_id"] == logged_model.run_id
     assert v2["tags"]["orch.pipeline"] == "iris-mlp"
     assert v2["tags"]["orch.spec_hash"] == "abc" and v2["tags"]["orch.ray_job_id"] == "01"
+    assert (v2["tags"]["orch.user"], v2["tags"]["orch.team"]) == ("alice", "vision")
     # the registered version is the logged model: it loads back and answers as it did
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     loaded = mlflow.pytorch.load_model("models:/iris-classifier@champion")
