@@ -40,6 +40,12 @@ def add_command(sub) -> None:
         ("--max-priority", str, "highest priority a member may submit at (low, normal, high, N)"),
     ):
         quota.add_argument(flag, type=_limit(kind), default=..., help=f"{text}; none = no limit")
+    quota.add_argument(
+        "--roots",
+        default=None,
+        help="comma-separated folders a member's data, checkpoints and tracking store must lie "
+        "in (the first is where the team's jobs run); '' clears them",
+    )
 
     audit = _common(sub.add_parser("audit", help="who changed what in the queue, and verify it"))
     audit.add_argument("--user", default=None, help="only this user's calls")
@@ -131,6 +137,10 @@ def cmd_teams(args) -> int:
                      "max_priority": "priority"}  # fmt: skip
             limits = {v: getattr(args, k) for k, v in names.items() if getattr(args, k) is not ...}
             team = store.identities.set_quota(args.name, **limits)
+            if args.roots is not None:
+                roots = [r for r in args.roots.split(",") if r]
+                team = store.identities.set_roots(args.name, roots)
+                limits["roots"] = team.roots
             _audit(store, "teams.set", args.name, json.dumps(limits))
             return _print(args, team.model_dump(), _team_line)
         team = store.identities.add_team(args.name)
@@ -178,7 +188,8 @@ def _user_line(user: dict) -> str:
 
 def _team_line(team: dict) -> str:
     limits = ", ".join(f"{k} {v:g}" for k, v in team["quota"].items() if v is not None)
-    return f"{team['name']}  {team['members']} member(s)  quota: {limits or 'none'}"
+    roots = ", ".join(team["roots"]) or "none"
+    return f"{team['name']}  {team['members']} member(s)  quota: {limits or 'none'}  roots: {roots}"
 
 
 def _audit_line(entry: dict) -> str:

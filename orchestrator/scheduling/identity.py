@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import sqlite3
 import threading
 import time
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
@@ -32,7 +34,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS teams (
     name TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
-    quota TEXT NOT NULL DEFAULT '{}'
+    quota TEXT NOT NULL DEFAULT '{}',
+    roots TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
@@ -93,6 +96,11 @@ class Team(BaseModel):
     created_at: float
     members: int = 0
     quota: Quota = Field(default_factory=Quota)
+    roots: list[str] = Field(
+        default_factory=list,
+        description="Folders a member's data, checkpoints and tracking store must lie in; the "
+        "first is where the team's jobs run.",
+    )
 
 
 class NewUser(BaseModel):
@@ -143,14 +151,41 @@ class Identities:
     def teams(self) -> list[Team]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT t.name, t.created_at, t.quota, COUNT(u.name) FROM teams t "
+                "SELECT t.name, t.created_at, t.quota, t.roots, COUNT(u.name) FROM teams t "
                 "LEFT JOIN users u ON u.team = t.name AND u.revoked_at IS NULL "
                 "GROUP BY t.name ORDER BY t.name"
             ).fetchall()
         return [
-            Team(name=n, created_at=c, members=m, quota=Quota.model_validate_json(q))
-            for n, c, q, m in rows
+            Team(
+                name=n,
+                created_at=c,
+                members=m,
+                quota=Quota.model_validate_json(q),
+                roots=json.loads(r),
+            )
+            for n, c, q, r, m in rows
         ]
+
+    def team(self, name: str) -> Team | None:
+        return next((t for t in self.teams() if t.name == name), None)
+
+    def set_roots(self, name: str, roots: list[str]) -> Team:
+        """Replace team ``name``'s allowed roots (absolute folders that exist).
+
+        Raises:
+            IdentityError: unknown team, or a root that is relative or missing.
+        """
+        if self.team(name) is None:
+            raise IdentityError(f"unknown team {name!r} (orch teams list)")
+        for root in roots:
+            if not Path(root).is_absolute() or not Path(root).is_dir():
+                raise IdentityError(f"--roots: {root!r} is not an absolute path to a folder")
+        with self._lock:
+            self._db.execute(
+                "UPDATE teams SET roots = ? WHERE name = ?",
+                (json.dumps([str(Path(r).resolve()) for r in roots]), name),
+            )
+        return self.team(name)
 
     def quotas(self) -> dict[str, Quota]:
         """Team name -> its quota, for the teams that have any limit."""

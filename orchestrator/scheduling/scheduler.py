@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sys
 import threading
@@ -22,6 +23,7 @@ from pydantic import BaseModel, Field
 from orchestrator.exceptions import SpecError
 from orchestrator.plan import plan_for, plan_with
 from orchestrator.result_file import read_outcome
+from orchestrator.scheduling.boundary import check_member_spec, member_cwd
 from orchestrator.scheduling.demand import (
     Demand,
     add,
@@ -30,7 +32,7 @@ from orchestrator.scheduling.demand import (
     never_fits,
     subtract,
 )
-from orchestrator.scheduling.identity import LOCAL_ADMIN, User
+from orchestrator.scheduling.identity import LOCAL_ADMIN, Team, User
 from orchestrator.scheduling.policy import Plan, SchedulingPolicy
 from orchestrator.scheduling.ray_jobs import TERMINAL_RAY_STATES, RayJobs, RayUnavailable
 from orchestrator.scheduling.record import ACTIVE, JobInfo
@@ -111,7 +113,8 @@ class Scheduler:
         from orchestrator.loader import parse_spec
 
         spec, _ = parse_spec(request.spec_text, Path(request.spec_path))
-        _check_data_path(spec.data.source, request.cwd, request.spec_path)
+        cwd, env = self._place(owner, spec, request)
+        _check_data_path(spec.data.source, cwd, request.spec_path)
         try:
             priority = priority_value(
                 request.priority if request.priority is not None else spec.scheduling.priority
@@ -137,8 +140,8 @@ class Scheduler:
             concurrent_trials=demand.concurrent_trials,
             spec_path=request.spec_path,
             spec_text=request.spec_text,
-            cwd=request.cwd,
-            env={k: v for k, v in request.env.items() if k in FORWARDED_ENV},
+            cwd=cwd,
+            env={k: v for k, v in env.items() if k in FORWARDED_ENV},
             idempotency_key=request.idempotency_key,
             owner=owner.name,
             team=owner.team,
@@ -155,6 +158,26 @@ class Scheduler:
             self.store.save(job)
         self.wake()
         return job, True
+
+    def _place(self, owner: User, spec, request: SubmitRequest) -> tuple[str, dict[str, str]]:
+        """Where the job runs and with what environment: the submitter's for an admin (or
+        with no users); for a member, the team's first root and the server's ORCH_HOME and
+        MLflow store, once the spec stays inside the team's rights (``boundary``).
+
+        Raises:
+            OutsideBoundary: the member's spec reaches past them.
+        """
+        if owner.admin or not self.store.identities.enforced():
+            return request.cwd, request.env
+        team = self.store.identities.team(owner.team) or Team(name=owner.team, created_at=0)
+        cwd = member_cwd(team, self.state_dir / "member-jobs")
+        cwd.mkdir(parents=True, exist_ok=True)
+        check_member_spec(spec, team, cwd)
+        # the server's own ORCH_HOME (its state dir is $ORCH_HOME/queue) and MLflow store
+        server_env = {"ORCH_HOME": str(self.state_dir.parent)}
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            server_env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
+        return str(cwd), server_env
 
     def _check_submit_quota(self, owner: User, priority: int) -> None:
         """A member's team may cap its priority and its queued jobs (admins are not capped).

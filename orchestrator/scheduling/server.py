@@ -30,6 +30,7 @@ from orchestrator.scheduling.access import (
     check_submit,
     visible,
 )
+from orchestrator.scheduling.boundary import OutsideBoundary
 from orchestrator.scheduling.identity import User
 from orchestrator.scheduling.policy import PolicyConfig, create_policy
 from orchestrator.scheduling.ray_jobs import RayJobs, RayUnavailable
@@ -64,7 +65,13 @@ class ServerInfo(BaseModel):
     ray_submission_id: str | None = None
 
 
-_ERROR_STATUS = {SpecError: 400, UnknownJob: 404, JobConflict: 409, QuotaRefused: 403}
+_ERROR_STATUS = {
+    SpecError: 400,
+    UnknownJob: 404,
+    JobConflict: 409,
+    QuotaRefused: 403,
+    OutsideBoundary: 403,
+}
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -107,6 +114,11 @@ class CallGate:
                 self.record(request, nobody, request.url.path, "-", f"refused (401): {exc}")
             raise HTTPException(401, str(exc)) from None
 
+    def refused(self, request: Request, user: User, action: str, target: str, exc) -> None:
+        """Record a call our own error refused (its HTTP status from ``_ERROR_STATUS``)."""
+        status = _ERROR_STATUS.get(type(exc), 400)
+        self.record(request, user, action, target, f"refused ({status}): {exc}")
+
     def allow(self, request: Request, user: User, action: str, target: str, check) -> None:
         """Run ``check``; a Forbidden becomes a recorded 403 and nothing changes."""
         try:
@@ -132,9 +144,8 @@ def build_api(scheduler: Scheduler, info: ServerInfo) -> FastAPI:
         allowed(request, user, "submit", body.spec_path, lambda: check_submit(user))
         try:
             job, created = scheduler.submit(body, user)
-        except (SpecError, QuotaRefused) as exc:
-            status = _ERROR_STATUS[type(exc)] if type(exc) in _ERROR_STATUS else 400
-            record(request, user, "submit", body.spec_path, f"refused ({status}): {exc}")
+        except (SpecError, QuotaRefused, OutsideBoundary) as exc:
+            gate.refused(request, user, "submit", body.spec_path, exc)
             raise
         if created:
             record(request, user, "submit", job.id)
@@ -186,17 +197,21 @@ def build_api(scheduler: Scheduler, info: ServerInfo) -> FastAPI:
 
     @app.get("/cluster")
     def cluster(user: User = Depends(who)) -> dict:
-        resources = scheduler.ray.resources()
-        return {
-            **resources.model_dump(),
-            "free_for_admission": scheduler.last_free,
-            "last_pass_at": scheduler.last_pass_at,
-            "last_pass_error": scheduler.last_pass_error,
-            "pass_running_since": scheduler.pass_started_at,
-            "ray_jobs_running": _running_or_error(scheduler),
-        }
+        return _cluster_view(scheduler)
 
     return app
+
+
+def _cluster_view(scheduler: Scheduler) -> dict:
+    """``GET /cluster``: Ray's resources and the scheduler's last pass."""
+    return {
+        **scheduler.ray.resources().model_dump(),
+        "free_for_admission": scheduler.last_free,
+        "last_pass_at": scheduler.last_pass_at,
+        "last_pass_error": scheduler.last_pass_error,
+        "pass_running_since": scheduler.pass_started_at,
+        "ray_jobs_running": _running_or_error(scheduler),
+    }
 
 
 def _running_or_error(scheduler: Scheduler) -> list[dict] | str:

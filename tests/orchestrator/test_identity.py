@@ -11,7 +11,7 @@ import stat
 import pytest
 
 from orchestrator.scheduling.audit import HEAD_FILE, KEY_FILE
-from orchestrator.scheduling.identity import IdentityError
+from orchestrator.scheduling.identity import LOCAL_ADMIN, IdentityError
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.store import JobStore
 
@@ -191,7 +191,7 @@ def test_team_quotas_are_set_checked_and_refuse_a_submit_beyond_them(tmp_path, c
     store = JobStore(tmp_path / "queue.db")
     alice = store.identities.add_user("alice", "vision", "member").user
     scheduler = Scheduler(store, None, create_policy(), tmp_path)
-    spec = "name: iris\ndata: {source: sklearn://iris}\nmodel: {type: mlp}\n"
+    spec = "name: vision-iris\ndata: {source: sklearn://iris}\nmodel: {type: mlp}\n"
     ask = SubmitRequest(spec_text=spec, spec_path="iris.yaml", cwd=str(tmp_path), priority="high")
     with pytest.raises(QuotaRefused, match="priority 100 is above team vision's limit of 50"):
         scheduler.submit(ask, alice)
@@ -201,3 +201,76 @@ def test_team_quotas_are_set_checked_and_refuse_a_submit_beyond_them(tmp_path, c
         scheduler.submit(ask.model_copy(update={"priority": "normal"}), alice)
     assert len(store.queued()) == 1  # nothing was queued
     store.close()
+
+
+@pytest.fixture
+def teams_with_roots(tmp_path):
+    """vision and nlp, each with its own data root; alice (vision) and bob (nlp)."""
+    store = JobStore(tmp_path / "state" / "queue.db")
+    ids = store.identities
+    ids.add_user("root", "admins", "admin")
+    people = {}
+    for team, person in (("vision", "alice"), ("nlp", "bob")):
+        root = tmp_path / "data" / team
+        root.mkdir(parents=True)
+        (root / "rows.csv").write_text("a,b,y\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
+        ids.add_team(team)
+        ids.set_roots(team, [str(root)])
+        people[person] = ids.add_user(person, team, "member").user
+    yield store, people, tmp_path / "data"
+    store.close()
+
+
+def _submit(store, who, spec_text: str, **extra):
+    from types import SimpleNamespace
+
+    from orchestrator.scheduling.policy import create_policy
+    from orchestrator.scheduling.scheduler import Scheduler, SubmitRequest
+
+    cluster = SimpleNamespace(total={"CPU": 4.0}, nodes=[{"CPU": 4.0}])
+    ray = SimpleNamespace(resources=lambda: cluster)
+    scheduler = Scheduler(store, ray, create_policy(), store.path.parent)
+    ask = SubmitRequest(spec_text=spec_text, spec_path="p.yaml", cwd="/somewhere/of/bob",
+                        env={"ORCH_HOME": "/home/bob/.orch"}, **extra)  # fmt: skip
+    return scheduler.submit(ask, who)[0]
+
+
+def _spec(name: str, source: str, **sections) -> str:
+    import yaml
+
+    doc = {
+        "name": name,
+        "data": {"source": source, "task": "classification", "label": "y"},
+        "model": {"type": "mlp"},
+        **sections,
+    }
+    return yaml.safe_dump(doc)
+
+
+def test_a_member_spec_reaching_outside_the_team_is_refused_at_submit(teams_with_roots):
+    from orchestrator.scheduling.boundary import OutsideBoundary
+
+    store, people, data = teams_with_roots
+    bob = people["bob"]
+    alice_rows = str(data / "vision" / "rows.csv")
+    with pytest.raises(OutsideBoundary, match=r"data.source: .*outside team nlp's roots"):
+        _submit(store, bob, _spec("nlp-steal", alice_rows))
+    link = data / "nlp" / "shortcut.csv"
+    link.symlink_to(data / "vision" / "rows.csv")  # a link inside nlp's root, leading out
+    with pytest.raises(OutsideBoundary, match="resolves to .*vision/rows.csv, outside"):
+        _submit(store, bob, _spec("nlp-link", str(link)))
+    for sections, message in (
+        ({"tracking": {"experiment": "vision-exp"}}, "tracking.experiment"),
+        ({"register": {"model_name": "vision-model"}}, "register.model_name"),
+        ({"tracking": {"tracking_uri": "http://mlflow:5000"}}, "leave tracking.tracking_uri"),
+        ({"serve": {"name": "nlp-app", "host": "0.0.0.0"}}, "serve.host '0.0.0.0'"),
+    ):
+        with pytest.raises(OutsideBoundary, match=message):
+            _submit(store, bob, _spec("nlp-x", str(data / "nlp" / "rows.csv"), **sections))
+    assert store.queued() == []  # nothing was queued
+
+    job = _submit(store, bob, _spec("nlp-ok", "rows.csv"))  # relative: from the team's root
+    assert job.cwd == str((data / "nlp").resolve())  # the server's choice, not bob's
+    assert job.env["ORCH_HOME"] == str(store.path.parent.parent)  # the server's, not bob's
+    admin_job = _submit(store, LOCAL_ADMIN, _spec("anything", alice_rows))  # admins unbounded
+    assert admin_job.env == {"ORCH_HOME": "/home/bob/.orch"}

@@ -16,7 +16,7 @@ from tests.helpers import wait_for, write
 pytestmark = pytest.mark.slow
 
 IRIS = """\
-name: iris-{who}
+name: {who}
 data: {source: sklearn://iris}
 model: {type: mlp, params: {hidden_sizes: [8]}}
 train: {epochs: 2, batch_size: 16, workers: 1, resources_per_worker: {CPU: 1}}
@@ -44,7 +44,7 @@ def test_members_act_on_their_own_jobs_and_every_change_is_audited(
 
     # alice submits through the SDK with her token, reaching the server by its URL
     monkeypatch.setenv("ORCH_TOKEN", alice)
-    job = QueueClient(server=url).submit(write(orch_home, "a", IRIS.replace("{who}", "a")))
+    job = QueueClient(server=url).submit(write(orch_home, "a", IRIS.replace("{who}", "vision-a")))
     assert (job.info.owner, job.info.team) == ("alice", "vision")
 
     seen = httpx.get(f"{url}/jobs/{job.id}", headers=_as(bob), timeout=10).json()
@@ -66,10 +66,11 @@ def test_members_act_on_their_own_jobs_and_every_change_is_audited(
     spec = IRIS.replace("epochs: 2", "epochs: 40")
     as_alice = QueueClient(server=url)
     mine = [
-        as_alice.submit(write(orch_home, f"v{i}", spec.replace("{who}", f"v{i}"))) for i in (1, 2)
+        as_alice.submit(write(orch_home, f"v{i}", spec.replace("{who}", f"vision-{i}")))
+        for i in (1, 2)
     ]
     monkeypatch.setenv("ORCH_TOKEN", bob)
-    theirs = QueueClient(server=url).submit(write(orch_home, "n", spec.replace("{who}", "n")))
+    theirs = QueueClient(server=url).submit(write(orch_home, "n", spec.replace("{who}", "nlp-1")))
     wait_for(lambda: store.get(theirs.id).started_at is not None, 120, "nlp's job to start")
     waiting = store.get(mine[1].id)
     assert waiting.state == "queued"
