@@ -29,6 +29,7 @@ REQUIRED_MODULES = (
     "httpx",
     "fastapi",
     "uvicorn",
+    "tritonclient",
 )
 
 FIX = (
