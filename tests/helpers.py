@@ -189,3 +189,20 @@ def stop_orch_jobs(dashboard_url: str, token: str) -> list[str]:
             )
             stopped.append(job["submission_id"])
     return stopped
+
+
+def wait_serve_stopped(timeout_s: float = 60) -> None:
+    """Until no Serve controller or proxy of an earlier ``serve.shutdown()`` is alive on the
+    connected Ray: the shutdown returns before its proxies are gone, and a ``serve.start``
+    in that window has its new proxy killed by the old shutdown."""
+    import ray
+    from ray.util.state import list_actors
+
+    address = ray.get_runtime_context().gcs_address  # this Ray, not another worker's
+
+    def stopped() -> bool:
+        alive = list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000)
+        names = ("ServeController", "HAProxyManager", "ProxyActor")
+        return not [a for a in alive if a.class_name in names]
+
+    wait_for(stopped, timeout_s, "the earlier Serve to stop")

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.helpers import stop_process_group
+from tests.helpers import stop_process_group, wait_serve_stopped
 
 pytestmark = pytest.mark.slow
 
@@ -275,6 +275,7 @@ def test_grpc_serving_faces_the_network_only_behind_the_key(ray_session, tmp_pat
         auth={"api_key_env": "IRIS_SECURE_KEY"},
     )
     register_quick_model(spec, epochs=5)
+    wait_serve_stopped()  # Serve takes gRPC options only when it starts
     try:
         Client().serve(spec)
         ray_processes = _descendants(os.getpid())

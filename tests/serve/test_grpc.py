@@ -15,6 +15,7 @@ from sklearn.datasets import load_iris
 from orchestrator import Client
 from orchestrator.exceptions import ClusterError
 from tests.conftest import free_port
+from tests.helpers import wait_for, wait_serve_stopped
 from tests.serve.conftest import iris_pipeline, register_quick_model
 
 pytestmark = pytest.mark.slow
@@ -34,6 +35,7 @@ def served(ray_session, tmp_path_factory):
         "iris-grpc", store, port, grpc_port=grpc_port, auth={"api_key_env": "IRIS_GRPC_KEY"}
     )
     register_quick_model(spec)
+    wait_serve_stopped()  # Serve takes gRPC options only when it starts
     try:
         yield Client().serve(spec), spec, store
     finally:
@@ -117,10 +119,17 @@ def test_a_model_without_a_key_does_not_answer_over_grpc(served, client):
     register_quick_model(open_spec)
     opened = Client().serve(open_spec)
     assert opened.grpc is None
-    with pytest.raises(InferenceServerException) as caught:
-        client.infer("iris-open", [_features(FLOWERS)], headers=V2_APP)
-    assert caught.value.status() == "StatusCode.PERMISSION_DENIED"
-    assert "served without a key" in caught.value.message()
+
+    def refusal() -> tuple[str, str]:
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("iris-open", [_features(FLOWERS)], headers=V2_APP)
+        return caught.value.status(), caught.value.message()
+
+    # right after a deploy the router may still be settling (seen once: UNKNOWN)
+    wait_for(lambda: refusal()[0] != "StatusCode.UNKNOWN", 30, "the router to know iris-open")
+    status, message = refusal()
+    assert status == "StatusCode.PERMISSION_DENIED", message
+    assert "served without a key" in message
     # over HTTP, on loopback, it answers as before
     reply = httpx.post(f"{opened.endpoint}/predict", json={"instances": FLOWERS.tolist()})
     assert [p["class"] for p in reply.json()["predictions"]] == [0, 0, 1, 2]
