@@ -36,6 +36,18 @@ def study_root() -> Path:
     return orch_home() / "studies"
 
 
+_LOCAL_INGRESS: list[dict[str, str]] = []  # the ingress settings of Rays started here
+
+
+def remove_local_ingress_state() -> None:
+    """Remove the HAProxy folders of the local Rays this process started (once they are
+    shut down): ``orch run`` ends with ``os._exit``, which runs no exit handler."""
+    from cluster.ingress import remove_state
+
+    while _LOCAL_INGRESS:
+        remove_state(_LOCAL_INGRESS.pop())
+
+
 def init_local_ray(**options):
     """Start a private local Ray (``ray.init`` options pass through).
 
@@ -58,7 +70,9 @@ def init_local_ray(**options):
         ingress = plan_ingress()
     except IngressError as exc:
         raise UsageError(str(exc)) from None
-    atexit.register(remove_state, ingress.environment())  # after Ray's own exit handler
+    # after Ray's own exit handler, or from terminal.leave, which skips exit handlers
+    atexit.register(remove_state, ingress.environment())
+    _LOCAL_INGRESS.append(ingress.environment())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

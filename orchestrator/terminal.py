@@ -97,6 +97,10 @@ def leave(exit_code: int) -> None:
 
         if ray.is_initialized():
             ray.shutdown()
+    if "orchestrator.runtime" in sys.modules:
+        from orchestrator.runtime import remove_local_ingress_state
+
+        remove_local_ingress_state()  # its exit handler will not run
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr, current().out, current().err):
         try:

