@@ -138,15 +138,17 @@ class Identities:
         with self._lock:
             return self._db.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
 
-    def users(self) -> list[User]:
+    def users(self, name: str | None = None) -> list[User]:
+        """Every user by name, or only ``name`` (one indexed row: each API call asks)."""
+        query = "SELECT name, team, role, token_id, created_at, revoked_at FROM users"
+        where, args = (" WHERE name = ?", (name,)) if name is not None else ("", ())
         with self._lock:
-            rows = self._db.execute(
-                "SELECT name, team, role, token_id, created_at, revoked_at FROM users ORDER BY name"
-            ).fetchall()
+            rows = self._db.execute(query + where + " ORDER BY name", args).fetchall()
         return [User(**dict(zip(User.model_fields, row, strict=True))) for row in rows]
 
     def user(self, name: str) -> User | None:
-        return next((u for u in self.users() if u.name == name), None)
+        found = self.users(name)
+        return found[0] if found else None
 
     def teams(self) -> list[Team]:
         with self._lock:
