@@ -45,7 +45,7 @@ def _log(message: str) -> None:
 
 
 def _decisions(n_jobs: int, passes: int) -> dict:
-    from orchestrator.scheduling.identity import Quota
+    from orchestrator.scheduling.identity import Quota, Quotas
     from orchestrator.scheduling.policy import PriorityPolicy
     from orchestrator.scheduling.record import JobInfo
     from orchestrator.scheduling.store import JobStore
@@ -94,8 +94,12 @@ def _decisions(n_jobs: int, passes: int) -> dict:
             )
             for i in range(8)
         ]
-        # every team capped (CPU and running jobs): each decision checks its team's quota
-        quotas = {f"team{t}": Quota(cpus=8, running=3) for t in range(TEAMS)}
+        # every team capped (CPU and running jobs) and every user too: each decision checks
+        # its team's quota and its owner's
+        quotas = Quotas(
+            teams={f"team{t}": Quota(cpus=8, running=3) for t in range(TEAMS)},
+            users={f"user{u}": Quota(cpus=4, running=2) for u in range(USERS)},
+        )
         pass_s, plan_s, decided = [], [], 0
         for _ in range(passes):
             start = time.perf_counter()

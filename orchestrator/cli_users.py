@@ -25,21 +25,18 @@ def add_command(sub) -> None:
     _common(users_sub.add_parser("list", help="users (never their tokens)"))
     revoke = _common(users_sub.add_parser("revoke", help="revoke a user's token now"))
     revoke.add_argument("name")
+    _quota_flags(
+        _common(users_sub.add_parser("set", help="set a user's own quotas, beside the team's"))
+    ).add_argument("name")
 
     teams = sub.add_parser("teams", help="queue teams (admins, on the head)")
     teams_sub = teams.add_subparsers(dest="action", required=True, metavar="ACTION")
     _common(teams_sub.add_parser("add", help="create a team")).add_argument("name")
     _common(teams_sub.add_parser("list", help="teams, their quotas and live members"))
-    quota = _common(teams_sub.add_parser("set", help="set a team's quotas (none = no limit)"))
+    quota = _quota_flags(
+        _common(teams_sub.add_parser("set", help="set a team's quotas (none = no limit)"))
+    )
     quota.add_argument("name")
-    for flag, kind, text in (
-        ("--cpus", float, "CPUs its running jobs hold at once"),
-        ("--gpus", float, "GPUs its running jobs hold at once"),
-        ("--running", int, "jobs running at once"),
-        ("--queued", int, "jobs waiting at once (a submit beyond is refused)"),
-        ("--max-priority", str, "highest priority a member may submit at (low, normal, high, N)"),
-    ):
-        quota.add_argument(flag, type=_limit(kind), default=..., help=f"{text}; none = no limit")
     quota.add_argument(
         "--roots",
         default=None,
@@ -55,6 +52,29 @@ def add_command(sub) -> None:
     audit.add_argument(
         "--verify", action="store_true", help="check the HMAC chain; exit 1 naming a bad row"
     )
+
+
+QUOTA_FLAGS = {"cpus": "cpus", "gpus": "gpus", "memory": "memory", "running": "running",
+               "queued": "queued", "max_priority": "priority"}  # fmt: skip
+"""argparse dest -> ``Quota`` field."""
+
+
+def _quota_flags(parser):
+    for flag, kind, text in (
+        ("--cpus", float, "CPUs its running jobs hold at once"),
+        ("--gpus", float, "GPUs its running jobs hold at once"),
+        ("--memory", float, "GiB of memory its running jobs hold at once"),
+        ("--running", int, "jobs running at once"),
+        ("--queued", int, "jobs waiting at once (a submit beyond is refused)"),
+        ("--max-priority", str, "highest priority a member may submit at (low, normal, high, N)"),
+    ):
+        parser.add_argument(flag, type=_limit(kind), default=..., help=f"{text}; none = no limit")
+    return parser
+
+
+def _limits(args) -> dict:
+    """The quota flags given on the command line (``...`` = not given)."""
+    return {v: getattr(args, k) for k, v in QUOTA_FLAGS.items() if getattr(args, k) is not ...}
 
 
 def _limit(kind):
@@ -122,6 +142,14 @@ def cmd_users(args) -> int:
                     print("users are now required: every queue call needs a user's token")
                 return 0
             return _print(args, made.model_dump(), _user_line)
+        if args.action == "set":
+            limits = _limits(args)
+            quota = store.identities.set_user_quota(args.name, store.last_cluster(), **limits)
+            _audit(store, "users.set", args.name, json.dumps(limits))
+            if args.json:
+                return _print(args, {"name": args.name, "quota": quota.model_dump()}, str)
+            print(f"{args.name}  quota: {_limits_line(quota.model_dump())}")
+            return 0
         revoked = store.identities.revoke(args.name)
         _audit(store, "users.revoke", args.name)
         return _print(args, revoked.model_dump(), _user_line)
@@ -133,10 +161,8 @@ def cmd_teams(args) -> int:
             teams = [t.model_dump() for t in store.identities.teams()]
             return _print(args, teams, _team_line)
         if args.action == "set":
-            names = {"cpus": "cpus", "gpus": "gpus", "running": "running", "queued": "queued",
-                     "max_priority": "priority"}  # fmt: skip
-            limits = {v: getattr(args, k) for k, v in names.items() if getattr(args, k) is not ...}
-            team = store.identities.set_quota(args.name, **limits)
+            limits = _limits(args)
+            team = store.identities.set_quota(args.name, store.last_cluster(), **limits)
             if args.roots is not None:
                 roots = [r for r in args.roots.split(",") if r]
                 team = store.identities.set_roots(args.name, roots)
@@ -186,10 +212,16 @@ def _user_line(user: dict) -> str:
     return f"{user['name']}  {user['role']}  team {user['team']}  token {user['token_id']}{revoked}"
 
 
+def _limits_line(quota: dict) -> str:
+    unit = {"memory": " GiB"}
+    shown = [f"{k} {v:g}{unit.get(k, '')}" for k, v in quota.items() if v is not None]
+    return ", ".join(shown) or "none"
+
+
 def _team_line(team: dict) -> str:
-    limits = ", ".join(f"{k} {v:g}" for k, v in team["quota"].items() if v is not None)
     roots = ", ".join(team["roots"]) or "none"
-    return f"{team['name']}  {team['members']} member(s)  quota: {limits or 'none'}  roots: {roots}"
+    limits = _limits_line(team["quota"])
+    return f"{team['name']}  {team['members']} member(s)  quota: {limits}  roots: {roots}"
 
 
 def _audit_line(entry: dict) -> str:

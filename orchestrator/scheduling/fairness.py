@@ -10,9 +10,12 @@ priority (with aging) decides first, usage between teams second, submission orde
 team that floods the queue gets its turn after each job of a team holding less, and cannot
 starve it. With one team (or no users) this is exactly the old order.
 
-**Quotas.** A job whose team would hold more than its CPU/GPU quota, or run more jobs than
+**Quotas.** Teams and users may each have one; a job meets its team's and its owner's. A
+job whose team or owner would hold more than its CPU/GPU/memory quota, or run more jobs than
 its running quota, waits with the reason (``quota: team vision holds CPU 2 of 2``) and does
 not hold up the jobs behind it: a quota wait is not part of the strict-order gang rule.
+A team or user holding more than its quota (an admin lowered it under running jobs) is
+*over* its quota: preemption stops its jobs first (``policy``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 
 from orchestrator.scheduling.demand import add
-from orchestrator.scheduling.identity import Quota
+from orchestrator.scheduling.identity import GIB, Quotas
 from orchestrator.scheduling.record import JobInfo
 
 
@@ -72,32 +75,50 @@ def fair_order(
     return ordered
 
 
-class QuotaBook:
-    """What each team holds and runs during one scheduling pass, against its quota."""
+def _amount(key: str, value: float) -> str:
+    return f"{value / GIB:g} GiB" if key == "memory" else f"{value:g}"
 
-    def __init__(self, quotas: dict[str, Quota], active: list[JobInfo]):
-        self.quotas = quotas
-        self.held = held_by_team(active)
+
+class QuotaBook:
+    """What each team and user holds and runs during one scheduling pass, against their
+    quotas."""
+
+    def __init__(self, quotas: Quotas | None, active: list[JobInfo]):
+        self.quotas = quotas or Quotas()
+        self.held: dict[str, dict[str, float]] = defaultdict(dict)  # "team x" / "user y"
         self.running: dict[str, int] = defaultdict(int)
         for job in active:
-            self.running[job.team] += 1
+            self.admitted(job)
+
+    def _scopes(self, job: JobInfo):
+        return self.quotas.of(job.team, job.owner)
 
     def reason(self, job: JobInfo) -> str | None:
-        """Why ``job`` must wait for its team's quota; None when it may start."""
-        quota = self.quotas.get(job.team)
-        if quota is None:
-            return None
-        held = self.held[job.team]
-        for key, limit in quota.held_limits().items():
-            if held.get(key, 0.0) + job.demand.get(key, 0.0) > limit + 1e-9:
-                return (
-                    f"quota: team {job.team} holds {key} {held.get(key, 0.0):g} of {limit:g} "
-                    f"(this job needs {job.demand.get(key, 0.0):g})"
-                )
-        if quota.running is not None and self.running[job.team] >= quota.running:
-            return f"quota: team {job.team} runs {self.running[job.team]} of {quota.running} jobs"
+        """Why ``job`` must wait for its team's or owner's quota; None when it may start."""
+        for who, quota in self._scopes(job):
+            held = self.held[who]
+            for key, limit in quota.held_limits().items():
+                if held.get(key, 0.0) + job.demand.get(key, 0.0) > limit + 1e-9:
+                    return (
+                        f"quota: {who} holds {key} {_amount(key, held.get(key, 0.0))} of "
+                        f"{_amount(key, limit)} (this job needs "
+                        f"{_amount(key, job.demand.get(key, 0.0))})"
+                    )
+            if quota.running is not None and self.running[who] >= quota.running:
+                return f"quota: {who} runs {self.running[who]} of {quota.running} jobs"
         return None
 
+    def over(self, job: JobInfo) -> bool:
+        """True when ``job``'s team or owner holds more than its quota now."""
+        for who, quota in self._scopes(job):
+            held = self.held[who]
+            if any(held.get(k, 0.0) > v + 1e-9 for k, v in quota.held_limits().items()):
+                return True
+            if quota.running is not None and self.running[who] > quota.running:
+                return True
+        return False
+
     def admitted(self, job: JobInfo) -> None:
-        self.held[job.team] = add(self.held[job.team], job.demand)
-        self.running[job.team] += 1
+        for who in (f"team {job.team}", f"user {job.owner}"):
+            self.held[who] = add(self.held[who], job.demand)
+            self.running[who] += 1

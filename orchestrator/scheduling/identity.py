@@ -46,7 +46,12 @@ CREATE TABLE IF NOT EXISTS users (
     created_at REAL NOT NULL,
     revoked_at REAL
 );
+CREATE TABLE IF NOT EXISTS user_quotas (
+    name TEXT PRIMARY KEY REFERENCES users(name),
+    quota TEXT NOT NULL
+);
 """
+GIB = 2**30
 ADMIN_TEAM = "admins"
 
 
@@ -74,21 +79,52 @@ LOCAL_ADMIN = User(name="admin", team=ADMIN_TEAM, role="admin", token_id="-", cr
 
 
 class Quota(BaseModel):
-    """A team's limits; None = no limit. Held resources and running jobs make a job wait
-    (with the reason); queued jobs and priority refuse a submit."""
+    """A team's or a user's limits; None = no limit. Held resources and running jobs make a
+    job wait (with the reason); queued jobs and priority refuse a submit."""
 
     model_config = {"extra": "forbid"}
 
     cpus: float | None = Field(None, ge=0, description="CPUs its running jobs hold at once.")
     gpus: float | None = Field(None, ge=0, description="GPUs its running jobs hold at once.")
+    memory: float | None = Field(
+        None, ge=0, description="GiB of Ray's memory resource its running jobs hold at once."
+    )
     running: int | None = Field(None, ge=0, description="Jobs running at once.")
     queued: int | None = Field(None, ge=0, description="Jobs waiting in the queue at once.")
     priority: int | None = Field(None, ge=0, description="Highest priority it may submit at.")
 
     def held_limits(self) -> dict[str, float]:
-        """Ray resource name -> limit, for the held-resource quotas that are set."""
-        named = {"CPU": self.cpus, "GPU": self.gpus}
+        """Ray resource name -> limit (memory in bytes, as Ray counts it), for the
+        held-resource quotas that are set."""
+        memory = None if self.memory is None else self.memory * GIB
+        named = {"CPU": self.cpus, "GPU": self.gpus, "memory": memory}
         return {key: limit for key, limit in named.items() if limit is not None}
+
+    def beyond(self, cluster: dict[str, float]) -> str | None:
+        """The first held-resource limit above what the whole ``cluster`` has, as a line
+        naming the flag and the most it can be; None when all fit."""
+        flags = {"CPU": "--cpus", "GPU": "--gpus", "memory": "--memory"}
+        for key, limit in self.held_limits().items():
+            has = cluster.get(key, 0.0)
+            if limit > has + 1e-9:
+                shown = (lambda v: f"{v / GIB:g} GiB") if key == "memory" else (lambda v: f"{v:g}")
+                return (
+                    f"{flags[key]} {shown(limit)} is more than the whole cluster has ({key} "
+                    f"{shown(has)}, as the queue server last saw it); set at most {shown(has)}"
+                )
+        return None
+
+
+class Quotas(BaseModel):
+    """Every limit the scheduler applies: per team and per user (a job meets both)."""
+
+    teams: dict[str, Quota] = Field(default_factory=dict)
+    users: dict[str, Quota] = Field(default_factory=dict)
+
+    def of(self, team: str, user: str) -> list[tuple[str, Quota]]:
+        """(who, quota) pairs that bound a job of ``user`` in ``team``, the team's first."""
+        scoped = [(f"team {team}", self.teams.get(team)), (f"user {user}", self.users.get(user))]
+        return [(who, quota) for who, quota in scoped if quota is not None]
 
 
 class Team(BaseModel):
@@ -112,6 +148,22 @@ class NewUser(BaseModel):
 
 def _sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _merged(current: Quota, limits: dict, cluster: dict[str, float] | None) -> Quota:
+    """``current`` with ``limits`` set, checked (one line naming the flag when wrong)."""
+    try:
+        quota = Quota.model_validate(current.model_dump() | limits)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        field = problem["loc"][0] if problem["loc"] else "quota"
+        flag = "max-priority" if field == "priority" else field
+        raise IdentityError(f"--{flag}: {problem['msg'].lower()}") from None
+    changed = Quota.model_validate({k: v for k, v in limits.items() if k in Quota.model_fields})
+    problem = changed.beyond(cluster) if cluster else None
+    if problem:
+        raise IdentityError(problem)
+    return quota
 
 
 def check_name(kind: str, name: str) -> str:
@@ -189,9 +241,23 @@ class Identities:
             )
         return self.team(name)
 
-    def quotas(self) -> dict[str, Quota]:
-        """Team name -> its quota, for the teams that have any limit."""
-        return {t.name: t.quota for t in self.teams() if t.quota != Quota()}
+    def quotas(self) -> Quotas:
+        """The teams' and users' quotas that set any limit (read on every scheduling pass)."""
+        with self._lock:
+            teams = self._db.execute("SELECT name, quota FROM teams").fetchall()
+            users = self._db.execute("SELECT name, quota FROM user_quotas").fetchall()
+        parse = Quota.model_validate_json
+        return Quotas(
+            teams={n: q for n, text in teams if (q := parse(text)) != Quota()},
+            users={n: q for n, text in users if (q := parse(text)) != Quota()},
+        )
+
+    def user_quota(self, name: str) -> Quota:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT quota FROM user_quotas WHERE name = ?", (name,)
+            ).fetchone()
+        return Quota.model_validate_json(row[0]) if row else Quota()
 
     def authenticate(self, token: str) -> User | None:
         """The live user whose token this is; None for anything else (malformed, unknown,
@@ -211,26 +277,40 @@ class Identities:
 
     # ------------------------------------------------------------------ changing
 
-    def set_quota(self, name: str, **limits) -> Team:
+    def set_quota(self, name: str, cluster: dict[str, float] | None = None, **limits) -> Team:
         """Set (or with None lift) some of team ``name``'s limits; the others stay.
 
         Raises:
-            IdentityError: unknown team, or a negative limit.
+            IdentityError: unknown team, a negative limit, or one above the whole
+                ``cluster`` (the resources the queue server last saw; None = not known).
         """
-        team = next((t for t in self.teams() if t.name == name), None)
+        team = self.team(name)
         if team is None:
             raise IdentityError(f"unknown team {name!r} (orch teams list)")
-        try:
-            quota = Quota.model_validate(team.quota.model_dump() | limits)
-        except ValidationError as exc:
-            problem = exc.errors()[0]
-            field = problem["loc"][0] if problem["loc"] else "quota"
-            raise IdentityError(f"--{field}: {problem['msg'].lower()}") from None
+        quota = _merged(team.quota, limits, cluster)
         with self._lock:
             self._db.execute(
                 "UPDATE teams SET quota = ? WHERE name = ?", (quota.model_dump_json(), name)
             )
-        return next(t for t in self.teams() if t.name == name)
+        return self.team(name)
+
+    def set_user_quota(self, name: str, cluster: dict[str, float] | None = None, **limits) -> Quota:
+        """Set (or with None lift) some of user ``name``'s own limits, which hold beside
+        the team's (a job must meet both).
+
+        Raises:
+            IdentityError: unknown user, a negative limit, or one above the whole cluster.
+        """
+        if self.user(name) is None:
+            raise IdentityError(f"unknown user {name!r} (orch users list)")
+        quota = _merged(self.user_quota(name), limits, cluster)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO user_quotas VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "quota = excluded.quota",
+                (name, quota.model_dump_json()),
+            )
+        return quota
 
     def add_team(self, name: str) -> Team:
         check_name("team", name)

@@ -11,9 +11,12 @@ The default, ``PriorityPolicy``:
   wait too, even a smaller one that would fit. A stream of small jobs can then never delay a
   big one indefinitely; the price is idle resources while the big one waits for them.
 - preemption: when the first job does not fit and running jobs of a strictly lower
-  (un-aged) priority that are preemptible would free enough, the fewest of them are stopped,
-  lowest priority first, then the most recently started. They go back to the queue and
-  resume from their last checkpoint. Aging never causes preemption.
+  (un-aged) priority that are preemptible would free enough, the fewest of them are stopped:
+  jobs of a team or user over its quota first, then the lowest priority, then the most
+  recently started. They go back to the queue and resume from their last checkpoint. Aging
+  never causes preemption. Preemption respects quotas: a job that waits for its own team's
+  or owner's quota preempts nobody (only a team under its quota takes resources back), and
+  a team over its quota (an admin lowered it under running jobs) gives back first.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from orchestrator.scheduling.demand import add, fits, format_resources, shortfall, subtract
 from orchestrator.scheduling.fairness import QuotaBook, fair_order
-from orchestrator.scheduling.identity import Quota
+from orchestrator.scheduling.identity import Quotas
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.spec import priority_label
 
@@ -44,6 +47,7 @@ class Plan(BaseModel):
 
     admit: list[str] = Field(default_factory=list, description="Job ids to start, in order.")
     preempt: list[str] = Field(default_factory=list, description="Running job ids to stop.")
+    preempt_for: str | None = Field(None, description="The queued job they are stopped for.")
     waiting: dict[str, str] = Field(default_factory=dict, description="Job id -> why it waits.")
     order: list[str] = Field(default_factory=list, description="Queued ids in admission order.")
 
@@ -74,9 +78,10 @@ class SchedulingPolicy(abc.ABC):
         free: dict[str, float],
         now: float | None = None,
         total: dict[str, float] | None = None,
-        quotas: dict[str, Quota] | None = None,
+        quotas: Quotas | None = None,
     ) -> Plan:
-        """The admissions and preemptions for this moment, within the teams' ``quotas``."""
+        """The admissions and preemptions for this moment, within the teams' and users'
+        ``quotas``."""
 
 
 class PriorityPolicy(SchedulingPolicy):
@@ -97,7 +102,7 @@ class PriorityPolicy(SchedulingPolicy):
         ordered = self.order(queued, now, active, total)
         plan = Plan(order=[j.id for j in ordered])
         free = dict(free)
-        book = QuotaBook(quotas or {}, active)
+        book = QuotaBook(quotas, active)
         head: JobInfo | None = None
         for job in ordered:
             over = book.reason(job)
@@ -129,21 +134,31 @@ class PriorityPolicy(SchedulingPolicy):
             if stopping:
                 reason += "; waiting for preempted " + ", ".join(a.id for a in stopping)
             elif self.config.preemption:
-                victims = self.victims(job, active, free)
+                victims = self.victims(job, active, free, QuotaBook(quotas, active))
                 if victims:
-                    plan.preempt = [v.id for v in victims]
+                    plan.preempt, plan.preempt_for = [v.id for v in victims], job.id
                     reason += "; preempting " + ", ".join(v.id for v in victims)
             plan.waiting[job.id] = reason
         return plan
 
-    def victims(self, job: JobInfo, active: list[JobInfo], free: dict[str, float]) -> list[JobInfo]:
-        """The fewest lower-priority preemptible jobs whose stop lets ``job`` fit ([] if none)."""
+    def victims(
+        self,
+        job: JobInfo,
+        active: list[JobInfo],
+        free: dict[str, float],
+        book: QuotaBook | None = None,
+    ) -> list[JobInfo]:
+        """The fewest lower-priority preemptible jobs whose stop lets ``job`` fit ([] if
+        none), those of a team or user over its quota (``book``) taken first."""
+        book = book or QuotaBook(None, active)
         candidates = [
             a
             for a in active
             if a.state in ("starting", "running") and a.preemptible and a.priority < job.priority
         ]
-        candidates.sort(key=lambda a: (a.priority, -(a.started_at or a.submitted_at)))
+        candidates.sort(
+            key=lambda a: (not book.over(a), a.priority, -(a.started_at or a.submitted_at))
+        )
         chosen: list[JobInfo] = []
         freed = dict(free)
         for candidate in candidates:

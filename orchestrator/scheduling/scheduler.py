@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
 import threading
 import time
@@ -40,6 +41,14 @@ from orchestrator.scheduling.spec import priority_value
 from orchestrator.scheduling.store import DuplicateKey, JobStore
 
 log = logging.getLogger(__name__)
+
+SCHEDULER = "orch:scheduler"
+"""The audit trail's user for the scheduler's own decisions (no user name has a colon)."""
+
+FAULT_ENV = "ORCH_FAULT"
+"""Chaos tests set it to ``kill-after-admit-record``: the server kills itself (SIGKILL)
+right after it records an admission and before the Ray job is submitted, the window the
+write-ahead rule is for (tests/orchestrator/test_queue_users.py)."""
 
 # What a job takes from the submitter's environment (the rest comes from the cluster's).
 FORWARDED_ENV = ("ORCH_HOME", "MLFLOW_TRACKING_URI", "DS_ACCELERATOR")
@@ -180,26 +189,31 @@ class Scheduler:
         return str(cwd), server_env
 
     def _check_submit_quota(self, owner: User, priority: int) -> None:
-        """A member's team may cap its priority and its queued jobs (admins are not capped).
+        """A member's team and the member may each cap the priority and the jobs queued at
+        once (admins are not capped).
 
         Raises:
             QuotaRefused: the submit would pass one of them (nothing is queued).
         """
-        quota = self.store.identities.quotas().get(owner.team)
-        if quota is None or owner.admin:
+        if owner.admin:
             return
-        if quota.priority is not None and priority > quota.priority:
-            raise QuotaRefused(
-                f"priority {priority} is above team {owner.team}'s limit of {quota.priority}; "
-                "submit at that or lower (--priority), or ask an admin (orch teams set)"
-            )
-        if quota.queued is not None:
-            waiting = sum(1 for job in self.store.queued() if job.team == owner.team)
-            if waiting >= quota.queued:
+        queued: list[JobInfo] | None = None
+        for who, quota in self.store.identities.quotas().of(owner.team, owner.name):
+            if quota.priority is not None and priority > quota.priority:
                 raise QuotaRefused(
-                    f"team {owner.team} has {waiting} jobs queued, its limit is "
-                    f"{quota.queued}; wait for some to start"
+                    f"priority {priority} is above {who}'s limit of {quota.priority}; submit "
+                    "at that or lower (--priority), or ask an admin (orch teams/users set)"
                 )
+            if quota.queued is not None:
+                queued = self.store.queued() if queued is None else queued
+                mine = (j.team == owner.team if who.startswith("team") else j.owner == owner.name
+                        for j in queued)  # fmt: skip
+                waiting = sum(mine)
+                if waiting >= quota.queued:
+                    raise QuotaRefused(
+                        f"{who} has {waiting} jobs queued, its limit is {quota.queued}; wait "
+                        "for some to start"
+                    )
 
     def cancel(self, job_id: str) -> JobInfo:
         with self._lock:
@@ -310,13 +324,15 @@ class Scheduler:
             queued = self.store.queued()
             quotas = self.store.identities.quotas()
             plan = self.policy.plan(queued, active, free, total=cluster.total, quotas=quotas)
+            if cluster.total != self.last_total:  # what `orch teams set` checks quotas against
+                self.store.record_cluster(cluster.total)
             self.last_total = cluster.total
             by_id = {j.id: j for j in queued}
             for job_id in plan.admit:
                 self._admit(by_id[job_id])
             active_by_id = {j.id: j for j in active}
             for job_id in plan.preempt:
-                self._preempt(active_by_id[job_id], plan.waiting)
+                self._preempt(active_by_id[job_id], by_id.get(plan.preempt_for))
             held = _held_outside(told, cluster.available)
             for job_id, reason in plan.waiting.items():
                 job = by_id[job_id]
@@ -341,7 +357,18 @@ class Scheduler:
         job.submission_ids.append(job.submission_id)
         job.moved("starting", f"admitted (attempt {job.attempt}); Ray job {job.submission_id}")
         self.store.save(job)  # write-ahead: a restart adopts or submits this id
+        self._audit("admit", job, f"ok: attempt {job.attempt}, Ray job {job.submission_id}")
+        if os.environ.get(FAULT_ENV) == "kill-after-admit-record":
+            os.kill(os.getpid(), signal.SIGKILL)  # chaos tests: die between record and submit
         self._submit_to_ray(job)
+
+    def _audit(self, action: str, job: JobInfo, outcome: str) -> None:
+        """The scheduler's own decisions in the audit trail, beside the calls that led to
+        them (the user column says the scheduler decided; the detail names the owner)."""
+        self.store.audit.append(
+            user=SCHEDULER, team=job.team, action=action, target=job.id, address="server",
+            outcome=outcome, detail=f"owner {job.owner}, demand {format_resources(job.demand)}",
+        )  # fmt: skip
 
     def _submit_to_ray(self, job: JobInfo) -> None:
         try:
@@ -406,10 +433,17 @@ class Scheduler:
         )
         return spec_file, plan_with(spec, admitted).write(folder / "plan.json")
 
-    def _preempt(self, job: JobInfo, waiting: dict[str, str]) -> None:
+    def _preempt(self, job: JobInfo, preemptor: JobInfo | None) -> None:
         job.preemptions += 1
         job.moved("preempting", "preempted for a higher-priority job; stopping its Ray job")
         self.store.save(job)
+        for_whom = (
+            f"for {preemptor.id} of {preemptor.owner} (team {preemptor.team}, priority "
+            f"{preemptor.priority} over {job.priority})"
+            if preemptor
+            else "for a higher priority"
+        )
+        self._audit("preempt", job, f"ok: {for_whom}")
         self._stop_quietly(job.submission_id)
 
     def _stop_quietly(self, submission_id: str | None) -> None:

@@ -7,6 +7,7 @@ kill of the process. Ids come from an AUTOINCREMENT sequence, so they are never 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import uuid
@@ -30,11 +31,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """``PRAGMA user_version`` of a queue.db this release writes. 0 is a file from before the
 version existed (same tables), adopted as version 1; 2 adds users, teams and the audit
-trail (new tables only: a version-1 file is adopted as is, its jobs owned by the admin). A
-higher one is a newer release's: an older orch refuses it rather than ignore its users."""
+trail (new tables only: a version-1 file is adopted as is, its jobs owned by the admin); 3
+adds per-user quotas (a new table). A higher one is a newer release's: an older orch
+refuses it rather than ignore its users or their limits."""
 
 
 class StoreVersionError(RuntimeError):
@@ -84,6 +86,22 @@ class JobStore:
         self._db.executescript(_SCHEMA)  # version 0 had the same tables: nothing to move
         if version < SCHEMA_VERSION:
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def record_cluster(self, total: dict[str, float]) -> None:
+        """Keep the cluster's resources as the scheduler last saw them (quotas are checked
+        against it when no server is asked)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO meta VALUES ('cluster_total', ?) ON CONFLICT(key) DO UPDATE SET "
+                "value = excluded.value",
+                (json.dumps(total),),
+            )
+
+    def last_cluster(self) -> dict[str, float] | None:
+        """The cluster's resources at the scheduler's last pass; None if none ran yet."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'cluster_total'").fetchone()
+        return json.loads(row[0]) if row else None
 
     @property
     def schema_version(self) -> int:

@@ -203,6 +203,54 @@ def test_team_quotas_are_set_checked_and_refuse_a_submit_beyond_them(tmp_path, c
     store.close()
 
 
+def test_user_quotas_and_a_quota_larger_than_the_cluster(tmp_path, capsys):
+    """`orch users set` caps one user beside the team; a held-resource limit above the whole
+    cluster (as the queue server last saw it) is refused naming the flag and the most it can
+    be, and nothing changes."""
+    from orchestrator.cli import main
+    from orchestrator.scheduling.policy import create_policy
+    from orchestrator.scheduling.scheduler import QuotaRefused, Scheduler, SubmitRequest
+
+    where = ["--state-dir", str(tmp_path)]
+    main(["users", "add", "root", "--team", "admins", "--role", "admin", *where])
+    main(["teams", "add", "vision", *where])
+    main(["users", "add", "alice", "--team", "vision", *where])
+    store = JobStore(tmp_path / "queue.db")
+    store.record_cluster({"CPU": 4.0, "memory": 8 * 2**30})
+    store.close()
+    capsys.readouterr()
+    assert main(["teams", "set", "vision", "--cpus", "64", *where]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --cpus 64 is more than the whole cluster has (CPU 4, as the queue server last "
+        "saw it); set at most 4"
+    )
+    assert main(["users", "set", "alice", "--memory", "16", *where]) == 2
+    assert "--memory 16 GiB is more than the whole cluster has (memory 8 GiB" in (
+        capsys.readouterr().err
+    )
+    assert main(["users", "set", "nobody", "--cpus", "1", *where]) == 2
+    assert "unknown user 'nobody'" in capsys.readouterr().err
+    assert main(["users", "set", "alice", "--max-priority", "low", "--memory", "2", *where]) == 0
+    assert "alice  quota: memory 2 GiB, priority 0" in capsys.readouterr().out
+
+    store = JobStore(tmp_path / "queue.db")
+    assert store.identities.quotas().teams == {}  # the refused team limit changed nothing
+    assert store.identities.quotas().users["alice"].memory == 2
+    scheduler = Scheduler(store, None, create_policy(), tmp_path)
+    spec = "name: vision-iris\ndata: {source: sklearn://iris}\nmodel: {type: mlp}\n"
+    ask = SubmitRequest(spec_text=spec, spec_path="iris.yaml", cwd=str(tmp_path))
+    with pytest.raises(QuotaRefused, match="priority 50 is above user alice's limit of 0"):
+        scheduler.submit(ask, store.identities.user("alice"))
+    actions = [(e.action, e.target, e.outcome[:6]) for e in store.audit.entries()][-4:]
+    assert actions == [
+        ("teams.set", "vision", "refuse"),
+        ("users.set", "alice", "refuse"),
+        ("users.set", "nobody", "refuse"),
+        ("users.set", "alice", 'ok: {"'),
+    ]
+    store.close()
+
+
 @pytest.fixture
 def teams_with_roots(tmp_path):
     """vision and nlp, each with its own data root; alice (vision) and bob (nlp)."""

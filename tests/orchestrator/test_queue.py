@@ -173,4 +173,17 @@ def test_priorities_preemption_restart_cancel_and_retry(queue_client, queue_head
     for job in client.jobs():
         assert sorted(by_job.get(job.id, [])) == sorted(job.submission_ids), job.id
     assert len(jobs[long.id].submission_ids) == 2
+
+    # the scheduler's admissions and its preemption are in the audit trail, chained whole
+    from orchestrator.scheduling.store import JobStore
+
+    store = JobStore(client.state_dir / "queue.db")
+    decided = [(e.user, e.action, e.target) for e in store.audit.entries()]
+    assert decided.count(("orch:scheduler", "admit", long.id)) == 2
+    preempted = [e for e in store.audit.entries() if e.action == "preempt"]
+    assert [(e.target, e.outcome.split(" of ")[0]) for e in preempted] == [
+        (long.id, f"ok: for {first.id}")
+    ]
+    assert store.audit.verify().ok
+    store.close()
     assert all(len(jobs[j].submission_ids) == 1 for j in (first.id, normal.id))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.scheduling.identity import Quota
+from orchestrator.scheduling.identity import GIB, Quota, Quotas
 from orchestrator.scheduling.policy import PolicyConfig, PriorityPolicy, create_policy
 from orchestrator.scheduling.record import JobInfo
 
@@ -161,12 +161,69 @@ def test_a_job_over_its_team_quota_waits_with_the_reason_and_blocks_no_other_tea
     policy = PriorityPolicy()
     first = team_job(1, "vision", cpus=2, state="running")
     queued = [team_job(2, "vision", cpus=2), team_job(3, "nlp", cpus=2)]
-    quotas = {"vision": Quota(cpus=2)}
+    quotas = Quotas(teams={"vision": Quota(cpus=2)})
     plan = policy.plan(queued, [first], {"CPU": 2.0}, NOW, {"CPU": 4.0}, quotas)
     assert plan.admit == ["job-000003"]
     assert plan.waiting["job-000002"] == "quota: team vision holds CPU 2 of 2 (this job needs 2)"
-    running_cap = {"nlp": Quota(running=1)}
+    running_cap = Quotas(teams={"nlp": Quota(running=1)})
     two = [team_job(4, "nlp"), team_job(5, "nlp")]
     plan = policy.plan(two, [], {"CPU": 4.0}, NOW, {"CPU": 4.0}, running_cap)
     assert plan.admit == ["job-000004"]
     assert plan.waiting["job-000005"] == "quota: team nlp runs 1 of 1 jobs"
+
+
+def test_a_user_quota_holds_beside_the_team_quota_and_memory_counts_in_gib():
+    """alice may run one job of her own even though her team may run three; bob, in the same
+    team, is not held up by her limit. Memory quotas compare Ray's bytes with GiB."""
+    policy = PriorityPolicy()
+    alice_running = job(1, 50, 1, state="running", team="vision", owner="alice")
+    queued = [
+        job(2, 50, 1, team="vision", owner="alice"),
+        job(3, 50, 1, team="vision", owner="bob"),
+    ]
+    quotas = Quotas(teams={"vision": Quota(running=3)}, users={"alice": Quota(running=1)})
+    plan = policy.plan(queued, [alice_running], {"CPU": 3.0}, NOW, {"CPU": 4.0}, quotas)
+    assert plan.admit == ["job-000003"]
+    assert plan.waiting["job-000002"] == "quota: user alice runs 1 of 1 jobs"
+
+    big = job(4, 50, 1, team="nlp", owner="carol")
+    big.demand["memory"] = 3 * GIB
+    capped = Quotas(teams={"nlp": Quota(memory=2)})
+    plan = policy.plan([big], [], {"CPU": 4.0, "memory": 8 * GIB}, NOW, None, capped)
+    assert plan.waiting["job-000004"] == (
+        "quota: team nlp holds memory 0 GiB of 2 GiB (this job needs 3 GiB)"
+    )
+
+
+def test_preemption_takes_back_from_a_team_over_its_quota_first():
+    """vision's quota was lowered to 1 CPU under its two running low jobs (it is over its
+    quota); nlp, under its quota, needs 1 CPU at high priority on a full cluster. Of the
+    three low jobs running, the one stopped is vision's, though nlp's own low job started
+    last (the rule without quotas would stop that one)."""
+    policy = PriorityPolicy()
+    active = [
+        job(1, 0, 1, state="running", team="vision", owner="alice", started_at=NOW - 300),
+        job(2, 0, 1, state="running", team="vision", owner="alice", started_at=NOW - 200),
+        job(3, 0, 1, state="running", team="nlp", owner="bob", started_at=NOW - 10),
+    ]
+    urgent = job(4, 100, 1, team="nlp", owner="bob")
+    quotas = Quotas(teams={"vision": Quota(cpus=1), "nlp": Quota(cpus=3)})
+    plan = policy.plan([urgent], active, {"CPU": 0.0}, NOW, {"CPU": 3.0}, quotas)
+    assert plan.preempt == ["job-000002"] and plan.preempt_for == "job-000004"
+    without = policy.plan([urgent], active, {"CPU": 0.0}, NOW, {"CPU": 3.0})
+    assert without.preempt == ["job-000003"]
+
+
+def test_a_job_waiting_for_its_own_quota_preempts_nobody():
+    """nlp is at its 1-CPU quota: its high-priority job waits for that quota and stops none
+    of vision's low jobs, however much higher its priority is."""
+    policy = PriorityPolicy()
+    active = [
+        job(1, 0, 1, state="running", team="vision", owner="alice"),
+        job(2, 0, 1, state="running", team="nlp", owner="bob"),
+    ]
+    urgent = job(3, 100, 1, team="nlp", owner="bob")
+    plan = policy.plan([urgent], active, {"CPU": 0.0}, NOW, {"CPU": 2.0},
+                       Quotas(teams={"nlp": Quota(cpus=1)}))  # fmt: skip
+    assert plan.preempt == []
+    assert plan.waiting["job-000003"].startswith("quota: team nlp holds CPU 1 of 1")

@@ -77,7 +77,7 @@ def test_a_queue_db_from_before_schema_versions_opens_with_its_jobs(tmp_path):
     path = tmp_path / "queue.db"
     shutil.copyfile(FIXTURES / "queue-release-1.db", path)
     store = JobStore(path)
-    assert store.schema_version == SCHEMA_VERSION == 2
+    assert store.schema_version == SCHEMA_VERSION == 3
     assert store.queue_id == "e9a3e064"
     jobs = {job.name: job for job in store.all()}
     assert {(job.owner, job.team) for job in jobs.values()} == {("admin", "admins")}
@@ -99,7 +99,7 @@ def test_a_queue_db_from_a_newer_release_is_refused_in_one_line(tmp_path):
     db = sqlite3.connect(path)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
-    with pytest.raises(StoreVersionError, match=r"queue schema 3, newer than this orch's 2"):
+    with pytest.raises(StoreVersionError, match=r"queue schema 4, newer than this orch's 3"):
         JobStore(path)
 
 
