@@ -146,6 +146,12 @@ def _add_models(sub) -> None:
     models.add_argument(
         "--tracking-uri", default=None, help="MLflow tracking URI (default: the embedded store)"
     )
+    models.add_argument(
+        "--server",
+        default=None,
+        help="the queue server's URL: its registry, with your queue token (default "
+        "$ORCH_SERVER; members change models only this way)",
+    )
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     mlist = msub.add_parser("list", help="registered models with their versions and aliases")
     mlist.add_argument("--json", action="store_true", help="print JSON")
@@ -454,8 +460,32 @@ def _cmd_serve_down(args) -> int:
     return 0
 
 
+class _ServerRegistry:
+    """``orch models`` through the queue server: ``Client``'s registry calls, by HTTP."""
+
+    def __init__(self, url: str):
+        from orchestrator.queue_client import QueueClient
+
+        self.queue = QueueClient(server=url)
+
+    def list_models(self, uri):
+        return self.queue.list_models()
+
+    def show_model(self, name, uri):
+        return self.queue.show_model(name)
+
+    def promote(self, name, version, alias, uri):
+        self.queue.promote(name, version, alias)
+
+    def rollback(self, name, alias, uri):
+        return self.queue.rollback(name, alias)
+
+
 def _cmd_models(args) -> int:
-    client = Client()
+    server = args.server or os.environ.get("ORCH_SERVER")
+    if server and args.tracking_uri:
+        raise UsageError("--tracking-uri and --server (or $ORCH_SERVER) do not go together")
+    client = _ServerRegistry(server) if server else Client()
     uri = args.tracking_uri
     action = args.models_command
     if action == "list":

@@ -29,12 +29,20 @@ def _add_server(sub) -> None:
         "--no-preemption", action="store_true", help="never stop running jobs for others"
     )
     server.add_argument("--poll-s", type=float, default=1.0, help="scheduler pass interval")
+    server.add_argument(
+        "--registry-role",
+        choices=("admin", "member"),
+        default="admin",
+        help="the least role that may promote, roll back and deploy models through the "
+        "server (a member only its team's <team>-... models; default admin)",
+    )
 
 
 def cmd_server(args) -> int:
     from pathlib import Path
 
     from orchestrator.queue_client import queue_dir
+    from orchestrator.scheduling.access import AccessConfig
     from orchestrator.scheduling.policy import PolicyConfig
     from orchestrator.scheduling.server import serve_forever
 
@@ -47,6 +55,7 @@ def cmd_server(args) -> int:
             aging_per_minute=args.aging_per_minute, preemption=not args.no_preemption
         ),
         poll_s=args.poll_s,
+        access=AccessConfig(registry_role=args.registry_role),
     )
 
 

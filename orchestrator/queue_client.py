@@ -259,6 +259,25 @@ class QueueClient:
     def cluster(self) -> dict:
         return self._call("GET", "/cluster").json()
 
+    # ------------------------------------------------- the registry, through the server
+
+    def list_models(self) -> list[dict]:
+        """Registered models in the server's store (as ``Client.list_models``)."""
+        return self._call("GET", "/models").json()
+
+    def show_model(self, name: str) -> dict:
+        return self._call("GET", f"/models/{name}").json()
+
+    def promote(self, name: str, version: str, alias: str = "champion") -> None:
+        """Point ``name@alias`` at ``version``: takes the role the server's settings name."""
+        body = {"version": str(version), "alias": alias}
+        self._call("POST", f"/models/{name}/promote", json=body)
+
+    def rollback(self, name: str, alias: str = "champion") -> tuple[str, str]:
+        """Move ``name@alias`` back to its previous version; returns (from, to)."""
+        moved = self._call("POST", f"/models/{name}/rollback", json={"alias": alias}).json()
+        return moved["from"], moved["to"]
+
 
 class Job:
     """A handle on one queued job; ``info`` is its record as last fetched."""

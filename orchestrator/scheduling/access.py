@@ -8,6 +8,12 @@
 - A member submits, and cancels, retries and reads the logs and results of their own jobs;
   others' jobs show in the queue with their position and demand but not their spec, working
   directory, environment, result or logs. A viewer only looks. An admin may do everything.
+- Registry changes (promote, rollback, and deploys: a job spec with a ``serve`` section) take
+  the role the server's settings name (``orch server --registry-role``, admin by default),
+  never anything in a spec; a member changes only their team's models (``<team>-...``). A
+  member's run still registers its own versions and moves the alias by its
+  ``register.promote_if``, inside the team's names: that is the run's result, not a change
+  to what others serve. Everyone may read the registry.
 """
 
 from __future__ import annotations
@@ -16,11 +22,24 @@ import hmac
 import os
 from pathlib import Path
 
-from orchestrator.scheduling.identity import LOCAL_ADMIN, Identities, User
+from pydantic import BaseModel, Field
+
+from orchestrator.scheduling.identity import LOCAL_ADMIN, Identities, Role, User
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.token import ray_token, token_required
 
 TOKEN_ENV = "ORCH_TOKEN"
+RANK = {"viewer": 0, "member": 1, "admin": 2}
+
+
+class AccessConfig(BaseModel):
+    """What the server's settings decide about who may do what (``orch server`` flags)."""
+
+    registry_role: Role = Field(
+        "admin",
+        description="The least role that may promote, roll back and deploy models (a member "
+        "only its team's).",
+    )
 
 
 class Unauthenticated(Exception):
@@ -70,6 +89,20 @@ def caller(identities: Identities, authorization: str) -> User:
 def check_submit(user: User) -> None:
     if user.role == "viewer":
         raise Forbidden(f"{user.name} is a viewer: viewers see the queue but submit nothing")
+
+
+def check_registry(user: User, model: str, config: AccessConfig, action: str) -> None:
+    """``user`` may ``action`` (promote, roll back, deploy) registered model ``model``."""
+    if RANK[user.role] < RANK[config.registry_role]:
+        raise Forbidden(
+            f"{user.name} is a {user.role}: to {action} a model takes role "
+            f"{config.registry_role} on this server (its admin sets orch server --registry-role)"
+        )
+    if not user.admin and not model.startswith(f"{user.team}-"):
+        raise Forbidden(
+            f"{model!r} is not team {user.team}'s: a member may {action} only models named "
+            f"{user.team}-..."
+        )
 
 
 def check_owner(user: User, job: JobInfo, action: str) -> None:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from orchestrator.exceptions import SpecError
 from orchestrator.plan import plan_for, plan_with
 from orchestrator.result_file import read_outcome
+from orchestrator.scheduling.access import AccessConfig, check_registry
 from orchestrator.scheduling.boundary import check_member_spec, member_cwd
 from orchestrator.scheduling.demand import (
     Demand,
@@ -89,8 +90,10 @@ class Scheduler:
         *,
         poll_s: float = 1.0,
         python: str = sys.executable,
+        access: AccessConfig | None = None,
     ):
         self.store = store
+        self.access = access or AccessConfig()
         self.ray = ray_jobs
         self.policy = policy
         self.state_dir = Path(state_dir)
@@ -114,6 +117,8 @@ class Scheduler:
         Raises:
             SpecError: the spec is invalid, or can never fit this cluster.
             RayUnavailable: the cluster's resources could not be read.
+            Forbidden: it deploys a model and ``owner`` may not (``access.check_registry``).
+            OutsideBoundary, QuotaRefused: a member's spec or submit passes their rights.
         """
         if request.idempotency_key:
             existing = self.store.by_key(request.idempotency_key)
@@ -123,6 +128,8 @@ class Scheduler:
 
         spec, _ = parse_spec(request.spec_text, Path(request.spec_path))
         cwd, env = self._place(owner, spec, request)
+        if spec.serve is not None:  # a deploy is a registry change: the server's rule
+            check_registry(owner, spec.registered_model_name, self.access, "deploy")
         _check_data_path(spec.data.source, cwd, request.spec_path)
         try:
             priority = priority_value(
@@ -187,6 +194,11 @@ class Scheduler:
         if os.environ.get("MLFLOW_TRACKING_URI"):
             server_env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
         return str(cwd), server_env
+
+    def tracking_uri(self) -> str:
+        """The MLflow store members' jobs write to, and the registry the server changes."""
+        home_store = f"sqlite:///{self.state_dir.parent / 'mlflow.db'}"
+        return os.environ.get("MLFLOW_TRACKING_URI") or home_store
 
     def _check_submit_quota(self, owner: User, priority: int) -> None:
         """A member's team and the member may each cap the priority and the jobs queued at

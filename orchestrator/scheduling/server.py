@@ -19,14 +19,16 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from orchestrator.exceptions import SpecError
 from orchestrator.scheduling.access import (
+    AccessConfig,
     Forbidden,
     Unauthenticated,
     caller,
     check_owner,
+    check_registry,
     check_submit,
     visible,
 )
@@ -71,6 +73,7 @@ _ERROR_STATUS = {
     JobConflict: 409,
     QuotaRefused: 403,
     OutsideBoundary: 403,
+    Forbidden: 403,
 }
 
 
@@ -144,7 +147,7 @@ def build_api(scheduler: Scheduler, info: ServerInfo) -> FastAPI:
         allowed(request, user, "submit", body.spec_path, lambda: check_submit(user))
         try:
             job, created = scheduler.submit(body, user)
-        except (SpecError, QuotaRefused, OutsideBoundary) as exc:
+        except (SpecError, QuotaRefused, OutsideBoundary, Forbidden) as exc:
             gate.refused(request, user, "submit", body.spec_path, exc)
             raise
         if created:
@@ -199,7 +202,72 @@ def build_api(scheduler: Scheduler, info: ServerInfo) -> FastAPI:
     def cluster(user: User = Depends(who)) -> dict:
         return _cluster_view(scheduler)
 
+    _add_registry_routes(app, gate, scheduler)
     return app
+
+
+class PromoteRequest(BaseModel):
+    version: str = Field(pattern=r"^[0-9]+$", description="The version the alias moves to.")
+    alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+class RollbackRequest(BaseModel):
+    alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+def _add_registry_routes(app: FastAPI, gate: CallGate, scheduler: Scheduler) -> None:
+    """The model registry through the server (its own store, where members' queued runs
+    register): anyone reads it; a promote or rollback takes the role the server's settings
+    name (a member only its team's models), and is audited."""
+    from serve.registry import Registry, RegistryError
+
+    access = scheduler.access
+
+    def _registry() -> Registry:
+        return Registry(scheduler.tracking_uri())
+
+    @app.exception_handler(RegistryError)
+    async def _cannot(request, exc: RegistryError):
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+    @app.get("/models")
+    def models(user: User = Depends(gate.who)) -> list[dict]:
+        return _registry().models()
+
+    @app.get("/models/{name}")
+    def model(name: str, user: User = Depends(gate.who)) -> dict:
+        return _registry().show(name)
+
+    def change(request: Request, user: User, action: str, name: str, call) -> dict:
+        gate.allow(request, user, f"models.{action}", name,
+                   lambda: check_registry(user, name, access, action))  # fmt: skip
+        try:
+            outcome = call(_registry())
+        except RegistryError as exc:
+            gate.record(request, user, f"models.{action}", name, f"refused (409): {exc}")
+            raise
+        gate.record(request, user, f"models.{action}", name, f"ok: {json.dumps(outcome)}")
+        return outcome
+
+    @app.post("/models/{name}/promote")
+    def promote(
+        name: str, body: PromoteRequest, request: Request, user: User = Depends(gate.who)
+    ) -> dict:
+        def call(registry) -> dict:
+            registry.promote(name, body.version, body.alias)
+            return {"alias": body.alias, "version": body.version}
+
+        return change(request, user, "promote", name, call)
+
+    @app.post("/models/{name}/rollback")
+    def rollback(
+        name: str, body: RollbackRequest, request: Request, user: User = Depends(gate.who)
+    ) -> dict:
+        def call(registry) -> dict:
+            before, after = registry.rollback(name, body.alias)
+            return {"alias": body.alias, "from": before, "to": after}
+
+        return change(request, user, "rollback", name, call)
 
 
 def _cluster_view(scheduler: Scheduler) -> dict:
@@ -240,6 +308,7 @@ def serve_forever(
     ray_address: str | None = None,
     policy: PolicyConfig | None = None,
     poll_s: float = 1.0,
+    access: AccessConfig | None = None,
 ) -> int:
     """Run the queue server until SIGTERM/SIGINT. Returns an exit code."""
     import uvicorn
@@ -258,7 +327,12 @@ def serve_forever(
         return 2
     dashboard_url = _connect(ray_address)
     scheduler = Scheduler(
-        store, RayJobs(dashboard_url), create_policy("priority", policy), state_dir, poll_s=poll_s
+        store,
+        RayJobs(dashboard_url),
+        create_policy("priority", policy),
+        state_dir,
+        poll_s=poll_s,
+        access=access,
     )
     sock = _listening_socket(host, port)
     bound = sock.getsockname()[1]
