@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="open the MLflow UI on the embedded store")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    ui.add_argument(
+        "--read-only",
+        action="store_true",
+        help="open the store read-only and serve no artifact uploads: the UI for a shared "
+        "queue's members",
+    )
     return parser
 
 
@@ -538,8 +544,9 @@ def _cmd_schema(args) -> int:
 def _cmd_ui(args) -> int:
     from orchestrator.mlflow_ui import ui_command
 
-    command = ui_command(args.host, args.port)
-    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr)
+    command = ui_command(args.host, args.port, read_only=args.read_only)
+    mode = ", read-only" if args.read_only else ""
+    print(f"MLflow UI on http://{args.host}:{args.port}{mode} (Ctrl-C to stop)", file=sys.stderr)
     os.execv(command[0], command)
     return 0  # not reached
 

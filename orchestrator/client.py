@@ -331,18 +331,20 @@ class Client:
 
         return stop_cluster()
 
-    def ui(self, host: str = "127.0.0.1", port: int = 5000):
+    def ui(self, host: str = "127.0.0.1", port: int = 5000, read_only: bool = False):
         """Start the MLflow UI on the embedded store; returns its ``subprocess.Popen``
-        (stop it with ``terminate()``). ``orch ui`` runs the same command in its place.
+        (stop it with ``terminate()``). ``orch ui`` runs the same command in its place;
+        ``read_only`` opens the store read-only (``orchestrator.mlflow_ui``).
 
         Raises:
             OrchestratorError: the ``mlflow`` command is not installed here.
+            UsageError: ``read_only`` on a store that is not a SQLite file.
         """
         import subprocess
 
         from orchestrator.mlflow_ui import ui_command
 
-        return subprocess.Popen(ui_command(host, port))
+        return subprocess.Popen(ui_command(host, port, read_only))
 
     def load_model(self, model_uri: str, tracking_uri: str | None = None):
         """A logged or registered model (``runs:/``, ``models:/name@alias``, ``models:/m-...``)
