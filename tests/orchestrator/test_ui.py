@@ -132,6 +132,8 @@ def test_read_only_ui_refuses_a_tracking_server_in_one_line(orch_home, monkeypat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     done = subprocess.run([ORCH, "ui", "--read-only"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith(
-        "error: --read-only serves a SQLite store, not http://mlflow.example:5000"
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: --read-only serves a SQLite store, not http://mlflow.example:5000")
     )
