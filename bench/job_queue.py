@@ -249,7 +249,7 @@ def render(results: dict) -> str:
         [
             [
                 f"scheduling decisions >= 1,000/s with {d['jobs']:,} jobs queued from "
-                f"{USERS} users in {TEAMS} teams, quotas and fair share on",
+                f"{USERS} users in {TEAMS} teams, team and user quotas and fair share on",
                 f"{d['decisions_per_s']:,.0f}/s ({d['decided_per_pass']:,} decisions in "
                 f"{d['pass_s'] * 1000:.0f} ms, SQLite read included)",
                 "met" if d["decisions_per_s"] >= 1000 else "**NOT met**",
