@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from orchestrator.scheduling.identity import LOCAL_ADMIN, Identities, Role, User
+from orchestrator.scheduling.identity import LOCAL_ADMIN, TOKEN, Identities, Role, User
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.token import ray_token, token_required
 
@@ -83,6 +83,11 @@ def caller(identities: Identities, authorization: str) -> User:
         return user
     if _is_ray_token(token):
         return LOCAL_ADMIN
+    if not TOKEN.match(token):
+        raise Unauthenticated(
+            "malformed token: an orch token is orch_<8 hex>_<43 characters>, as orch users add "
+            f"printed it (check ${TOKEN_ENV} or ~/.orch/token for a cut or extra character)"
+        )
     raise Unauthenticated("unknown or revoked token; ask an admin for one (orch users add)")
 
 

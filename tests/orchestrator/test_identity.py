@@ -46,6 +46,18 @@ def test_tokens_are_random_stored_hashed_and_revocable(store, tmp_path):
     assert identities.authenticate(alice.token) is None  # at once
     assert identities.authenticate(root.token).admin
 
+    from orchestrator.scheduling.access import Unauthenticated, caller
+
+    for header, message in (
+        (f"Bearer {alice.token}", "unknown or revoked token"),
+        (f"Bearer {root.token[:-1]}", "malformed token: an orch token is orch_<8 hex>_<43"),
+        ("Bearer orch_zz_x", "malformed token"),
+        ("Basic abc", "this queue has users: send your token"),
+    ):
+        with pytest.raises(Unauthenticated, match=message):
+            caller(identities, header)
+    assert caller(identities, f"Bearer {root.token}").name == "root"
+
 
 @pytest.mark.parametrize(
     "call, message",

@@ -93,6 +93,23 @@ def test_a_queue_db_from_before_schema_versions_opens_with_its_jobs(tmp_path):
     store.close()
 
 
+def test_a_version_2_queue_db_gains_user_quotas_and_keeps_its_users(tmp_path):
+    """A queue.db written before per-user quotas (schema 2) opens as 3 with its users."""
+    path = tmp_path / "queue.db"
+    store = JobStore(path)
+    store.identities.add_user("root", "admins", "admin")
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE user_quotas")
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    store = JobStore(path)
+    assert store.schema_version == 3 and store.identities.user("root").admin
+    assert store.identities.set_user_quota("root", cpus=1).cpus == 1
+    store.close()
+
+
 def test_a_queue_db_from_a_newer_release_is_refused_in_one_line(tmp_path):
     path = tmp_path / "queue.db"
     JobStore(path).close()

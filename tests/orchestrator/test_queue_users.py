@@ -3,6 +3,7 @@ jobs only, admins on all, every change (refusals too) lands in a verifiable audi
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import httpx
@@ -59,6 +60,16 @@ def test_members_act_on_their_own_jobs_and_every_change_is_audited(
     cancelled = httpx.post(f"{url}/jobs/{job.id}/cancel", headers=_as(root), timeout=30)
     assert cancelled.status_code == 200 or "already" in cancelled.text
     wait_for(lambda: store.get(job.id).terminal, 120, f"{job.id} to end")
+    # bob may not retry it either; the admin reads its logs and retries it
+    refused = httpx.post(f"{url}/jobs/{job.id}/retry", headers=_as(bob), timeout=10)
+    assert refused.status_code == 403 and "belongs to alice" in refused.json()["detail"]
+    if store.get(job.id).state in ("failed", "cancelled"):
+        again = httpx.post(f"{url}/jobs/{job.id}/retry", headers=_as(root), timeout=30)
+        assert again.status_code == 201 and again.json()["owner"] == "alice"  # still hers
+        httpx.post(f"{url}/jobs/{again.json()['id']}/cancel", headers=_as(root), timeout=30)
+        wait_for(lambda: store.get(again.json()["id"]).terminal, 120, "the retry to end")
+    read = httpx.get(f"{url}/jobs/{job.id}/logs", headers=_as(root), timeout=30)
+    assert read.status_code == 200 and read.json()["state"] == store.get(job.id).state
 
     # quotas on the real server: vision may hold 1 CPU; its second job waits for vision
     # alone while nlp's job starts beside its first (2 CPUs)
@@ -82,8 +93,12 @@ def test_members_act_on_their_own_jobs_and_every_change_is_audited(
     main(["users", "revoke", "bob", "--state-dir", str(queue_client.state_dir)])
     assert httpx.get(f"{url}/jobs", headers=_as(bob), timeout=10).status_code == 401
 
-    trail = [(e.user, e.action, e.target, e.outcome.split(":")[0]) for e in store.audit.entries()]
+    capsys.readouterr()
+    assert main(["audit", "--json", "--state-dir", str(queue_client.state_dir)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    trail = [(e["user"], e["action"], e["target"], e["outcome"].split(":")[0]) for e in listed]
     assert ("alice", "submit", job.id, "ok") in trail
+    assert ("bob", "retry", job.id, "refused (403)") in trail
     assert ("bob", "cancel", job.id, "refused (403)") in trail
     assert ("root", "cancel", job.id, "ok") in trail
     assert ("orch:scheduler", "admit", job.id, "ok") in trail  # the scheduler's decisions too
