@@ -257,8 +257,8 @@ def _fit_ray_train(
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
     from jobs.local import latest_checkpoint_in
+    from jobs.ray_internals import in_memory_data_trainer
     from jobs.splits import fits_in_memory
-    from jobs.train_internals import InMemoryDataTorchTrainer
     from jobs.worker import train_loop_per_worker
 
     train = job.train
@@ -266,7 +266,7 @@ def _fit_ray_train(
         os.environ.setdefault(name, value)
     small = fits_in_memory(data)
     resume_from = latest_checkpoint_in(Path(storage_path) / run_name)
-    trainer = InMemoryDataTorchTrainer(
+    trainer = in_memory_data_trainer()(
         train_loop_per_worker,
         train_loop_config={
             "job": job,

@@ -75,7 +75,7 @@ def http_address(spec: ServeSpec) -> str:
 
     A Serve that was already running keeps its own port whatever the spec says.
     """
-    from serve.serve_internals import running_http_options
+    from jobs.ray_internals import running_http_options
 
     options = running_http_options()
     if options is None:  # Serve not running yet
@@ -115,7 +115,7 @@ def check_grpc(spec: ServeSpec) -> None:
     """A Serve already running keeps its gRPC options: say so when they are not the spec's."""
     if spec.grpc_port is None:
         return
-    from serve.serve_internals import running_grpc_port
+    from jobs.ray_internals import running_grpc_port
 
     running = running_grpc_port()
     if running != spec.grpc_port:

@@ -1,15 +1,13 @@
 """Private names of Ray and MLflow: only in one adapter module per library, and still there.
 
 Each use is deliberate (there is no public equivalent) and lives in its library's adapter:
-- ``serve/serve_internals.py``: Ray Serve's ``_get_global_client`` (and its controller's
-  ``get_grpc_config``), the running Serve's HTTP address and gRPC port (the latter checked
-  by tests/serve/test_grpc.py, which asks a running Serve for its gRPC port);
-- ``serve/mlflow_internals.py``: MLflow's ``_validate_pt2_archive_is_pickle_free``, refusing
-  a pt2 archive that holds pickles before ``torch.export.load``;
-- ``tuning/tune_internals.py``: Ray Tune's ASHA and median-rule state that says why a trial
-  was stopped (the rungs and cutoffs the decision used);
-- ``jobs/train_internals.py``: Ray Train's ``DatasetsCallback`` and default callback list
-  (checked by tests/jobs/test_startup.py).
+- ``jobs/ray_internals.py``, Ray's: Ray Train's ``DatasetsCallback`` and default callback
+  list (checked by tests/jobs/test_startup.py); Ray Tune's ASHA and median-rule state that
+  says why a trial was stopped (the rungs and cutoffs the decision used); Ray Serve's
+  ``_get_global_client`` (and its controller's ``get_grpc_config``), the running Serve's
+  HTTP address and gRPC port (the latter checked by tests/serve/test_grpc.py);
+- ``serve/mlflow_internals.py``, MLflow's: ``_validate_pt2_archive_is_pickle_free``,
+  refusing a pt2 archive that holds pickles before ``torch.export.load``.
 
 The source walk fails when a private name turns up anywhere else; the other tests fail on
 the upgrade that renames or removes one, instead of a feature breaking quietly.
@@ -22,12 +20,8 @@ import ast
 from tests.test_import_graph import our_modules
 
 LIBRARIES = ("ray", "mlflow")
-ADAPTERS = {
-    "serve.serve_internals": "ray",
-    "serve.mlflow_internals": "mlflow",
-    "tuning.tune_internals": "ray",
-    "jobs.train_internals": "ray",
-}
+ADAPTERS = {"jobs.ray_internals": "ray", "serve.mlflow_internals": "mlflow"}
+"""The one adapter module per library."""
 
 
 def _private(name: str) -> bool:
@@ -157,7 +151,21 @@ def private_uses() -> dict[str, list[str]]:
 
 def test_private_library_names_appear_only_in_their_adapters():
     assert set(ADAPTERS) <= set(our_modules())
+    assert sorted(ADAPTERS.values()) == sorted(LIBRARIES)  # one module per library
     assert private_uses() == {}
+
+
+def test_importing_the_ray_adapter_imports_no_ray_library():
+    """Its classes are made on first use: the Serve and queue paths import it cheaply."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, jobs.ray_internals; "
+        "print(sorted(m for m in ('ray.train', 'ray.tune', 'ray.serve') if m in sys.modules))"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert shown.stdout.strip() == "[]", shown.stderr
 
 
 def test_the_walk_finds_each_kind_of_private_use():
@@ -188,7 +196,7 @@ class Ours(AsyncHyperBandScheduler):
 
 
 def test_serve_http_options_of_a_running_serve():
-    from serve.serve_internals import running_http_options
+    from jobs.ray_internals import running_http_options
 
     # None without a running Serve; a worker of the suite may already run one
     options = running_http_options()
@@ -221,3 +229,11 @@ def test_tune_scheduler_internals_the_stop_reasons_read():
         assert callable(getattr(median, method)), method
     assert callable(MedianStoppingRule._on_insufficient_samples)
     assert median._metric == "val_accuracy"
+
+    from jobs.ray_internals import explained_asha, explained_median
+
+    told: list[tuple] = []
+    ours = explained_asha(lambda *why: told.append(why), 10, metric="val_accuracy", mode="max")
+    assert isinstance(ours, AsyncHyperBandScheduler) and ours.epochs == 10
+    assert isinstance(explained_median(told.append, 10, metric="m", mode="max"),
+                      MedianStoppingRule)  # fmt: skip

@@ -3,7 +3,7 @@
 The schedulers are Ray Tune's own, each with a thin subclass that says *why* it stopped a
 trial (the metric, the epoch, the cutoff it missed): the CLI prints it and MLflow keeps it
 as the trial's ``orch.stop_reason`` tag. The subclasses read Tune's private state, so they
-live in ``tuning.tune_internals``.
+live in ``jobs.ray_internals``, the one module on Ray's private names.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import warnings
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler
 
+from jobs.ray_internals import TIME_ATTR, explained_asha, explained_median
+from tuning import events
 from tuning.spec import TuneSpec
-from tuning.tune_internals import TIME_ATTR, ExplainedASHA, ExplainedMedian
 
 __all__ = ["TIME_ATTR", "create_scheduler", "create_searcher"]
 
@@ -48,14 +49,23 @@ def create_searcher(tune: TuneSpec, max_concurrent: int | None = None):
     return OptunaSearch(sampler=sampler)
 
 
+def _stop_reporter(study: str):
+    """The study's StopDecision event for each trial a scheduler stops early."""
+
+    def report(trial_id: str, epoch: int, reason: str) -> None:
+        events.emit(study, events.StopDecision(trial_id, epoch, reason))
+
+    return report
+
+
 def create_scheduler(tune: TuneSpec, epochs: int, study: str):
     """The early-stopping scheduler; trials are measured in epochs."""
     early = tune.early_stopping
     if early.type == "none":
         return FIFOScheduler()
     if early.type == "asha":
-        return ExplainedASHA(
-            study,
+        return explained_asha(
+            _stop_reporter(study),
             epochs,
             time_attr=TIME_ATTR,
             max_t=epochs,
@@ -70,8 +80,8 @@ def create_scheduler(tune: TuneSpec, epochs: int, study: str):
         # pauses to our trials in a measured 9-trial study).
         grace = min(early.grace_period, epochs)
         brackets = max(1, int(np.log(epochs / grace) / np.log(early.reduction_factor)) + 1)
-        return ExplainedASHA(
-            study,
+        return explained_asha(
+            _stop_reporter(study),
             epochs,
             label="HyperBand",
             time_attr=TIME_ATTR,
@@ -80,8 +90,8 @@ def create_scheduler(tune: TuneSpec, epochs: int, study: str):
             reduction_factor=early.reduction_factor,
             brackets=brackets,
         )
-    return ExplainedMedian(
-        study,
+    return explained_median(
+        _stop_reporter(study),
         epochs,
         time_attr=TIME_ATTR,
         grace_period=early.grace_period,

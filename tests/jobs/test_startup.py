@@ -88,7 +88,7 @@ def test_zero_1_2_3_and_bf16_engines_step_without_importing_muon():
 
 
 def test_a_run_on_in_memory_splits_starts_no_ray_data_actor(ray_session):
-    """jobs/train_internals.py drops Ray Train's DatasetsCallback (it starts a DatasetManager
+    """jobs/ray_internals.py drops Ray Train's DatasetsCallback (it starts a DatasetManager
     process per fit) when no Ray Dataset is passed, and only then; this fails on the Ray
     upgrade that renames the method or moves the callback."""
     import ray.data
@@ -96,10 +96,10 @@ def test_a_run_on_in_memory_splits_starts_no_ray_data_actor(ray_session):
     from ray.train.v2._internal.callbacks.backend_setup import BackendSetupCallback
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 
-    from jobs.train_internals import InMemoryDataTorchTrainer
+    from jobs.ray_internals import in_memory_data_trainer
 
     def kinds(datasets) -> set[type]:
-        trainer = InMemoryDataTorchTrainer(
+        trainer = in_memory_data_trainer()(
             lambda config: None, scaling_config=ScalingConfig(num_workers=2), datasets=datasets
         )
         return {type(callback) for callback in trainer._create_default_callbacks()}
