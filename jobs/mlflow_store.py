@@ -4,7 +4,7 @@ Runs and their outbox (``jobs.tracking.RunTracker``), a study's parent and child
 (``tuning.tracking``), model loading and the registry (``serve.registry``) all take their
 ``MlflowClient`` here: one per tracking URI in a process, with the registry on the same
 URI (orch keeps both in one store). None of them reads MLflow's process-wide URIs; the
-fluent calls that must (``log_model``, ``register_model``) go through
+fluent call that must (``log_model``) goes through
 ``jobs.mlflow_fluent.fluent_calls``. tests/test_mlflow_fluent.py checks that no other module
 builds a client or sets those URIs.
 """

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jobs.mlflow_fluent import fluent_calls
 from jobs.mlflow_store import mlflow_client
 from jobs.model_uri import parse_models_uri
 from jobs.prepared import DataInfo
@@ -19,10 +18,44 @@ if TYPE_CHECKING:
 
 def load_model(model_uri: str, tracking_uri: str):
     """Read a logged model back as a torch module (``torch.export`` program, no pickle)."""
+    import tempfile
+
     import mlflow.pytorch
 
-    with fluent_calls(tracking_uri):
-        return mlflow.pytorch.load_model(model_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        return mlflow.pytorch.load_model(_local_copy(model_uri, tracking_uri, tmp))
+
+
+def _local_copy(model_uri: str, tracking_uri: str, folder: str) -> str:
+    """The model's files under ``folder``, found through ``tracking_uri``'s store without
+    touching MLflow's process-wide URIs (MLflow resolves a ``models:/`` URI through its
+    process-wide registry URI whatever it is told, so the location is looked up here)."""
+    import mlflow.artifacts
+
+    return mlflow.artifacts.download_artifacts(
+        artifact_uri=_location(mlflow_client(tracking_uri), model_uri),
+        dst_path=folder,
+        tracking_uri=tracking_uri,
+    )
+
+
+def _location(client, model_uri: str) -> str:
+    """Where a ``models:/`` or ``runs:/`` model's files lie (an artifact URI)."""
+    if model_uri.startswith("runs:/"):
+        run_id, _, path = model_uri.removeprefix("runs:/").partition("/")
+        return f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{path}"
+    if not model_uri.startswith("models:/"):
+        return model_uri  # already where the files are (file:, s3:, ...)
+    ref = parse_models_uri(model_uri)
+    if ref.logged_model_id is not None:
+        return client.get_logged_model(ref.logged_model_id).artifact_location
+    if ref.alias is not None:
+        version = client.get_model_version_by_alias(ref.name, ref.alias)
+    else:
+        version = client.get_model_version(ref.name, ref.version)
+    if version.model_id:  # a logged model's version (MLflow 3): its own files
+        return client.get_logged_model(version.model_id).artifact_location
+    return _location(client, version.source)
 
 
 def load_inference_model(model_uri: str, tracking_uri: str) -> tuple[InferenceModel, DataInfo]:
@@ -37,7 +70,6 @@ def load_inference_model(model_uri: str, tracking_uri: str) -> tuple[InferenceMo
     """
     import tempfile
 
-    import mlflow
     import mlflow.pytorch
     import yaml
 
@@ -58,9 +90,8 @@ def load_inference_model(model_uri: str, tracking_uri: str) -> tuple[InferenceMo
         info = DataInfo.model_validate_json(
             Path(client.download_artifacts(run_id, "data_info.json", tmp)).read_text()
         )
+        program = mlflow.pytorch.load_model(_local_copy(model_uri, tracking_uri, tmp))
     model = InferenceModel.build(ModelSpec.model_validate(spec["model"]), info)
-    with fluent_calls(tracking_uri):
-        program = mlflow.pytorch.load_model(model_uri)
     model.load_state_dict(program.state_dict())
     return model.eval(), info
 
@@ -70,6 +101,8 @@ def _run_of(client, model_uri: str) -> str:
     if model_uri.startswith("runs:/"):
         return model_uri.split("/")[1]
     ref = parse_models_uri(model_uri)
+    if ref.logged_model_id is not None:
+        return client.get_logged_model(ref.logged_model_id).source_run_id
     if ref.alias is not None:
         return client.get_model_version_by_alias(ref.name, ref.alias).run_id
     return client.get_model_version(ref.name, ref.version).run_id

@@ -75,14 +75,29 @@ class Registry:
     # ----------------------------------------------------------------- writing
 
     def register(self, model_uri: str, name: str, tags: dict[str, str], metrics: dict) -> str:
-        """A new version of ``name`` from ``model_uri``; returns its version number."""
-        import mlflow
+        """A new version of ``name`` from ``model_uri`` (a logged model's ``models:/m-...``
+        or a ``runs:/`` URI); returns its version number."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
-        from jobs.mlflow_fluent import fluent_calls
+        from jobs.model_uri import parse_models_uri
 
         all_tags = dict(tags) | {f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items()}
-        with fluent_calls(self.tracking_uri):
-            version = mlflow.register_model(model_uri, name, tags=all_tags)
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as exc:  # a later version of a known model
+            if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+        source, run_id, model_id = model_uri, None, None
+        if model_uri.startswith("models:/"):  # a logged model (MLflow 3), by its id
+            model_id = parse_models_uri(model_uri).logged_model_id
+            # its files and run, from our store: MLflow's registry would look a models:/
+            # source up through its process-wide tracking URI, whatever store this is
+            logged = self.client.get_logged_model(model_id)
+            source, run_id = logged.artifact_location, logged.source_run_id
+        version = self.client.create_model_version(
+            name, source=source, run_id=run_id, tags=all_tags, model_id=model_id
+        )
         return str(version.version)
 
     def promote(self, name: str, version: str, alias: str) -> None:
@@ -130,6 +145,11 @@ class Registry:
             ref = parse_models_uri(model_uri)
         except ValueError as exc:
             raise RegistryError(str(exc)) from None
+        if ref.logged_model_id is not None:
+            raise RegistryError(
+                f"{model_uri!r} is a logged model, not a registered one: use "
+                "models:/<name>@<alias> or models:/<name>/<version>"
+            )
         name = ref.name
         if ref.alias is not None:
             alias = ref.alias

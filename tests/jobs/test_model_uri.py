@@ -11,6 +11,8 @@ def test_alias_and_version_forms():
     assert parse_models_uri("models:/iris@champion") == ModelsUri("iris", alias="champion")
     assert parse_models_uri("models:/iris/3") == ModelsUri("iris", version="3")
     assert parse_models_uri("models:/team.iris-v2/12").name == "team.iris-v2"
+    logged = parse_models_uri("models:/m-aae84e5030fd4797ad8bd6baf353980b")
+    assert logged == ModelsUri("", logged_model_id="m-aae84e5030fd4797ad8bd6baf353980b")
 
 
 @pytest.mark.parametrize(
