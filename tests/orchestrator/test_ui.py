@@ -29,6 +29,19 @@ def _outside_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
+def _wait_healthy(ui: subprocess.Popen, port: int) -> None:
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                assert r.status == 200
+                return
+        except OSError:
+            assert ui.poll() is None, "orch ui exited"
+            assert time.time() < deadline, "MLflow UI did not come up"
+            time.sleep(1)
+
+
 @pytest.mark.fresh_mlflow_store
 def test_ui_serves_embedded_store_on_loopback(orch_home):
     port = free_port()
@@ -41,16 +54,7 @@ def test_ui_serves_embedded_store_on_loopback(orch_home):
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    assert r.status == 200
-                    break
-            except OSError:
-                assert ui.poll() is None, "orch ui exited"
-                assert time.time() < deadline, "MLflow UI did not come up"
-                time.sleep(1)
+        _wait_healthy(ui, port)
         with urllib.request.urlopen(
             f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10", timeout=10
         ) as r:
@@ -64,19 +68,6 @@ def test_ui_serves_embedded_store_on_loopback(orch_home):
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
-
-
-def _wait_healthy(ui: subprocess.Popen, port: int) -> None:
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                assert r.status == 200
-                return
-        except OSError:
-            assert ui.poll() is None, "orch ui exited"
-            assert time.time() < deadline, "MLflow UI did not come up"
-            time.sleep(1)
 
 
 def test_read_only_ui_shows_the_store_and_changes_nothing(orch_home):
