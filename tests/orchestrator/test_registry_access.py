@@ -39,8 +39,9 @@ def registry_server(orch_home, tmp_path):
 
     client = mlflow.MlflowClient()
     client.create_registered_model("vision-iris")
+    experiment = client.create_experiment("vision-runs", (tmp_path / "artifacts").as_uri())
     for _ in range(2):
-        with mlflow.start_run() as run:
+        with mlflow.start_run(experiment_id=experiment) as run:
             mlflow.log_text("weights", "model/weights.txt")
         source = f"runs:/{run.info.run_id}/model"
         client.create_model_version("vision-iris", source, run.info.run_id)
