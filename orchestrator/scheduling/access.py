@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from orchestrator.scheduling.boundary import team_owns
 from orchestrator.scheduling.identity import LOCAL_ADMIN, TOKEN, Identities, Role, User
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.token import ray_token, token_required
@@ -103,7 +104,7 @@ def check_registry(user: User, model: str, config: AccessConfig, action: str) ->
             f"{user.name} is a {user.role}: to {action} a model takes role "
             f"{config.registry_role} on this server (its admin sets orch server --registry-role)"
         )
-    if not user.admin and not model.startswith(f"{user.team}-"):
+    if not user.admin and not team_owns(user.team, model):
         raise Forbidden(
             f"{model!r} is not team {user.team}'s: a member may {action} only models named "
             f"{user.team}-..."

@@ -34,6 +34,11 @@ class OutsideBoundary(Exception):
     """A member's spec reaches past its team's rights (HTTP 403); the message says where."""
 
 
+def team_owns(team: str, name: str) -> bool:
+    """Whether an experiment, registered model or Serve application ``name`` is ``team``'s."""
+    return name.startswith(f"{team}-")
+
+
 def _local(target: str) -> bool:
     return "://" not in target or target.startswith("file://")
 
@@ -75,7 +80,7 @@ def check_member_spec(spec: PipelineSpec, team: Team, cwd: Path) -> None:
     if spec.serve is not None:
         names["serve.name"] = spec.serve.name
     for field, name in names.items():
-        if not name.startswith(prefix):
+        if not team_owns(team.name, name):
             raise OutsideBoundary(
                 f"{field} {name!r}: a member of {team.name} names its experiments, models "
                 f"and Serve applications {prefix}..."

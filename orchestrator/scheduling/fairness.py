@@ -95,7 +95,8 @@ class QuotaBook:
 
     def reason(self, job: JobInfo) -> str | None:
         """Why ``job`` must wait for its team's or owner's quota; None when it may start."""
-        for who, quota in self._scopes(job):
+        for scope in self._scopes(job):
+            who, quota = scope.label, scope.quota
             held = self.held[who]
             for key, limit in quota.held_limits().items():
                 if held.get(key, 0.0) + job.demand.get(key, 0.0) > limit + 1e-9:
@@ -110,15 +111,15 @@ class QuotaBook:
 
     def over(self, job: JobInfo) -> bool:
         """True when ``job``'s team or owner holds more than its quota now."""
-        for who, quota in self._scopes(job):
-            held = self.held[who]
+        for scope in self._scopes(job):
+            held, quota = self.held[scope.label], scope.quota
             if any(held.get(k, 0.0) > v + 1e-9 for k, v in quota.held_limits().items()):
                 return True
-            if quota.running is not None and self.running[who] > quota.running:
+            if quota.running is not None and self.running[scope.label] > quota.running:
                 return True
         return False
 
     def admitted(self, job: JobInfo) -> None:
-        for who in (f"team {job.team}", f"user {job.owner}"):
-            self.held[who] = add(self.held[who], job.demand)
-            self.running[who] += 1
+        for scope in (f"team {job.team}", f"user {job.owner}"):  # QuotaScope.label's form
+            self.held[scope] = add(self.held[scope], job.demand)
+            self.running[scope] += 1

@@ -20,6 +20,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -115,16 +116,35 @@ class Quota(BaseModel):
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class QuotaScope:
+    """One quota that bounds a job: its team's or its owner's (a plain dataclass: the
+    scheduler makes two per queued job on every pass)."""
+
+    kind: Literal["team", "user"]
+    name: str
+    quota: Quota
+
+    @property
+    def label(self) -> str:
+        """How reasons name it: ``team vision``, ``user alice``."""
+        return f"{self.kind} {self.name}"
+
+    def covers(self, job) -> bool:
+        """True when ``job`` (a ``JobInfo``) counts against this quota."""
+        return (job.team if self.kind == "team" else job.owner) == self.name
+
+
 class Quotas(BaseModel):
     """Every limit the scheduler applies: per team and per user (a job meets both)."""
 
     teams: dict[str, Quota] = Field(default_factory=dict)
     users: dict[str, Quota] = Field(default_factory=dict)
 
-    def of(self, team: str, user: str) -> list[tuple[str, Quota]]:
-        """(who, quota) pairs that bound a job of ``user`` in ``team``, the team's first."""
-        scoped = [(f"team {team}", self.teams.get(team)), (f"user {user}", self.users.get(user))]
-        return [(who, quota) for who, quota in scoped if quota is not None]
+    def of(self, team: str, user: str) -> list[QuotaScope]:
+        """The quotas that bound a job of ``user`` in ``team``, the team's first."""
+        scoped = [("team", team, self.teams.get(team)), ("user", user, self.users.get(user))]
+        return [QuotaScope(kind=k, name=n, quota=q) for k, n, q in scoped if q is not None]
 
 
 class Team(BaseModel):

@@ -210,21 +210,20 @@ class Scheduler:
         if owner.admin:
             return
         queued: list[JobInfo] | None = None
-        for who, quota in self.store.identities.quotas().of(owner.team, owner.name):
+        for scope in self.store.identities.quotas().of(owner.team, owner.name):
+            quota = scope.quota
             if quota.priority is not None and priority > quota.priority:
                 raise QuotaRefused(
-                    f"priority {priority} is above {who}'s limit of {quota.priority}; submit "
-                    "at that or lower (--priority), or ask an admin (orch teams/users set)"
+                    f"priority {priority} is above {scope.label}'s limit of {quota.priority}; "
+                    "submit at that or lower (--priority), or ask an admin (orch teams/users set)"
                 )
             if quota.queued is not None:
                 queued = self.store.queued() if queued is None else queued
-                mine = (j.team == owner.team if who.startswith("team") else j.owner == owner.name
-                        for j in queued)  # fmt: skip
-                waiting = sum(mine)
+                waiting = sum(1 for job in queued if scope.covers(job))
                 if waiting >= quota.queued:
                     raise QuotaRefused(
-                        f"{who} has {waiting} jobs queued, its limit is {quota.queued}; wait "
-                        "for some to start"
+                        f"{scope.label} has {waiting} jobs queued, its limit is {quota.queued}; "
+                        "wait for some to start"
                     )
 
     def cancel(self, job_id: str) -> JobInfo:
