@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -25,7 +24,7 @@ from orchestrator.exceptions import SpecError
 from orchestrator.plan import plan_for, plan_with
 from orchestrator.result_file import read_outcome
 from orchestrator.scheduling.access import AccessConfig, check_registry
-from orchestrator.scheduling.boundary import check_member_spec, member_cwd
+from orchestrator.scheduling.boundary import OutsideBoundary, check_member_spec, member_cwd
 from orchestrator.scheduling.demand import (
     Demand,
     add,
@@ -34,6 +33,7 @@ from orchestrator.scheduling.demand import (
     never_fits,
     subtract,
 )
+from orchestrator.scheduling.entrypoint import anchored_spec_text, isolated_command
 from orchestrator.scheduling.identity import LOCAL_ADMIN, Team, User
 from orchestrator.scheduling.policy import Plan, SchedulingPolicy
 from orchestrator.scheduling.ray_jobs import TERMINAL_RAY_STATES, RayJobs, RayUnavailable
@@ -183,9 +183,9 @@ class Scheduler:
         Raises:
             OutsideBoundary: the member's spec reaches past them.
         """
-        if owner.admin or not self.store.identities.enforced():
+        team = self._member_team(owner)
+        if team is None:
             return request.cwd, request.env
-        team = self.store.identities.team(owner.team) or Team(name=owner.team, created_at=0)
         cwd = member_cwd(team, self.state_dir / "member-jobs")
         cwd.mkdir(parents=True, exist_ok=True)
         check_member_spec(spec, team, cwd)
@@ -194,6 +194,12 @@ class Scheduler:
         if os.environ.get("MLFLOW_TRACKING_URI"):
             server_env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
         return str(cwd), server_env
+
+    def _member_team(self, owner: User) -> Team | None:
+        """The team whose boundary ``owner``'s jobs keep; None for an admin (or no users)."""
+        if owner.admin or not self.store.identities.enforced():
+            return None
+        return self.store.identities.team(owner.team) or Team(name=owner.team, created_at=0)
 
     def tracking_uri(self) -> str:
         """The MLflow store members' jobs write to, and the registry the server changes."""
@@ -383,16 +389,16 @@ class Scheduler:
 
     def _submit_to_ray(self, job: JobInfo) -> None:
         try:
-            spec_file, plan_file = self._write_job_files(job)
-        except SpecError as exc:  # queued by an older release, invalid under this one
-            job.moved("failed", f"its spec no longer validates: {exc}")
+            folder, plan_file = self._write_job_files(job)
+        except (SpecError, OutsideBoundary) as exc:  # invalid now, or its locations moved
+            why = "no longer validates" if isinstance(exc, SpecError) else "is refused at start"
+            job.moved("failed", f"its spec {why}: {exc}")
             job.finished_at = time.time()
             self.store.save(job)
             return
-        command = [self.python, "-m", "orchestrator", "run", str(spec_file), "--json"]
-        command += ["--run-name", job.run_name, "--result-file", str(self._outcome_file(job))]
-        command += ["--plan", str(plan_file)]
-        entrypoint = f"cd {shlex.quote(job.cwd)} && exec " + shlex.join(command)
+        arguments = ["run", "spec.yaml", "--json", "--run-name", job.run_name]
+        arguments += ["--result-file", str(self._outcome_file(job)), "--plan", str(plan_file)]
+        entrypoint = isolated_command(self.python, folder, arguments)
         try:
             self.ray.submit(
                 job.submission_id,
@@ -421,28 +427,30 @@ class Scheduler:
         """Where an attempt's ``orch run`` writes its outcome (orchestrator.result_file)."""
         return self.state_dir / "jobs" / job.id / f"outcome-{attempt or job.attempt}.json"
 
-    def _outcome(self, job: JobInfo) -> dict | None:
-        """The attempt's outcome file; for an attempt started before result files existed,
-        the last JSON document of its Ray job's log, as the queue read it then."""
-        outcome = read_outcome(self._outcome_file(job))
-        if outcome is None:
-            outcome = _result_from_logs(self.ray.logs(job.submission_id))
-        return outcome
-
     def _write_job_files(self, job: JobInfo) -> tuple[Path, Path]:
-        """The spec as the user wrote it, and the plan the job was admitted with: the
-        study runs the trials at once its demand was counted for."""
+        """The job's folder (its working directory: only the server writes it), holding the
+        spec as the user wrote it with relative locations anchored to ``job.cwd``, and the
+        plan the job was admitted with: the study runs the trials at once its demand was
+        counted for.
+
+        Raises:
+            SpecError: the spec no longer validates (queued by an older release).
+            OutsideBoundary: a member's location now leads outside the team's roots (a
+                symlink swapped after submit): checked again here, at start.
+        """
         folder = self.state_dir / "jobs" / job.id
         folder.mkdir(parents=True, exist_ok=True)
-        spec_file = folder / "spec.yaml"
-        spec_file.write_text(job.spec_text)
         from orchestrator.loader import parse_spec
 
         spec, _ = parse_spec(job.spec_text, Path(job.spec_path))
+        team = self._member_team(self._owner(job))
+        if team is not None:
+            check_member_spec(spec, team, Path(job.cwd))
+        (folder / "spec.yaml").write_text(anchored_spec_text(job.spec_text, job.cwd))
         admitted = Demand(
             total=job.demand, bundle=job.bundle, concurrent_trials=job.concurrent_trials
         )
-        return spec_file, plan_with(spec, admitted).write(folder / "plan.json")
+        return folder, plan_with(spec, admitted).write(folder / "plan.json")
 
     def _preempt(self, job: JobInfo, preemptor: JobInfo | None) -> None:
         job.preemptions += 1
@@ -486,9 +494,7 @@ class Scheduler:
             if job.state in ("cancelling", "preempting"):
                 self._finish_stop(job)
             elif status == "SUCCEEDED":
-                job.result = self._outcome(job)
-                job.moved("succeeded", _summary(job.result))
-                job.finished_at = time.time()
+                self._succeeded_or_not(job)
             elif status == "STOPPED":
                 job.moved("cancelled", f"Ray job {job.submission_id} was stopped outside orch")
                 job.finished_at = time.time()
@@ -498,6 +504,23 @@ class Scheduler:
         if (job.state, job.reason) != before:
             self.store.save(job)
         return job
+
+    def _succeeded_or_not(self, job: JobInfo) -> None:
+        """A Ray job that exited 0 succeeded only if its ``orch run`` wrote its outcome:
+        a driver that never reached our code (or code that exits 0 early) did not run the
+        pipeline, whatever its exit status says."""
+        job.finished_at = time.time()
+        job.result = read_outcome(self._outcome_file(job))
+        if job.result is None:
+            job.moved(
+                "failed",
+                f"its Ray job {job.submission_id} exited 0 without writing its outcome "
+                "(the pipeline did not finish; see orch logs)",
+            )
+        elif job.result.get("error"):
+            job.moved("failed", str(job.result["error"]))
+        else:
+            job.moved("succeeded", _summary(job.result))
 
     def _failure(self, job: JobInfo, message: str) -> str:
         """Why the attempt failed: its outcome file's error; else (killed before it could
@@ -533,19 +556,6 @@ def _check_data_path(source: str, cwd: str, spec_path: str) -> None:
             f"{spec_path}: data.source: {source!r} does not exist (relative paths resolve from "
             f"{cwd}, where the job runs)"
         )
-
-
-def _result_from_logs(logs: str) -> dict | None:
-    """The last JSON result line of a log: how attempts started by an older release (no
-    outcome file) are read."""
-    for line in reversed(logs.splitlines()):
-        line = line.strip()
-        if line.startswith("{") and '"status"' in line:
-            try:
-                return json.loads(line)
-            except ValueError:
-                continue
-    return None
 
 
 def _summary(result: dict | None) -> str:

@@ -1,5 +1,5 @@
 """The queue reads each attempt's outcome from the file `orch run --result-file` writes,
-never from the job's log; a queue.db written before the store had a schema version opens,
+never from the job's log (an exit 0 without one is a failure); a queue.db written before the store had a schema version opens,
 keeps its jobs and results, and is stamped with the current version."""
 
 from __future__ import annotations
@@ -40,16 +40,22 @@ def _job(store: JobStore) -> JobInfo:
     return job
 
 
-def test_an_outcome_file_wins_over_the_log_and_an_old_attempt_falls_back(tmp_path):
+def test_an_exit_0_without_an_outcome_fails_and_the_log_is_never_read_for_it(tmp_path):
+    """A driver that printed a result and exited 0 without writing its outcome file (a
+    planted module, an early exit) did not run the pipeline: the job fails saying so."""
     store = JobStore(tmp_path / "queue.db")
     result = {"name": "q", "status": "succeeded", "metrics": {"val_accuracy": 0.97}}
     logs = json.dumps({**result, "metrics": {"val_accuracy": 0.5}}) + "\n(raylet) warning\n"
     scheduler = Scheduler(store, _LogsOnly(logs), create_policy("priority"), tmp_path)
     job = _job(store)
 
-    assert scheduler._outcome(job)["metrics"] == {"val_accuracy": 0.5}  # no file: the log
+    scheduler._succeeded_or_not(job)
+    assert job.state == "failed" and "exited 0 without writing its outcome" in job.reason
+    assert job.result is None  # the log's JSON line was not taken for a result
+
     write_outcome(scheduler._outcome_file(job), json.dumps(result))
-    assert scheduler._outcome(job) == result
+    scheduler._succeeded_or_not(job)
+    assert (job.state, job.result) == ("succeeded", result)
     assert scheduler._outcome_file(job).name == "outcome-1.json"
 
     write_outcome(scheduler._outcome_file(job), json.dumps({"status": "failed", "error": "x: y"}))
