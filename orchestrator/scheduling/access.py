@@ -131,6 +131,7 @@ def visible(user: User, job: JobInfo) -> JobInfo:
             "spec_path": "",
             "cwd": "",
             "env": {},
+            "idempotency_key": None,
             "result": None,
             "reason": job.reason if job.state == "queued" else "",
             "history": [],

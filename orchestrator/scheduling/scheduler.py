@@ -121,7 +121,7 @@ class Scheduler:
             OutsideBoundary, QuotaRefused: a member's spec or submit passes their rights.
         """
         if request.idempotency_key:
-            existing = self.store.by_key(request.idempotency_key)
+            existing = self.store.by_key(owner.name, request.idempotency_key)
             if existing is not None:
                 return existing, False
         from orchestrator.loader import parse_spec

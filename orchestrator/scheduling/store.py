@@ -31,12 +31,22 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """``PRAGMA user_version`` of a queue.db this release writes. 0 is a file from before the
 version existed (same tables), adopted as version 1; 2 adds users, teams and the audit
 trail (new tables only: a version-1 file is adopted as is, its jobs owned by the admin); 3
-adds per-user quotas (a new table). A higher one is a newer release's: an older orch
-refuses it rather than ignore its users or their limits."""
+adds per-user quotas (a new table); 4 scopes idempotency keys to their owner (the column
+holds ``owner<US>key``; older rows are rewritten so). A higher one is a newer release's:
+an older orch refuses it rather than ignore its users or their limits."""
+
+KEY_SEPARATOR = "\x1f"
+"""Between the owner and the key in the ``idempotency_key`` column (user names cannot hold
+it): the same key from two users is two keys, and nobody reaches another's job by its key."""
+
+
+def scoped_key(owner: str, key: str | None) -> str | None:
+    """The stored form of ``owner``'s idempotency ``key``."""
+    return None if key is None else f"{owner}{KEY_SEPARATOR}{key}"
 
 
 class StoreVersionError(RuntimeError):
@@ -84,6 +94,11 @@ class JobStore:
                 f"{SCHEMA_VERSION}: upgrade orch, or use another ORCH_HOME"
             )
         self._db.executescript(_SCHEMA)  # version 0 had the same tables: nothing to move
+        if version < 4:  # keys were global: each becomes its owner's
+            self._db.execute(
+                "UPDATE jobs SET idempotency_key = coalesce(json_extract(record, '$.owner'), "
+                "'admin') || char(31) || idempotency_key WHERE idempotency_key IS NOT NULL"
+            )
         if version < SCHEMA_VERSION:
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -116,7 +131,7 @@ class JobStore:
         """Insert inside the caller's transaction; the id comes from the row's sequence."""
         cursor = self._db.execute(
             "INSERT INTO jobs (id, state, idempotency_key, record) VALUES (?, ?, ?, '')",
-            (f"pending-{uuid.uuid4().hex}", job.state, job.idempotency_key),
+            (f"pending-{uuid.uuid4().hex}", job.state, scoped_key(job.owner, job.idempotency_key)),
         )
         job.seq = cursor.lastrowid
         job.id = f"job-{job.seq:06d}"
@@ -138,7 +153,7 @@ class JobStore:
                 self._db.execute("COMMIT")
             except sqlite3.IntegrityError:
                 self._db.execute("ROLLBACK")
-                existing = self.by_key(job.idempotency_key)
+                existing = self.by_key(job.owner, job.idempotency_key)
                 if existing is None:
                     raise
                 raise DuplicateKey(existing) from None
@@ -167,12 +182,13 @@ class JobStore:
             row = self._db.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return JobInfo.model_validate_json(row[0]) if row else None
 
-    def by_key(self, key: str | None) -> JobInfo | None:
+    def by_key(self, owner: str, key: str | None) -> JobInfo | None:
+        """``owner``'s job submitted with idempotency ``key`` (never another user's)."""
         if key is None:
             return None
         with self._lock:
             row = self._db.execute(
-                "SELECT record FROM jobs WHERE idempotency_key = ?", (key,)
+                "SELECT record FROM jobs WHERE idempotency_key = ?", (scoped_key(owner, key),)
             ).fetchone()
         return JobInfo.model_validate_json(row[0]) if row else None
 

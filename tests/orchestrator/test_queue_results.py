@@ -83,7 +83,7 @@ def test_a_queue_db_from_before_schema_versions_opens_with_its_jobs(tmp_path):
     path = tmp_path / "queue.db"
     shutil.copyfile(FIXTURES / "queue-release-1.db", path)
     store = JobStore(path)
-    assert store.schema_version == SCHEMA_VERSION == 3
+    assert store.schema_version == SCHEMA_VERSION == 4
     assert store.queue_id == "e9a3e064"
     jobs = {job.name: job for job in store.all()}
     assert {(job.owner, job.team) for job in jobs.values()} == {("admin", "admins")}
@@ -100,18 +100,24 @@ def test_a_queue_db_from_before_schema_versions_opens_with_its_jobs(tmp_path):
 
 
 def test_a_version_2_queue_db_gains_user_quotas_and_keeps_its_users(tmp_path):
-    """A queue.db written before per-user quotas (schema 2) opens as 3 with its users."""
+    """A queue.db written before per-user quotas (schema 2) opens as 4 with its users, and
+    its global idempotency keys become their owners' (schema 4)."""
     path = tmp_path / "queue.db"
     store = JobStore(path)
     store.identities.add_user("root", "admins", "admin")
+    keyed = store.add(JobInfo(id="", name="k", pipeline="k", priority=0, demand={}, owner="root",
+                              spec_path="k.yaml", cwd="/", idempotency_key="nightly"))  # fmt: skip
     store.close()
     db = sqlite3.connect(path)
     db.execute("DROP TABLE user_quotas")
+    db.execute("UPDATE jobs SET idempotency_key = 'nightly'")  # as schema 2 stored it
     db.execute("PRAGMA user_version = 2")
     db.commit()
     db.close()
     store = JobStore(path)
-    assert store.schema_version == 3 and store.identities.user("root").admin
+    assert store.schema_version == 4 and store.identities.user("root").admin
+    assert store.by_key("root", "nightly").id == keyed.id
+    assert store.by_key("alice", "nightly") is None
     assert store.identities.set_user_quota("root", cpus=1).cpus == 1
     store.close()
 
@@ -122,7 +128,7 @@ def test_a_queue_db_from_a_newer_release_is_refused_in_one_line(tmp_path):
     db = sqlite3.connect(path)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
-    with pytest.raises(StoreVersionError, match=r"queue schema 4, newer than this orch's 3"):
+    with pytest.raises(StoreVersionError, match=r"queue schema 5, newer than this orch's 4"):
         JobStore(path)
 
 

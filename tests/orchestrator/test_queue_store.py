@@ -56,6 +56,7 @@ def test_one_idempotency_key_one_job(tmp_path):
         store.add(record("nightly-2026-12-01"))
     assert dup.value.job.id == first.id
     assert len(store.all()) == 1
+    assert store.by_key("admin", "nightly-2026-12-01").id == first.id
 
 
 def spec(extra: str = "", train: str | None = None):
