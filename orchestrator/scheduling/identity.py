@@ -21,14 +21,21 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from orchestrator.scheduling.locations import LocationRefused, parse_root
+
 Role = Literal["admin", "member", "viewer"]
 ROLES: tuple[str, ...] = ("admin", "member", "viewer")
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+TEAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+"""A team's name has no ``-``: it separates the team from the rest of a name it owns
+(``vision-resnet``), so no team's names can begin with another team's."""
+RESERVED_USERS = frozenset({"admin", "orch", "scheduler", "-"})
+"""Names the queue itself signs with: ``admin`` (who holds the Ray token, LOCAL_ADMIN),
+``orch``, ``scheduler``, and ``-`` (an unauthenticated caller in the audit trail)."""
 TOKEN = re.compile(r"^orch_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
 
 SCHEMA = """
@@ -154,8 +161,9 @@ class Team(BaseModel):
     quota: Quota = Field(default_factory=Quota)
     roots: list[str] = Field(
         default_factory=list,
-        description="Folders a member's data, checkpoints and tracking store must lie in; the "
-        "first is where the team's jobs run.",
+        description="Folders (absolute paths) and object-store prefixes (s3://bucket/prefix) a "
+        "member's data, checkpoints and tracking store must lie in; the first folder is where "
+        "the team's jobs run.",
     )
 
 
@@ -192,6 +200,44 @@ def check_name(kind: str, name: str) -> str:
             f"{kind} name {name!r}: use 1-32 of a-z, 0-9, '_' or '-', starting with a letter"
         )
     return name
+
+
+def check_team_name(name: str) -> str:
+    """A new team's name: like a user's, but without ``-``.
+
+    Raises:
+        IdentityError: the name does not match ``TEAM_NAME``.
+    """
+    if "-" in name and NAME.match(name):
+        raise IdentityError(
+            f"team name {name!r}: a team name has no '-' (it separates the team from the rest "
+            f"of the names the team owns, as in {name.split('-')[0]}-model); try "
+            f"{name.replace('-', '_')!r}"
+        )
+    if not TEAM_NAME.match(name):
+        raise IdentityError(
+            f"team name {name!r}: use 1-32 of a-z, 0-9 or '_', starting with a letter"
+        )
+    return name
+
+
+def _canonical_roots(roots: list[str]) -> list[str]:
+    """Team roots as stored: local folders resolved, object-store prefixes canonical.
+
+    Raises:
+        IdentityError: a root that is relative, missing, not a folder, holds a control
+            character, or has a scheme other than file, s3, gs or abfs.
+    """
+    canonical = []
+    for root in roots:
+        try:
+            location = parse_root(root)
+        except LocationRefused as exc:
+            raise IdentityError(str(exc)) from None
+        if location.scheme == "file" and not location.path.is_dir():
+            raise IdentityError(f"--roots: {root!r} is not an absolute path to a folder")
+        canonical.append(location.uri)
+    return canonical
 
 
 class Identities:
@@ -244,20 +290,20 @@ class Identities:
         return next((t for t in self.teams() if t.name == name), None)
 
     def set_roots(self, name: str, roots: list[str]) -> Team:
-        """Replace team ``name``'s allowed roots (absolute folders that exist).
+        """Replace team ``name``'s allowed roots: absolute folders that exist (or
+        ``file:`` URIs of them), and object-store prefixes (``s3://bucket/prefix``,
+        ``gs://``, ``abfs://``), stored canonical (``locations.parse_root``).
 
         Raises:
-            IdentityError: unknown team, or a root that is relative or missing.
+            IdentityError: unknown team, or a root that is relative, missing, holds a
+                control character or has another scheme.
         """
         if self.team(name) is None:
             raise IdentityError(f"unknown team {name!r} (orch teams list)")
-        for root in roots:
-            if not Path(root).is_absolute() or not Path(root).is_dir():
-                raise IdentityError(f"--roots: {root!r} is not an absolute path to a folder")
+        canonical = _canonical_roots(roots)
         with self._lock:
             self._db.execute(
-                "UPDATE teams SET roots = ? WHERE name = ?",
-                (json.dumps([str(Path(r).resolve()) for r in roots]), name),
+                "UPDATE teams SET roots = ? WHERE name = ?", (json.dumps(canonical), name)
             )
         return self.team(name)
 
@@ -333,7 +379,12 @@ class Identities:
         return quota
 
     def add_team(self, name: str) -> Team:
-        check_name("team", name)
+        """Create team ``name`` (no ``-`` in it: ``check_team_name``).
+
+        Raises:
+            IdentityError: a bad name, or one taken.
+        """
+        check_team_name(name)
         with self._lock:
             try:
                 self._db.execute(
@@ -351,6 +402,11 @@ class Identities:
                 who is not an admin.
         """
         check_name("user", name)
+        if name in RESERVED_USERS:
+            raise IdentityError(
+                f"user name {name!r} is reserved: the queue signs its own actions with it "
+                f"({', '.join(sorted(RESERVED_USERS))}); pick another"
+            )
         if role not in ROLES:
             raise IdentityError(f"role {role!r}: use one of {', '.join(ROLES)}")
         if not self.enforced() and role != "admin":
@@ -362,6 +418,8 @@ class Identities:
         token = f"orch_{token_id}_{secrets.token_urlsafe(32)}"
         with self._lock:
             if team == ADMIN_TEAM or role == "admin":
+                if not self._db.execute("SELECT 1 FROM teams WHERE name = ?", (team,)).fetchone():
+                    check_team_name(team)
                 self._db.execute(
                     "INSERT OR IGNORE INTO teams (name, created_at) VALUES (?, ?)",
                     (team, time.time()),
