@@ -582,7 +582,9 @@ _COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    from orchestrator.home import private_umask
 
+    private_umask()  # what orch (and a job's driver) writes is its user's only
     args = _parser().parse_args(argv)
     args.own_process = argv is None  # the orch command itself, not an in-process call
     exit_code = _main(args)
