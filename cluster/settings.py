@@ -25,9 +25,19 @@ ENV = {
 }
 # What a pipeline job runs (as under `ray job submit --`).
 ENTRYPOINT = "python -m orchestrator run"
-# The MLflow server on the head: loopback only, one worker, no job execution (0.5 GiB).
+# The MLflow server on the head: loopback only, one worker, no job execution (0.5 GiB), with
+# accounts (MLflow's basic-auth app). cluster/mlflow_auth.py makes its secrets at first boot
+# in MLFLOW_AUTH_DIR (0700, files 0600: the admin's password, never one from the repository)
+# and writes the admin's client login there, which the head links as ~/.mlflow/credentials.
+MLFLOW_AUTH_DIR = f"{DATA_DIR}/mlflow-auth"
 MLFLOW_SERVER = (
-    f"mlflow server --host 127.0.0.1 --port {PORTS['mlflow']} --workers 1 "
+    f"python -m cluster.mlflow_auth --dir {MLFLOW_AUTH_DIR} -- "
+    f"mlflow server --app-name basic-auth --host 127.0.0.1 --port {PORTS['mlflow']} --workers 1 "
     f"--backend-store-uri sqlite:///{DATA_DIR}/mlflow.db "
     f"--artifacts-destination {DATA_DIR}/mlartifacts"
+)
+# Run on the head before anything logs to MLflow: MLflow's client there (the queue server,
+# its jobs, `orch users add`) then logs in as the admin with nothing in its environment.
+MLFLOW_CREDENTIALS_LINK = (
+    f"mkdir -p ~/.mlflow && ln -sfn {MLFLOW_AUTH_DIR}/credentials ~/.mlflow/credentials"
 )

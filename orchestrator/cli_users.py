@@ -7,8 +7,8 @@ it. A user mistake (unknown team, bad name, the last admin) is one line and exit
 
 from __future__ import annotations
 
-import getpass
 import json
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,7 +107,11 @@ def _store(args):
 
 
 def _operator() -> str:
-    return f"cli:{getpass.getuser()}"
+    """The audit row's user: the OS account running the command (never $USER or $LOGNAME,
+    which the caller sets at will, as ``getpass.getuser`` reads them first)."""
+    from orchestrator.home import os_user
+
+    return f"cli:{os_user()}"
 
 
 @contextmanager
@@ -132,16 +136,21 @@ def cmd_users(args) -> int:
         if args.action == "list":
             return _print(args, [u.model_dump() for u in store.identities.users()], _user_line)
         if args.action == "add":
+            from orchestrator.scheduling import mlflow_accounts
+
+            accounts = mlflow_accounts.accounts_for_new_user(args.name)  # checked first
             first = not store.identities.enforced()
             made = store.identities.add_user(args.name, args.team, args.role)
             _audit(store, "users.add", args.name, f"role {args.role}, team {args.team}")
+            account = accounts.create(args.name, made.token) if accounts else None
             if not args.json:
                 print(f"user {args.name} ({args.role}, team {args.team}); token, shown once:")
                 print(made.token)
                 if first:
                     print("users are now required: every queue call needs a user's token")
-                return 0
-            return _print(args, made.model_dump(), _user_line)
+            else:
+                _print(args, made.model_dump() | _account_json(account), _user_line)
+            return _account_outcome(store, args, account)
         if args.action == "set":
             limits = _limits(args)
             quota = store.identities.set_user_quota(args.name, store.last_cluster(), **limits)
@@ -152,7 +161,11 @@ def cmd_users(args) -> int:
             return 0
         revoked = store.identities.revoke(args.name)
         _audit(store, "users.revoke", args.name)
-        return _print(args, revoked.model_dump(), _user_line)
+        from orchestrator.scheduling import mlflow_accounts
+
+        account = mlflow_accounts.close_account(args.name)  # the revocation stands regardless
+        _print(args, revoked.model_dump() | _account_json(account), _user_line)
+        return _account_outcome(store, args, account)
 
 
 def cmd_teams(args) -> int:
@@ -195,6 +208,25 @@ def _audit(store, action: str, target: str, outcome: str = "ok") -> None:
     outcome = outcome if outcome == "ok" or outcome.startswith("refused") else f"ok: {outcome}"
     store.audit.append(user=_operator(), team="admins", action=action, target=target,
                        address="cli", outcome=outcome)  # fmt: skip
+
+
+def _account_json(account) -> dict:
+    """The MLflow account's part of ``orch users add|revoke --json`` (none: no key)."""
+    return {} if account is None else {"mlflow_account": account.model_dump()}
+
+
+def _account_outcome(store, args, account) -> int:
+    """Audit and show what happened to a user's MLflow account (``AccountChange``, None
+    off a tracking server with accounts); the exit code: 1 when the change failed."""
+    if account is None:
+        return 0
+    outcome = account.detail if account.done else f"refused: {account.detail}"
+    _audit(store, "users.mlflow_account", account.name, outcome)
+    if not account.done:
+        print(f"error: {account.detail}", file=sys.stderr)
+    elif not args.json:
+        print(account.detail)
+    return 0 if account.done else 1
 
 
 def _print(args, document, line) -> int:
