@@ -70,6 +70,10 @@ def _add_queue_commands(sub) -> None:
         ("retry", "submit a failed or cancelled job again with its original spec"),
     ):
         _with_address(sub.add_parser(command, help=text)).add_argument("job", help="job id")
+    deployed = _with_address(
+        sub.add_parser("deployments", help="Serve applications queued jobs left running")
+    )
+    deployed.add_argument("--down", metavar="APP", help="take APP down (its owner or an admin)")
     logs = _with_address(sub.add_parser("logs", help="a job's logs (every attempt)"))
     logs.add_argument("job", help="job id")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
@@ -236,6 +240,27 @@ def cmd_retry(args) -> int:
     return 0
 
 
+def cmd_deployments(args) -> int:
+    from orchestrator.scheduling.demand import format_resources
+
+    client = _queue(args)
+    if args.down:
+        taken = client.undeploy(args.down)
+        print(taken.model_dump_json() if args.json else f"{taken.app} taken down; team "
+              f"{taken.team} is no longer charged {format_resources(taken.resources)}")  # fmt: skip
+        return 0
+    listed = client.deployments()
+    if args.json:
+        import json
+
+        print(json.dumps([d.model_dump() for d in listed]))
+        return 0
+    rows = [["APP", "TEAM", "OWNER", "JOB", "CHARGED"]]
+    rows += [[d.app, d.team, d.owner, d.job_id, format_resources(d.resources)] for d in listed]
+    print(_table(rows) if listed else "no application left running by queued jobs")
+    return 0
+
+
 COMMANDS = {
     "submit": cmd_submit,
     "queue": cmd_queue,
@@ -244,6 +269,7 @@ COMMANDS = {
     "logs": cmd_logs,
     "cancel": cmd_cancel,
     "retry": cmd_retry,
+    "deployments": cmd_deployments,
 }
 
 __all__ = ["COMMANDS", "add_commands"]

@@ -5,7 +5,9 @@ The queue plans a job when it is submitted (its admission checks the plan's dema
 hands the same plan to the job's ``orch run --plan``, so the study runs exactly the trials
 at once it was admitted for; the user's spec is passed on as written, never rewritten. A
 run without a plan (``orch run``, ``Client.run``) plans at start with the same rule
-(``tuning.study.trials_at_once``).
+(``tuning.study.trials_at_once``) on what its trials declare; the queue's plan counts what
+it charges (``scheduling.demand.charged``: CPUs in tenths, at least 1 GiB of memory per
+worker), so a queued study may run fewer trials at once.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from orchestrator.exceptions import (
     first_line,
 )
 from orchestrator.home import orch_home
+from orchestrator.scheduling.demand import Deployment
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.token import bearer_headers, ray_token
 
@@ -46,6 +47,41 @@ def queue_dir() -> Path:
 def _same_url(a: str, b: str) -> bool:
     norm = lambda u: u.rstrip("/").replace("localhost", "127.0.0.1")  # noqa: E731
     return norm(a) == norm(b)
+
+
+def _trusted(path: Path) -> Path:
+    """``path`` when this user wrote it: a ``server.json`` tells the client where to send
+    the user's token, so one planted by someone else (a shared project folder, whose
+    ``./.orch`` is the default home) must never be read. The file and every folder from
+    the queue's home down to it must be owned by this user and writable by nobody else,
+    and the address must be loopback (the server binds 127.0.0.1; one elsewhere is named
+    with --server or $ORCH_SERVER).
+
+    Raises:
+        ClusterError: the file is someone else's, or names a non-loopback address.
+    """
+    from urllib.parse import urlsplit
+
+    if not path.exists():
+        return path
+    for place in (path, path.parent, path.parent.parent):
+        status = place.stat()
+        if status.st_uid != os.geteuid() or status.st_mode & 0o022:
+            raise ClusterError(
+                f"{place} is not this user's alone (owner uid {status.st_uid}, mode "
+                f"{status.st_mode & 0o777:o}): orch does not send your token where a file "
+                "another user can write points; name the server with --server or $ORCH_SERVER"
+            )
+    try:
+        host = urlsplit(json.loads(path.read_text()).get("url", "")).hostname
+    except (ValueError, AttributeError):
+        return path
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise ClusterError(
+            f"{path} names a server at {host}, not on this machine: name it with --server or "
+            "$ORCH_SERVER if you mean it"
+        )
+    return path
 
 
 class QueueClient:
@@ -104,7 +140,7 @@ class QueueClient:
 
     def _running_server(self) -> str | None:
         try:
-            info = json.loads((self.state_dir / "server.json").read_text())
+            info = json.loads(_trusted(self.state_dir / "server.json").read_text())
         except (OSError, ValueError):
             return None
         if not _same_url(info.get("dashboard_url", ""), self.dashboard_url):
@@ -250,6 +286,16 @@ class QueueClient:
 
     def retry(self, job_id: str) -> Job:
         return Job(self, JobInfo.model_validate(self._call("POST", f"/jobs/{job_id}/retry").json()))
+
+    def deployments(self) -> list[Deployment]:
+        """The Serve applications this queue's finished jobs left running, each charged to
+        its team until taken down."""
+        reply = self._call("GET", "/deployments").json()
+        return [Deployment.model_validate(d) for d in reply]
+
+    def undeploy(self, app: str) -> Deployment:
+        """Take ``app`` down (its owner or an admin); its team is charged no more."""
+        return Deployment.model_validate(self._call("DELETE", f"/deployments/{app}").json())
 
     def logs(self, job_id: str) -> tuple[str, str]:
         """(state, the logs of every attempt so far)."""

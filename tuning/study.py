@@ -75,15 +75,37 @@ class StudyState(BaseModel):
         tmp.replace(study_dir / STATE_FILE)
 
 
+def sets_resources(path: str) -> bool:
+    """True when a space ``path`` can change what a trial holds: the whole train section,
+    its workers, or its resources per worker (all of them or one)."""
+    return path in ("train", "train.workers", "train.resources_per_worker") or path.startswith(
+        "train.resources_per_worker."
+    )
+
+
+def trial_trains(tune: TuneSpec, sections: dict) -> list[TrainSpec]:
+    """The train sections a trial may run with, as far as its resources go: every
+    combination of the candidate values (``Distribution.candidate_values``: each choice, both
+    ends of a range) of the space's paths that ``sets_resources``. Combinations that do not
+    validate are left out (such a trial fails before it holds anything); when none does,
+    the spec's own train section."""
+    candidates = [{}]
+    for path, dist in tune.space.items():
+        if sets_resources(path):
+            candidates = [{**c, path: v} for c in candidates for v in dist.candidate_values()]
+    trains = []
+    for values in candidates:
+        try:
+            trains.append(TrainSpec.model_validate(apply_values(sections, values)["train"]))
+        except ValidationError:
+            continue
+    return trains or [TrainSpec.model_validate(sections["train"])]
+
+
 def trial_demand(tune: TuneSpec, sections: dict) -> dict[str, float]:
     """The most any trial of the space asks of the cluster (workers x resources)."""
     demand: dict[str, float] = {}
-    candidates = [{}]
-    for path, dist in tune.space.items():
-        if path == "train.workers" or path.startswith("train.resources_per_worker"):
-            candidates = [{**c, path: v} for c in candidates for v in dist.candidate_values()]
-    for values in candidates:
-        train = TrainSpec.model_validate(apply_values(sections, values)["train"])
+    for train in trial_trains(tune, sections):
         for name, amount in train.resources_per_worker.items():
             demand[name] = max(demand.get(name, 0.0), amount * train.workers)
     return demand

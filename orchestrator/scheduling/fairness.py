@@ -15,16 +15,18 @@ job whose team or owner would hold more than its CPU/GPU/memory quota, or run mo
 its running quota, waits with the reason (``quota: team vision holds CPU 2 of 2``) and does
 not hold up the jobs behind it: a quota wait is not part of the strict-order gang rule.
 A team or user holding more than its quota (an admin lowered it under running jobs) is
-*over* its quota: preemption stops its jobs first (``policy``).
+*over* its quota: preemption stops its jobs first (``policy``). What a team and a user hold
+includes the Serve applications their finished jobs left deployed (``demand.Deployment``,
+charged ``Demand.detached``) until those are taken down; they hold no running-job slot.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from orchestrator.scheduling.demand import add
+from orchestrator.scheduling.demand import Deployment, add
 from orchestrator.scheduling.identity import GIB, Quotas
 from orchestrator.scheduling.record import JobInfo
 
@@ -81,14 +83,22 @@ def _amount(key: str, value: float) -> str:
 
 class QuotaBook:
     """What each team and user holds and runs during one scheduling pass, against their
-    quotas."""
+    quotas: their active jobs, and the applications ``deployed`` by their finished ones."""
 
-    def __init__(self, quotas: Quotas | None, active: list[JobInfo]):
+    def __init__(
+        self,
+        quotas: Quotas | None,
+        active: list[JobInfo],
+        deployed: Iterable[Deployment] = (),
+    ):
         self.quotas = quotas or Quotas()
         self.held: dict[str, dict[str, float]] = defaultdict(dict)  # "team x" / "user y"
         self.running: dict[str, int] = defaultdict(int)
         for job in active:
             self.admitted(job)
+        for app in deployed:
+            for scope in (f"team {app.team}", f"user {app.owner}"):  # QuotaScope.label's form
+                self.held[scope] = add(self.held[scope], app.resources)
 
     def _scopes(self, job: JobInfo):
         return self.quotas.of(job.team, job.owner)

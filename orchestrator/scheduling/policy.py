@@ -17,6 +17,8 @@ The default, ``PriorityPolicy``:
   never causes preemption. Preemption respects quotas: a job that waits for its own team's
   or owner's quota preempts nobody (only a team under its quota takes resources back), and
   a team over its quota (an admin lowered it under running jobs) gives back first.
+- quotas count what a job can take (``demand``) and the Serve applications a team's
+  finished jobs left ``deployed`` (``demand.Deployment``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ import time
 
 from pydantic import BaseModel, Field
 
-from orchestrator.scheduling.demand import add, fits, format_resources, shortfall, subtract
+from orchestrator.scheduling.demand import (
+    Deployment,
+    add,
+    fits,
+    format_resources,
+    shortfall,
+    subtract,
+)
 from orchestrator.scheduling.fairness import QuotaBook, fair_order
 from orchestrator.scheduling.identity import Quotas
 from orchestrator.scheduling.record import JobInfo
@@ -79,9 +88,10 @@ class SchedulingPolicy(abc.ABC):
         now: float | None = None,
         total: dict[str, float] | None = None,
         quotas: Quotas | None = None,
+        deployed: list[Deployment] | None = None,
     ) -> Plan:
         """The admissions and preemptions for this moment, within the teams' and users'
-        ``quotas``."""
+        ``quotas``, of which the applications ``deployed`` by finished jobs hold part."""
 
 
 class PriorityPolicy(SchedulingPolicy):
@@ -97,12 +107,12 @@ class PriorityPolicy(SchedulingPolicy):
             queued, active or [], total or {}, lambda j: self.effective_priority(j, now)
         )
 
-    def plan(self, queued, active, free, now=None, total=None, quotas=None) -> Plan:
+    def plan(self, queued, active, free, now=None, total=None, quotas=None, deployed=None) -> Plan:
         now = time.time() if now is None else now
         ordered = self.order(queued, now, active, total)
         plan = Plan(order=[j.id for j in ordered])
         free = dict(free)
-        book = QuotaBook(quotas, active)
+        book = QuotaBook(quotas, active, deployed or ())
         head: JobInfo | None = None
         for job in ordered:
             over = book.reason(job)
@@ -134,7 +144,7 @@ class PriorityPolicy(SchedulingPolicy):
             if stopping:
                 reason += "; waiting for preempted " + ", ".join(a.id for a in stopping)
             elif self.config.preemption:
-                victims = self.victims(job, active, free, QuotaBook(quotas, active))
+                victims = self.victims(job, active, free, QuotaBook(quotas, active, deployed or ()))
                 if victims:
                     plan.preempt, plan.preempt_for = [v.id for v in victims], job.id
                     reason += "; preempting " + ", ".join(v.id for v in victims)

@@ -110,6 +110,13 @@ class RayJobs:
             return ""
         return reply.json().get("logs", "") if reply.status_code == 200 else ""
 
+    def undeploy(self, app: str) -> bool:
+        """Take Serve application ``app`` down (the server is a Ray driver); False when it
+        was not running."""
+        from serve.deploy import undeploy
+
+        return undeploy(app)
+
     def running(self) -> list[dict]:
         """Every Ray job not yet ended: submission id, status, metadata."""
         reply = self._request("GET", "")

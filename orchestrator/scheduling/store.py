@@ -11,12 +11,17 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from orchestrator.home import private_sqlite
 from orchestrator.scheduling.audit import AuditTrail
 from orchestrator.scheduling.identity import Identities
 from orchestrator.scheduling.record import ACTIVE, JobInfo
+
+if TYPE_CHECKING:
+    from orchestrator.scheduling.demand import Deployment
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -28,15 +33,21 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deployments (
+    app TEXT PRIMARY KEY,
+    team TEXT NOT NULL,
+    record TEXT NOT NULL
+);
 """
 
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """``PRAGMA user_version`` of a queue.db this release writes. 0 is a file from before the
 version existed (same tables), adopted as version 1; 2 adds users, teams and the audit
 trail (new tables only: a version-1 file is adopted as is, its jobs owned by the admin); 3
 adds per-user quotas (a new table); 4 scopes idempotency keys to their owner (the column
-holds ``owner<US>key``; older rows are rewritten so). A higher one is a newer release's:
+holds ``owner<US>key``; older rows are rewritten so); 5 keeps the Serve applications
+finished jobs left running, charged to their teams (a new table). A higher one is a newer release's:
 an older orch refuses it rather than ignore its users or their limits."""
 
 KEY_SEPARATOR = "\x1f"
@@ -67,6 +78,7 @@ class JobStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite(self.path)  # folder 0700, queue.db and its -wal/-shm 0600
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -159,6 +171,71 @@ class JobStore:
                 raise DuplicateKey(existing) from None
             return job
 
+    def add_if(self, job: JobInfo, admit: Callable[[list[JobInfo]], None]) -> JobInfo:
+        """Insert ``job`` as ``add`` does, if ``admit`` lets it in, in one transaction: the
+        check and the insert see the same queue, so two submits can never both pass a
+        queued-jobs cap (``BEGIN IMMEDIATE``: one writer at a time, other processes too).
+
+        Args:
+            job: the new job.
+            admit: called with the queued jobs of ``job``'s team and owner (all that a
+                team's or a user's cap counts); raises to refuse.
+
+        Raises:
+            DuplicateKey: a job with the same idempotency key exists.
+            Whatever ``admit`` raises: nothing is inserted.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    "SELECT record FROM jobs WHERE state = 'queued' AND (json_extract(record, "
+                    "'$.team') = ? OR json_extract(record, '$.owner') = ?) ORDER BY seq",
+                    (job.team, job.owner),
+                ).fetchall()
+                admit([JobInfo.model_validate_json(r[0]) for r in rows])
+                self._insert(job)
+            except sqlite3.IntegrityError:
+                self._db.execute("ROLLBACK")
+                existing = self.by_key(job.owner, job.idempotency_key)
+                if existing is None:
+                    raise
+                raise DuplicateKey(existing) from None
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return job
+
+    def record_deployment(self, deployment: Deployment) -> None:
+        """Keep ``deployment`` (a finished job's Serve application) charged to its team and
+        owner; it replaces an earlier record of the same application (a redeploy)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO deployments VALUES (?, ?, ?) ON CONFLICT(app) DO UPDATE SET "
+                "team = excluded.team, record = excluded.record",
+                (deployment.app, deployment.team, deployment.model_dump_json()),
+            )
+
+    def end_deployment(self, app: str) -> Deployment | None:
+        """Stop charging application ``app`` (it was taken down); its record, None if none."""
+        from orchestrator.scheduling.demand import Deployment
+
+        with self._lock:
+            # fetchall: the DELETE ends (and commits) only once its rows are read
+            rows = self._db.execute(
+                "DELETE FROM deployments WHERE app = ? RETURNING record", (app,)
+            ).fetchall()
+        return Deployment.model_validate_json(rows[0][0]) if rows else None
+
+    def deployments(self) -> list[Deployment]:
+        """The applications finished jobs left deployed, each charged to its team."""
+        from orchestrator.scheduling.demand import Deployment
+
+        with self._lock:
+            rows = self._db.execute("SELECT record FROM deployments ORDER BY app").fetchall()
+        return [Deployment.model_validate_json(r[0]) for r in rows]
+
     def add_many(self, jobs: Iterable[JobInfo]) -> int:
         """Insert many jobs in one transaction (benchmarks, imports)."""
         count = 0
@@ -197,7 +274,9 @@ class JobStore:
         marks = ",".join("?" * len(states))
         with self._lock:
             rows = self._db.execute(
-                f"SELECT record FROM jobs WHERE state IN ({marks}) ORDER BY seq", states
+                # nosec B608: the query holds only "?" placeholders; the states are bound
+                f"SELECT record FROM jobs WHERE state IN ({marks}) ORDER BY seq",  # nosec B608
+                states,
             ).fetchall()
         return [JobInfo.model_validate_json(r[0]) for r in rows]
 

@@ -53,7 +53,8 @@ def test_restart_in_the_write_ahead_window_and_the_cli(queue_client, queue_head,
 
     spec = write(orch_home, "tiny", IRIS)
     submitted = json.loads(orch("submit", str(spec), "--json", "--priority", "7").stdout)
-    assert submitted["priority"] == 7 and submitted["demand"] == {"CPU": 1.0}
+    assert submitted["priority"] == 7
+    assert submitted["demand"] == {"CPU": 1.0, "memory": 2**30}  # 1 GiB charged per worker
     orch("cancel", submitted["id"])
     cancelled = client.job(submitted["id"])
     wait(lambda: cancelled.refresh().terminal, 60, "the job to be cancelled", cancelled)

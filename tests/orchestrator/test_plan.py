@@ -10,6 +10,7 @@ from pathlib import Path
 
 from orchestrator.loader import parse_spec
 from orchestrator.plan import RunPlan, plan_for
+from orchestrator.scheduling.identity import GIB
 from orchestrator.scheduling.policy import create_policy
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.scheduler import Scheduler
@@ -30,10 +31,12 @@ tune:
 
 def test_a_plan_fixes_runner_stages_demand_and_trials_at_once(tmp_path):
     spec, _ = parse_spec(STUDY, Path("planned.yaml"))
-    plan = plan_for(spec, {"CPU": 2.0})
+    plan = plan_for(spec, {"CPU": 2.0, "memory": 8 * GIB})
     assert (plan.stages, plan.runner) == (["tune", "register"], "local")
-    assert plan.concurrent_trials == 2 and plan.demand.total == {"CPU": 2.0}
-    assert plan_for(spec, {"CPU": 16.0}).concurrent_trials == 6  # the trial budget caps it
+    # each trial's worker is charged at least 1 GiB of memory (scheduling.demand)
+    assert plan.concurrent_trials == 2 and plan.demand.total == {"CPU": 2.0, "memory": 2 * GIB}
+    big = {"CPU": 16.0, "memory": 16 * GIB}
+    assert plan_for(spec, big).concurrent_trials == 6  # the trial budget caps it
     assert RunPlan.read(plan.write(tmp_path / "plan.json")) == plan
 
 

@@ -70,7 +70,7 @@ def test_priorities_preemption_restart_cancel_and_retry(queue_client, queue_head
     huge = write(folder, "huge", IRIS.format(name="huge", workers=4, priority="high"))
 
     # A job that can never fit 2 CPUs is refused at submit, with the reason.
-    with pytest.raises(SpecError, match=r"can never run here: it needs \{CPU 4\} at once but"):
+    with pytest.raises(SpecError, match=r"never run here: it needs \{CPU 4, memory 4 GiB\}"):
         client.submit(huge)
     # The server asks for Ray's token like the cluster does.
     anonymous = httpx.get(f"{client.server_url()}/jobs", timeout=10)
@@ -78,7 +78,8 @@ def test_priorities_preemption_restart_cancel_and_retry(queue_client, queue_head
 
     # 1. A low-priority 2-CPU job (one worker: the local runner) runs alone ...
     long = client.submit(write(folder, "long", LONG))
-    assert long.info.demand == {"CPU": 2.0} and long.info.priority == 0
+    assert long.info.demand == {"CPU": 2.0, "memory": 2**30}  # 1 GiB charged per worker
+    assert long.info.priority == 0
 
     def wait(check, timeout_s: float, what: str, *jobs):
         return wait_for(check, timeout_s, what, explain=lambda: explain(client, *jobs))

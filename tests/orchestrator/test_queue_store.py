@@ -10,6 +10,7 @@ import pytest
 from orchestrator.exceptions import SpecError
 from orchestrator.loader import load_spec, parse_spec
 from orchestrator.scheduling.demand import job_demand, never_fits
+from orchestrator.scheduling.identity import GIB
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.store import DuplicateKey, JobStore
 
@@ -71,30 +72,36 @@ def tmp_name():
 
 
 def test_demand_is_workers_times_resources_times_concurrent_trials():
-    assert job_demand(spec(), {"CPU": 8}).total == {"CPU": 1.0}
+    # each worker is charged at least 1 GiB of Ray's memory (scheduling.demand)
+    assert job_demand(spec(), {"CPU": 8}).total == {"CPU": 1.0, "memory": 2 * GIB}
     tuned = spec(
         "tune: {metric: val_accuracy, num_samples: 6, max_concurrent_trials: 3,"
         " space: {train.optimizer.lr: {loguniform: [0.001, 0.1]}}}\n"
     )
-    demand = job_demand(tuned, {"CPU": 8})
-    assert demand.total == {"CPU": 3.0} and demand.concurrent_trials == 3
+    demand = job_demand(tuned, {"CPU": 8, "memory": 16 * GIB})
+    assert demand.total == {"CPU": 3.0, "memory": 6 * GIB} and demand.concurrent_trials == 3
     # null concurrency: as many trials as the whole cluster holds, at most num_samples
     open_ended = spec(
         "tune: {metric: val_accuracy, num_samples: 6,"
         " space: {train.optimizer.lr: {loguniform: [0.001, 0.1]}}}\n"
     )
-    assert job_demand(open_ended, {"CPU": 2}).concurrent_trials == 2
+    assert job_demand(open_ended, {"CPU": 2, "memory": 16 * GIB}).concurrent_trials == 2
     gpu = spec(train="train: {epochs: 1, workers: 2, resources_per_worker: {CPU: 2, GPU: 1}}")
-    assert job_demand(gpu, {"CPU": 8}).total == {"CPU": 4.0, "GPU": 2.0}
+    assert job_demand(gpu, {"CPU": 8}).total == {"CPU": 4.0, "GPU": 2.0, "memory": 2 * GIB}
 
 
 def test_a_job_that_can_never_fit_says_why():
     big = job_demand(spec(train="train: {workers: 4, resources_per_worker: {CPU: 1}}"), {})
-    reason = never_fits(big, {"CPU": 2.0}, [{"CPU": 2.0}])
-    assert reason.startswith("needs {CPU 4} at once but the whole cluster has {CPU 2}")
+    node = {"CPU": 2.0, "memory": 8 * GIB}
+    reason = never_fits(big, node, [node])
+    assert reason.startswith(
+        "needs {CPU 4, memory 4 GiB} at once but the whole cluster has {CPU 2, memory 8 GiB}"
+    )
     wide = job_demand(spec(train="train: {workers: 2, resources_per_worker: {CPU: 3}}"), {})
-    assert "nodes hold only 1 of them" in never_fits(wide, {"CPU": 6.0}, [{"CPU": 2}, {"CPU": 4}])
-    assert never_fits(wide, {"CPU": 6.0}, [{"CPU": 3}, {"CPU": 3}]) == ""
+    cluster = {"CPU": 6.0, "memory": 16 * GIB}
+    two, four, three = ({"CPU": n, "memory": 8 * GIB} for n in (2, 4, 3))
+    assert "nodes hold only 1 of them" in never_fits(wide, cluster, [two, four])
+    assert never_fits(wide, cluster, [three, three]) == ""
 
 
 def test_scheduling_section_is_validated_with_file_and_line(tmp_path):

@@ -47,7 +47,8 @@ def registry_server(orch_home, tmp_path):
         client.create_model_version("vision-iris", source, run.info.run_id)
 
     def serve(access: AccessConfig):
-        cluster = SimpleNamespace(total={"CPU": 4.0}, nodes=[{"CPU": 4.0}])
+        node = {"CPU": 4.0, "memory": 8.0 * 2**30}  # each worker is charged 1 GiB at least
+        cluster = SimpleNamespace(total=node, nodes=[node])
         ray = SimpleNamespace(resources=lambda: cluster)
         scheduler = Scheduler(store, ray, create_policy(), state, access=access)
         sock = _listening_socket("127.0.0.1", 0)
