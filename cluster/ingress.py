@@ -162,7 +162,8 @@ def plan_ingress(mode: str | None = None) -> IngressSettings:
                 "(Linux only); use --ingress proxy here"
             )
         return IngressSettings(mode="proxy")
-    state = Path(tempfile.mkdtemp(prefix="orch-h-", dir="/tmp"))  # 0700
+    # nosec B108: mkdtemp makes a fresh 0700 folder; /tmp keeps its socket paths short
+    state = Path(tempfile.mkdtemp(prefix="orch-h-", dir="/tmp"))  # nosec B108
     taken: set[int] = set()
     return IngressSettings(
         mode="haproxy",

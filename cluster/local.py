@@ -146,7 +146,7 @@ def _answers(dashboard_url: str, token: str) -> bool:
         f"{dashboard_url}/api/version", headers={"Authorization": f"Bearer {token}"}
     )
     try:
-        urllib.request.urlopen(request, timeout=2)
+        urllib.request.urlopen(request, timeout=2)  # nosec B310: our http:// dashboard URL
         return True
     except (urllib.error.URLError, ConnectionError, OSError):
         return False
@@ -176,6 +176,16 @@ def _node_flags(temp_dir: Path, num_cpus, resources, labels) -> list[str]:
     return flags
 
 
+def _write_secret(path: Path, secret: str) -> None:
+    """Create ``path`` holding ``secret``, readable by this user only from its first byte
+    (created 0600, never chmod-ed after the write), and whole or not at all (a rename)."""
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret)
+    staging.replace(path)
+
+
 def start_head(
     state_dir: str | Path | None = None,
     *,
@@ -199,13 +209,12 @@ def start_head(
         IngressError: ``ingress`` is not one orch knows, or HAProxy is missing.
     """
     # Unix sockets under the temp dir must stay short: keep it under /tmp.
-    temp_dir = Path(tempfile.mkdtemp(prefix="orch-ray-", dir="/tmp"))
+    temp_dir = Path(tempfile.mkdtemp(prefix="orch-ray-", dir="/tmp"))  # nosec B108: a new 0700 folder
     state = Path(state_dir) if state_dir else temp_dir
     state.mkdir(parents=True, exist_ok=True)
     token_path = state / "token"
     if not token_path.exists():
-        token_path.write_text(secrets.token_hex(16))
-        token_path.chmod(0o600)
+        _write_secret(token_path, secrets.token_hex(16))
     log_path = state / "head.log"
     plan = plan_ingress(ingress)
     dashboard, gcs = free_port(), free_port()
@@ -322,7 +331,7 @@ def start_worker(
 ) -> LocalWorker:
     """Add a worker node to ``head``'s cluster (returns once its process runs; the node
     registers with the GCS a few seconds later)."""
-    temp_dir = Path(tempfile.mkdtemp(prefix=f"orch-{name}-", dir="/tmp"))
+    temp_dir = Path(tempfile.mkdtemp(prefix=f"orch-{name}-", dir="/tmp"))  # nosec B108: 0700
     state = Path(state_dir)
     log_path = state / f"{name}.log"
     labels = {"orch.node": name, **(labels or {})}

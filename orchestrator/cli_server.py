@@ -36,6 +36,27 @@ def _add_server(sub) -> None:
         help="the least role that may promote, roll back and deploy models through the "
         "server (a member only its team's <team>-... models; default admin)",
     )
+    server.add_argument(
+        "--non-preemptible-role",
+        choices=("admin", "member"),
+        default="admin",
+        help="the least role whose jobs may say scheduling.preemptible: false (default admin)",
+    )
+    server.add_argument(
+        "--max-spec-bytes",
+        type=_spec_bytes,
+        default=2**20,
+        help="the largest spec a submit may carry, in bytes (default 1048576 = 1 MiB)",
+    )
+
+
+def _spec_bytes(text: str) -> int:
+    """``--max-spec-bytes``: a whole number of bytes, at least 1024."""
+    import argparse
+
+    if not text.isdigit() or int(text) < 1024:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes >= 1024")
+    return int(text)
 
 
 def cmd_server(args) -> int:
@@ -55,7 +76,11 @@ def cmd_server(args) -> int:
             aging_per_minute=args.aging_per_minute, preemption=not args.no_preemption
         ),
         poll_s=args.poll_s,
-        access=AccessConfig(registry_role=args.registry_role),
+        access=AccessConfig(
+            registry_role=args.registry_role,
+            non_preemptible_role=args.non_preemptible_role,
+            max_spec_bytes=args.max_spec_bytes,
+        ),
     )
 
 

@@ -22,6 +22,11 @@ class SpecError(OrchestratorError):
     exit_code = 2
 
 
+class SpecTooLarge(SpecError):
+    """The spec document passes a size limit (bytes, or nodes once its aliases expand):
+    refused before it is built (HTTP 413)."""
+
+
 class UsageError(OrchestratorError):
     """A setting outside the spec (a flag, an environment variable) has a bad value."""
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from jobs import models as zoo
 from jobs.errors import DataError
 from jobs.spec import ModelSpec
-from orchestrator.exceptions import SpecError
+from orchestrator.exceptions import SpecError, SpecTooLarge
 from orchestrator.spec import PipelineSpec
 from tuning.spec import metric_problem
 
@@ -140,10 +140,63 @@ def _format(path: Path, lines: dict[Loc, int], loc: Loc, message: str) -> str:
     return f"{path}:{_line_of(lines, loc)}: {where}: {message}"
 
 
+MAX_SPEC_NODES = 20_000
+"""The most scalars, lists and mappings a spec may hold once its aliases are expanded. A
+real spec holds a few hundred; an alias bomb (each anchor a list of aliases of the one
+before) expands a few hundred bytes into billions, which building the spec and its line
+map would walk."""
+
+
+def _expanded_nodes(root: yaml.Node, limit: int) -> int:
+    """How many nodes ``root`` holds with every alias expanded, counted without expanding
+    (a node's size is memoized, as PyYAML shares an aliased node); stops past ``limit``."""
+    sizes: dict[int, int] = {}
+    order, stack = [], [root]
+    while stack:  # children before parents, each shared node once
+        node = stack.pop()
+        if id(node) in sizes:
+            continue
+        sizes[id(node)] = -1
+        order.append(node)
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(part for pair in node.value for part in pair)
+    for node in reversed(order):
+        children = (
+            node.value if isinstance(node, yaml.SequenceNode)
+            else [part for pair in node.value for part in pair]
+            if isinstance(node, yaml.MappingNode) else []
+        )  # fmt: skip
+        sizes[id(node)] = min(limit + 1, 1 + sum(sizes[id(child)] for child in children))
+    return sizes[id(root)]
+
+
+def _bounded_load(text: str, path: Path):
+    """``yaml.safe_load`` of a document whose expanded size is within MAX_SPEC_NODES.
+
+    Raises:
+        SpecTooLarge: it expands past the limit (nothing was built).
+        yaml.YAMLError: it is not YAML.
+    """
+    root = yaml.compose(text, Loader=yaml.SafeLoader)  # aliases stay shared here
+    if root is not None and _expanded_nodes(root, MAX_SPEC_NODES) > MAX_SPEC_NODES:
+        raise SpecTooLarge(
+            f"{path}:1: the spec expands to more than {MAX_SPEC_NODES:,} values once its YAML "
+            "aliases (*name) are expanded; write the values out, or use fewer aliases"
+        )
+    return yaml.safe_load(text)
+
+
 def parse_spec(text: str, path: Path) -> tuple[PipelineSpec, dict[Loc, int]]:
-    """Validate YAML text; returns the spec and its line map. Raises SpecError."""
+    """Validate YAML text; returns the spec and its line map.
+
+    Raises:
+        SpecError: invalid YAML or spec, naming file:line and the field.
+        SpecTooLarge: an alias bomb (``MAX_SPEC_NODES``).
+    """
     try:
-        raw = yaml.safe_load(text)
+        raw = _bounded_load(text, path)
         lines = _line_map(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -134,7 +134,7 @@ def explain_queue(client, *jobs) -> str:
         lines.append(f"--- logs of {job.id}:\n" + client.logs(job.id)[1][-3000:])
     import httpx
 
-    server = httpx.get(f"{client.server_url()}/healthz", timeout=10).json()
+    server = httpx.get(f"{client.server_url()}/server", headers=client.headers, timeout=10).json()
     if server.get("ray_submission_id"):
         ray_jobs = JobSubmissionClient(client.dashboard_url, headers=client.headers)
         tail = ray_jobs.get_job_logs(server["ray_submission_id"])[-4000:]

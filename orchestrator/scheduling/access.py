@@ -41,6 +41,16 @@ class AccessConfig(BaseModel):
         description="The least role that may promote, roll back and deploy models (a member "
         "only its team's).",
     )
+    non_preemptible_role: Role = Field(
+        "admin",
+        description="The least role whose jobs may say scheduling.preemptible: false (a job "
+        "nobody may preempt holds its resources against every higher priority).",
+    )
+    max_spec_bytes: int = Field(
+        2**20,
+        ge=1024,
+        description="The largest spec a submit may carry, in bytes (a larger one is 413).",
+    )
 
 
 class Unauthenticated(Exception):
@@ -95,6 +105,16 @@ def caller(identities: Identities, authorization: str) -> User:
 def check_submit(user: User) -> None:
     if user.role == "viewer":
         raise Forbidden(f"{user.name} is a viewer: viewers see the queue but submit nothing")
+
+
+def check_non_preemptible(user: User, config: AccessConfig) -> None:
+    """``user`` may submit a job with ``scheduling.preemptible: false``."""
+    if RANK[user.role] < RANK[config.non_preemptible_role]:
+        raise Forbidden(
+            f"scheduling.preemptible: false: {user.name} is a {user.role}, and a job nobody "
+            f"may preempt takes role {config.non_preemptible_role} on this server; leave it "
+            "true (the default), or ask an admin (orch server --non-preemptible-role)"
+        )
 
 
 def check_registry(user: User, model: str, config: AccessConfig, action: str) -> None:

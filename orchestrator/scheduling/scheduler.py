@@ -12,29 +12,33 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from orchestrator.exceptions import SpecError
+from orchestrator.exceptions import SpecError, SpecTooLarge
 from orchestrator.plan import plan_for, plan_with
 from orchestrator.result_file import read_outcome
-from orchestrator.scheduling.access import AccessConfig, check_registry
+from orchestrator.scheduling.access import AccessConfig, check_non_preemptible, check_registry
 from orchestrator.scheduling.boundary import OutsideBoundary, check_member_spec, member_cwd
 from orchestrator.scheduling.demand import (
     Demand,
+    Deployment,
     add,
     fits,
     format_resources,
+    left_deployed,
     never_fits,
     subtract,
 )
 from orchestrator.scheduling.entrypoint import anchored_spec_text, isolated_command
 from orchestrator.scheduling.identity import LOCAL_ADMIN, Team, User
+from orchestrator.scheduling.locations import LocationRefused, check_plain_text
 from orchestrator.scheduling.policy import Plan, SchedulingPolicy
 from orchestrator.scheduling.ray_jobs import TERMINAL_RAY_STATES, RayJobs, RayUnavailable
 from orchestrator.scheduling.record import ACTIVE, JobInfo
@@ -55,6 +59,10 @@ write-ahead rule is for (tests/orchestrator/test_queue_users.py)."""
 FORWARDED_ENV = ("ORCH_HOME", "MLFLOW_TRACKING_URI", "DS_ACCELERATOR")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
 class SubmitRequest(BaseModel):
     """What ``orch submit`` / ``Client.submit`` send."""
 
@@ -66,6 +74,25 @@ class SubmitRequest(BaseModel):
     priority: str | int | None = Field(None, description="Overrides scheduling.priority.")
     queue: str | None = Field(None, description="Overrides scheduling.queue.")
     idempotency_key: str | None = Field(None, max_length=200)
+
+    @field_validator("spec_path", "cwd", "name", "queue", "idempotency_key")
+    @classmethod
+    def _plain_text(cls, value: str | None, info) -> str | None:
+        """A path, name or key with a control character (NUL, a newline...) is refused
+        here (422), before it reaches a file system call or a log line."""
+        if value is not None and _CONTROL.search(value):
+            raise ValueError(f"{info.field_name} holds a control character; send plain text")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _plain_env(cls, env: dict[str, str]) -> dict[str, str]:
+        for key, value in env.items():
+            if not _ENV_NAME.match(key) or _CONTROL.search(value):
+                raise ValueError(
+                    f"env {key[:40]!r}: names are letters, digits and _ and values plain text"
+                )
+        return env
 
 
 class JobConflict(Exception):
@@ -120,6 +147,7 @@ class Scheduler:
             Forbidden: it deploys a model and ``owner`` may not (``access.check_registry``).
             OutsideBoundary, QuotaRefused: a member's spec or submit passes their rights.
         """
+        _check_size(request, self.access.max_spec_bytes)
         if request.idempotency_key:
             existing = self.store.by_key(owner.name, request.idempotency_key)
             if existing is not None:
@@ -128,8 +156,11 @@ class Scheduler:
 
         spec, _ = parse_spec(request.spec_text, Path(request.spec_path))
         cwd, env = self._place(owner, spec, request)
-        if spec.serve is not None:  # a deploy is a registry change: the server's rule
-            check_registry(owner, spec.registered_model_name, self.access, "deploy")
+        self._check_rights(owner, spec)
+        try:
+            check_plain_text(spec)
+        except LocationRefused as exc:
+            raise SpecError(f"{request.spec_path}: {exc}") from None
         _check_data_path(spec.data.source, cwd, request.spec_path)
         try:
             priority = priority_value(
@@ -165,15 +196,31 @@ class Scheduler:
         job.moved("queued", "submitted")
         # Under the scheduler's lock: a pass that read the job between its insert and this
         # save would otherwise have its decision (the reason, a preemption) overwritten.
+        # The queued-jobs caps are checked again in the insert's own transaction: two
+        # submits racing past the check above cannot both be queued.
         with self._lock:
             try:
-                job = self.store.add(job)
+                job = self.store.add_if(
+                    job, lambda queued: self._check_submit_quota(owner, priority, queued)
+                )
             except DuplicateKey as dup:
                 return dup.job, False
             job.run_name = f"{job.pipeline}-{job.id}"
             self.store.save(job)
         self.wake()
         return job, True
+
+    def _check_rights(self, owner: User, spec) -> None:
+        """What the server's settings reserve to a role: a deploy is a registry change, and
+        a job nobody may preempt holds its resources against every higher priority.
+
+        Raises:
+            Forbidden: ``owner``'s role is below the one the server names.
+        """
+        if spec.serve is not None:
+            check_registry(owner, spec.registered_model_name, self.access, "deploy")
+        if not spec.scheduling.preemptible:
+            check_non_preemptible(owner, self.access)
 
     def _place(self, owner: User, spec, request: SubmitRequest) -> tuple[str, dict[str, str]]:
         """Where the job runs and with what environment: the submitter's for an admin (or
@@ -206,16 +253,22 @@ class Scheduler:
         home_store = f"sqlite:///{self.state_dir.parent / 'mlflow.db'}"
         return os.environ.get("MLFLOW_TRACKING_URI") or home_store
 
-    def _check_submit_quota(self, owner: User, priority: int) -> None:
+    def _check_submit_quota(
+        self, owner: User, priority: int, queued: list[JobInfo] | None = None
+    ) -> None:
         """A member's team and the member may each cap the priority and the jobs queued at
         once (admins are not capped).
+
+        Args:
+            queued: the queued jobs as the insert's transaction reads them
+                (``JobStore.add_if``); None = read them now (a first check, before the
+                spec is planned).
 
         Raises:
             QuotaRefused: the submit would pass one of them (nothing is queued).
         """
         if owner.admin:
             return
-        queued: list[JobInfo] | None = None
         for scope in self.store.identities.quotas().of(owner.team, owner.name):
             quota = scope.quota
             if quota.priority is not None and priority > quota.priority:
@@ -271,6 +324,26 @@ class Scheduler:
 
     def get(self, job_id: str) -> JobInfo:
         return self._get(job_id)
+
+    def deployment(self, app: str) -> Deployment:
+        """The application a finished job left running, charged to its team.
+
+        Raises:
+            UnknownJob: no finished job of this queue left ``app`` running.
+        """
+        for deployment in self.store.deployments():
+            if deployment.app == app:
+                return deployment
+        raise UnknownJob(f"no application {app!r} left running by this queue's jobs")
+
+    def undeploy(self, app: str) -> Deployment:
+        """Take ``app`` down and stop charging its team (also when Serve no longer runs it:
+        taken down outside the queue)."""
+        deployment = self.deployment(app)
+        self.ray.undeploy(app)
+        self.store.end_deployment(app)
+        self.wake()  # its resources may admit a waiting job
+        return deployment
 
     def _owner(self, job: JobInfo) -> User:
         """Who ``job`` belongs to (a retry stays theirs, within their team's quotas)."""
@@ -340,7 +413,10 @@ class Scheduler:
             free = {k: min(told.get(k, 0.0), cluster.available.get(k, 0.0)) for k in cluster.total}
             queued = self.store.queued()
             quotas = self.store.identities.quotas()
-            plan = self.policy.plan(queued, active, free, total=cluster.total, quotas=quotas)
+            plan = self.policy.plan(
+                queued, active, free, total=cluster.total, quotas=quotas,
+                deployed=self.store.deployments(),
+            )  # fmt: skip
             if cluster.total != self.last_total:  # what `orch teams set` checks quotas against
                 self.store.record_cluster(cluster.total)
             self.last_total = cluster.total
@@ -521,6 +597,21 @@ class Scheduler:
             job.moved("failed", str(job.result["error"]))
         else:
             job.moved("succeeded", _summary(job.result))
+            self._charge_what_it_left(job)
+
+    def _charge_what_it_left(self, job: JobInfo) -> None:
+        """A succeeded job's Serve application keeps running after it: its team and owner
+        are charged for it until it is taken down (``undeploy``)."""
+        from orchestrator.loader import parse_spec
+
+        try:
+            spec, _ = parse_spec(job.spec_text, Path(job.spec_path))
+        except SpecError:  # queued by an older release, invalid under this one
+            log.warning("%s: its spec no longer validates; its Serve app is not charged", job.id)
+            return
+        deployment = left_deployed(job, spec)
+        if deployment is not None:
+            self.store.record_deployment(deployment)
 
     def _failure(self, job: JobInfo, message: str) -> str:
         """Why the attempt failed: its outcome file's error; else (killed before it could
@@ -543,6 +634,16 @@ def _held_outside(told: dict[str, float], available: dict[str, float]) -> dict[s
     """What Ray reports in use beyond what orch's active jobs were granted."""
     gaps = {k: v - available.get(k, 0.0) for k, v in told.items()}
     return {k: gap for k, gap in gaps.items() if gap > 1e-6}
+
+
+def _check_size(request: SubmitRequest, max_bytes: int) -> None:
+    """Raises SpecTooLarge when the spec is over the server's ``max_spec_bytes``."""
+    size = len(request.spec_text.encode())
+    if size > max_bytes:
+        raise SpecTooLarge(
+            f"{request.spec_path}: the spec is {size:,} bytes; this server takes at most "
+            f"{max_bytes:,} (its admin sets orch server --max-spec-bytes)"
+        )
 
 
 def _check_data_path(source: str, cwd: str, spec_path: str) -> None:

@@ -12,16 +12,17 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from orchestrator.exceptions import SpecError
+from orchestrator.exceptions import SpecError, SpecTooLarge
 from orchestrator.scheduling.access import (
     AccessConfig,
     Forbidden,
@@ -33,10 +34,11 @@ from orchestrator.scheduling.access import (
     visible,
 )
 from orchestrator.scheduling.boundary import OutsideBoundary
+from orchestrator.scheduling.demand import Deployment
 from orchestrator.scheduling.identity import User
 from orchestrator.scheduling.policy import PolicyConfig, create_policy
 from orchestrator.scheduling.ray_jobs import RayJobs, RayUnavailable
-from orchestrator.scheduling.record import JobInfo
+from orchestrator.scheduling.record import JobInfo, JobState
 from orchestrator.scheduling.scheduler import (
     JobConflict,
     QuotaRefused,
@@ -58,6 +60,12 @@ class QueueEntry(BaseModel):
     job: JobInfo
 
 
+class Health(BaseModel):
+    """``GET /healthz`` without a token: that it answers, and nothing about it."""
+
+    ok: bool = True
+
+
 class ServerInfo(BaseModel):
     url: str
     pid: int
@@ -68,6 +76,7 @@ class ServerInfo(BaseModel):
 
 
 _ERROR_STATUS = {
+    SpecTooLarge: 413,
     SpecError: 400,
     UnknownJob: 404,
     JobConflict: 409,
@@ -94,13 +103,73 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(status_code=503, content={"detail": f"Ray is not answering: {exc}"})
 
 
+MAX_LISTED = 100_000
+"""The most jobs one ``GET /jobs?limit=`` asks for."""
+
+
+class BodyLimit:
+    """Refuse a request body over ``max_bytes`` with 413 before any handler reads it: by
+    its Content-Length, or, sent without one (chunked), once that many bytes arrived."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            return await self._refuse(send)
+        if declared is not None:
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more:  # no length given: read it here, up to the limit, then replay it
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message]), send)
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await self._refuse(send)
+        replayed = {"type": "http.request", "body": body, "more_body": False}
+        return await self.app(scope, _replay([replayed], receive), send)
+
+    async def _refuse(self, send) -> None:
+        why = (
+            f"the request body is over this server's limit of {self.max_bytes:,} bytes "
+            "(orch server --max-spec-bytes)"
+        )
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": json.dumps({"detail": why}).encode()})
+
+
+def _replay(messages: list[dict], then=None):
+    """An ASGI ``receive`` that gives ``messages`` first, then defers to ``then``."""
+    pending = list(messages)
+
+    async def receive():
+        if pending:
+            return pending.pop(0)
+        return await then() if then else {"type": "http.disconnect"}
+
+    return receive
+
+
 class CallGate:
     """The API's door: names each call's user (``access.caller``) and writes every
-    state-changing call, refused or not, to the audit trail."""
+    state-changing call of a known user, refused or not, to the audit trail.
+
+    A call without a valid token is refused before anything is written: no audit row (a
+    flood of them would fill the disk), only a warning in the server's log, rate-limited
+    per source address and overall (``refusals.RefusalLog``)."""
 
     def __init__(self, scheduler: Scheduler):
+        from orchestrator.scheduling.refusals import RefusalLog
+
         self.identities = scheduler.store.identities
         self.audit = scheduler.store.audit
+        self.unauthenticated = RefusalLog(log)
 
     def record(self, request: Request, user: User, action: str, target: str, outcome="ok"):
         client = request.client.host if request.client else "-"
@@ -108,13 +177,13 @@ class CallGate:
                           address=client, outcome=outcome)  # fmt: skip
 
     def who(self, request: Request) -> User:
-        """FastAPI dependency: the caller, or 401 (a refused POST is recorded)."""
+        """FastAPI dependency: the caller, or 401 (logged, rate-limited; never audited)."""
         try:
             return caller(self.identities, request.headers.get("authorization", ""))
         except Unauthenticated as exc:
-            if request.method == "POST":
-                nobody = User(name="-", team="-", role="viewer", token_id="-", created_at=0)
-                self.record(request, nobody, request.url.path, "-", f"refused (401): {exc}")
+            client = request.client.host if request.client else "-"
+            what = f"an unauthenticated {request.method} {request.url.path!r} (401: {exc})"
+            self.unauthenticated.refused(client, what)
             raise HTTPException(401, str(exc)) from None
 
     def refused(self, request: Request, user: User, action: str, target: str, exc) -> None:
@@ -134,13 +203,13 @@ class CallGate:
 def build_api(scheduler: Scheduler, info: ServerInfo) -> FastAPI:
     """The queue's HTTP API; ``CallGate`` says who calls and records what changes."""
     app = FastAPI(title="orch queue", version="1")
+    limits = scheduler.access
+    # a body is the spec (JSON-escaped: up to twice its bytes) and a few small fields
+    app.add_middleware(BodyLimit, max_bytes=2 * limits.max_spec_bytes + 64 * 1024)
     _add_error_handlers(app)
     gate = CallGate(scheduler)
     who, record, allowed = gate.who, gate.record, gate.allow
-
-    @app.get("/healthz")
-    def healthz() -> ServerInfo:
-        return info
+    _add_health_routes(app, gate, info)
 
     @app.post("/jobs", status_code=201)
     def submit(body: SubmitRequest, request: Request, user: User = Depends(who)) -> JSONResponse:
@@ -156,7 +225,9 @@ def build_api(scheduler: Scheduler, info: ServerInfo) -> FastAPI:
 
     @app.get("/jobs")
     def list_jobs(
-        state: str | None = None, limit: int | None = None, user: User = Depends(who)
+        state: JobState | None = None,
+        limit: int | None = Query(None, ge=1, le=MAX_LISTED, description="The newest N jobs."),
+        user: User = Depends(who),
     ) -> list[JobInfo]:
         jobs = scheduler.store.all(limit)
         return [visible(user, j) for j in jobs if state is None or j.state == state]
@@ -202,8 +273,44 @@ def build_api(scheduler: Scheduler, info: ServerInfo) -> FastAPI:
     def cluster(user: User = Depends(who)) -> dict:
         return _cluster_view(scheduler)
 
+    _add_deployment_routes(app, gate, scheduler)
+
     _add_registry_routes(app, gate, scheduler)
     return app
+
+
+def _add_deployment_routes(app: FastAPI, gate: CallGate, scheduler: Scheduler) -> None:
+    """The Serve applications finished jobs left running: each is charged to its team until
+    its owner or an admin takes it down here (audited)."""
+
+    @app.get("/deployments")
+    def deployments(user: User = Depends(gate.who)) -> list[Deployment]:
+        return scheduler.store.deployments()
+
+    @app.delete("/deployments/{app_name}")
+    def undeploy(app_name: str, request: Request, user: User = Depends(gate.who)) -> Deployment:
+        deployment = scheduler.deployment(app_name)
+        owner = JobInfo(id=deployment.job_id, name=app_name, pipeline=app_name, priority=0,
+                        demand={}, spec_path="", cwd="", owner=deployment.owner,
+                        team=deployment.team)  # fmt: skip
+        gate.allow(request, user, "undeploy", app_name,
+                   lambda: check_owner(user, owner, "take down the application of"))  # fmt: skip
+        taken = scheduler.undeploy(app_name)
+        gate.record(request, user, "undeploy", app_name)
+        return taken
+
+
+def _add_health_routes(app: FastAPI, gate: CallGate, info: ServerInfo) -> None:
+    """``/healthz`` for anyone (that it answers, nothing more) and ``/server`` for callers
+    (where it runs: state directory, PID, the Ray dashboard)."""
+
+    @app.get("/healthz")
+    def healthz() -> Health:
+        return Health()
+
+    @app.get("/server")
+    def server(user: User = Depends(gate.who)) -> ServerInfo:
+        return info
 
 
 class PromoteRequest(BaseModel):
@@ -313,6 +420,9 @@ def serve_forever(
     """Run the queue server until SIGTERM/SIGINT. Returns an exit code."""
     import uvicorn
 
+    from orchestrator.home import private_umask
+
+    private_umask()  # all it writes (queue.db, job folders, server.json) is its user's only
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(state_dir)
@@ -357,6 +467,24 @@ def serve_forever(
     loop = threading.Thread(target=schedule, name="orch-scheduler", daemon=True)
     loop.start()
 
+    _announce_once_listening(server, info, state_dir)
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under the
+    # handler it found: with the default one the process would die before the cleanup
+    # below (server.json left behind, the store not closed). Ours ends it in order.
+    signal.signal(signal.SIGTERM, _exit_in_order)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        stop.set()
+        loop.join(timeout=10)
+        store.close()
+        _forget_server_file(state_dir)
+        lock.close()
+    return 0
+
+
+def _announce_once_listening(server, info: ServerInfo, state_dir: Path) -> None:
+    """Write ``server.json`` (how clients find the server) once ``server`` answers."""
     original_startup = server.startup
 
     async def startup(sockets=None):
@@ -367,15 +495,10 @@ def serve_forever(
         print(f"orch server on {info.url} (queue {state_dir / DB_FILE})", flush=True)
 
     server.startup = startup
-    try:
-        server.run(sockets=[sock])
-    finally:
-        stop.set()
-        loop.join(timeout=10)
-        store.close()
-        _forget_server_file(state_dir)
-        lock.close()
-    return 0
+
+
+def _exit_in_order(signum, frame) -> None:
+    raise SystemExit(0)
 
 
 def _connect(ray_address: str | None) -> str:

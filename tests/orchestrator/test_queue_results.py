@@ -1,5 +1,6 @@
 """The queue reads each attempt's outcome from the file `orch run --result-file` writes,
-never from the job's log (an exit 0 without one is a failure); a queue.db written before the store had a schema version opens,
+never from the job's log (an exit 0 without one is a failure); a queue.db written before
+the store had a schema version opens,
 keeps its jobs and results, and is stamped with the current version."""
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def test_a_queue_db_from_before_schema_versions_opens_with_its_jobs(tmp_path):
     path = tmp_path / "queue.db"
     shutil.copyfile(FIXTURES / "queue-release-1.db", path)
     store = JobStore(path)
-    assert store.schema_version == SCHEMA_VERSION == 4
+    assert store.schema_version == SCHEMA_VERSION == 5
     assert store.queue_id == "e9a3e064"
     jobs = {job.name: job for job in store.all()}
     assert {(job.owner, job.team) for job in jobs.values()} == {("admin", "admins")}
@@ -100,7 +101,7 @@ def test_a_queue_db_from_before_schema_versions_opens_with_its_jobs(tmp_path):
 
 
 def test_a_version_2_queue_db_gains_user_quotas_and_keeps_its_users(tmp_path):
-    """A queue.db written before per-user quotas (schema 2) opens as 4 with its users, and
+    """A queue.db written before per-user quotas (schema 2) opens as 5 with its users, and
     its global idempotency keys become their owners' (schema 4)."""
     path = tmp_path / "queue.db"
     store = JobStore(path)
@@ -115,7 +116,7 @@ def test_a_version_2_queue_db_gains_user_quotas_and_keeps_its_users(tmp_path):
     db.commit()
     db.close()
     store = JobStore(path)
-    assert store.schema_version == 4 and store.identities.user("root").admin
+    assert store.schema_version == 5 and store.identities.user("root").admin
     assert store.by_key("root", "nightly").id == keyed.id
     assert store.by_key("alice", "nightly") is None
     assert store.identities.set_user_quota("root", cpus=1).cpus == 1
@@ -128,7 +129,7 @@ def test_a_queue_db_from_a_newer_release_is_refused_in_one_line(tmp_path):
     db = sqlite3.connect(path)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
-    with pytest.raises(StoreVersionError, match=r"queue schema 5, newer than this orch's 4"):
+    with pytest.raises(StoreVersionError, match=r"queue schema 6, newer than this orch's 5"):
         JobStore(path)
 
 

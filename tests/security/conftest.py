@@ -17,10 +17,42 @@ from orchestrator.scheduling.store import JobStore
 ROWS = "a,b,y\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n"
 
 
+class StillRay:
+    """The Ray Jobs side of the scheduler for tests of the API alone: a 4-CPU, 8 GiB
+    cluster that never runs anything (submits are kept; no job ever starts)."""
+
+    def __init__(self):
+        from orchestrator.scheduling.ray_jobs import ClusterResources
+
+        total = {"CPU": 4.0, "memory": 8.0 * 2**30}
+        self.cluster = ClusterResources(total=total, available=dict(total), nodes=[total])
+        self.submitted: list[str] = []
+
+    def resources(self):
+        return self.cluster
+
+    def submit(self, submission_id: str, entrypoint: str, **_) -> bool:
+        self.submitted.append(submission_id)
+        return True
+
+    def status(self, submission_id: str) -> tuple[str | None, str]:
+        return ("PENDING", "") if submission_id in self.submitted else (None, "")
+
+    def stop(self, submission_id: str) -> None:
+        pass
+
+    def logs(self, submission_id: str) -> str:
+        return ""
+
+    def running(self) -> list[dict]:
+        return []
+
+
 @pytest.fixture
 def tenancy(orch_home, tmp_path):
     """The queue's store with users and teams; ``serve()`` starts its API and returns an
-    ``api`` with one httpx client per user (``api.as_("bob").post(...)``) and ``api.anon``."""
+    ``api`` with one httpx client per user (``api.as_("bob").post(...)``) and ``api.anon``;
+    ``app()`` gives the API as an ASGI app without a socket."""
     import uvicorn
 
     from orchestrator.scheduling.policy import create_policy
@@ -42,16 +74,20 @@ def tenancy(orch_home, tmp_path):
         roots[team] = root
         tokens[person] = ids.add_user(person, team, "member").token
     tokens["carol"] = ids.add_user("carol", "nlp", "viewer").token
-    cluster = SimpleNamespace(total={"CPU": 4.0, "memory": 8 * 2**30}, nodes=[{"CPU": 4.0}])
-    ray = SimpleNamespace(resources=lambda: cluster)
+    ray = StillRay()
     servers: list = []
 
-    def serve(access: AccessConfig | None = None):
+    def app(access: AccessConfig | None = None, url: str = "http://127.0.0.1:0"):
+        """The API as an ASGI app (for in-process clients), and its scheduler."""
         scheduler = Scheduler(store, ray, create_policy(), state, access=access)
+        info = ServerInfo(url=url, pid=0, dashboard_url="", state_dir=str(state), started_at=0)
+        return build_api(scheduler, info), scheduler
+
+    def serve(access: AccessConfig | None = None):
         sock = _listening_socket("127.0.0.1", 0)
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        info = ServerInfo(url=url, pid=0, dashboard_url="", state_dir=str(state), started_at=0)
-        server = uvicorn.Server(uvicorn.Config(build_api(scheduler, info), log_level="warning"))
+        api, scheduler = app(access, url)
+        server = uvicorn.Server(uvicorn.Config(api, log_level="warning"))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         wait_for(lambda: server.started, 30, "the API to listen")
@@ -68,7 +104,13 @@ def tenancy(orch_home, tmp_path):
         )
 
     yield SimpleNamespace(
-        serve=serve, store=store, tokens=tokens, roots=roots, state=state, data=tmp_path / "data"
+        app=app,
+        serve=serve,
+        store=store,
+        tokens=tokens,
+        roots=roots,
+        state=state,
+        data=tmp_path / "data",
     )
     for server, thread, clients in servers:
         for client in clients.values():

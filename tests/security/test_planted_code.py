@@ -68,9 +68,7 @@ def test_modules_planted_in_the_team_root_and_the_submit_folder_never_run(
     (orch_home / "rows.csv").write_text(_rows())
 
     monkeypatch.setenv("ORCH_TOKEN", alice)
-    member_job = QueueClient(server=url).submit(
-        write(orch_home, "m", SPEC.format(name="vision-m"))
-    )
+    member_job = QueueClient(server=url).submit(write(orch_home, "m", SPEC.format(name="vision-m")))
     monkeypatch.setenv("ORCH_TOKEN", root_token)
     admin_job = QueueClient(server=url).submit(write(orch_home, "a", SPEC.format(name="adm")))
 
