@@ -162,7 +162,7 @@ def plan_ingress(mode: str | None = None) -> IngressSettings:
                 "(Linux only); use --ingress proxy here"
             )
         return IngressSettings(mode="proxy")
-    # nosec B108: mkdtemp makes a fresh 0700 folder; /tmp keeps its socket paths short
+    # bandit B108 accepted: mkdtemp makes a fresh 0700 folder; /tmp keeps socket paths short
     state = Path(tempfile.mkdtemp(prefix="orch-h-", dir="/tmp"))  # nosec B108
     taken: set[int] = set()
     return IngressSettings(

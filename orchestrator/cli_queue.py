@@ -95,7 +95,9 @@ def _age(seconds: float) -> str:
 
 
 def _demand(job: JobInfo) -> str:
-    return ", ".join(f"{k} {v:g}" for k, v in sorted(job.demand.items())) or "-"
+    from orchestrator.scheduling.demand import format_resources
+
+    return format_resources(job.demand).strip("{}") or "-"
 
 
 def _table(rows: list[list[str]]) -> str:

@@ -80,7 +80,7 @@ def http_address(spec: ServeSpec) -> str:
     options = running_http_options()
     if options is None:  # Serve not running yet
         return f"http://{spec.host}:{spec.port}"
-    # nosec B104: reads Serve's bind address to call it on loopback; binds nothing
+    # bandit B104 accepted: reads Serve's bind address to call it on loopback; binds nothing
     host = "127.0.0.1" if options.host in ("0.0.0.0", "") else options.host  # nosec B104
     return f"http://{host}:{options.port}"
 

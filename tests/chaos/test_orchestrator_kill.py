@@ -91,7 +91,8 @@ def test_restart_in_the_write_ahead_window_and_the_cli(queue_client, queue_head,
 
     status = orch("status", crashed.id).stdout
     assert status.startswith(f"{crashed.id}  t  succeeded: finished: ")
-    assert "demand {CPU 1}" in status and f"Ray jobs: {crashed.submission_id}" in status
+    assert "demand {CPU 1, memory 1 GiB}" in status
+    assert f"Ray jobs: {crashed.submission_id}" in status
     assert "Running entrypoint for job" in orch("logs", crashed.id).stdout
     listed = orch("list", "--state", "succeeded").stdout.splitlines()
     assert [line.split()[0] for line in listed[1:]] == [crashed.id]

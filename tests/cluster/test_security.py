@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.helpers import stop_process_group, wait_serve_stopped
+from tests.helpers import stop_process_group, wait_for, wait_serve_stopped
 
 pytestmark = pytest.mark.slow
 
@@ -241,15 +241,21 @@ def test_serve_under_haproxy_answers_the_network_only_with_its_api(ray_session, 
         assert "log-format-sd" not in text
         exporter = re.search(r"frontend prometheus\s+bind \S*:(\d+)", text)
         assert exporter, text
-        metrics = httpx.get(f"http://127.0.0.1:{exporter.group(1)}/metrics", timeout=10).text
-        answered = [
-            float(line.rsplit(" ", 1)[1])
-            for line in metrics.splitlines()
-            if line.startswith("haproxy_backend_http_responses_total{")
-            and "iris-secure" in line
-            and 'code="2xx"' in line
-        ]
-        assert answered and max(answered) >= 1, metrics[:2000]
+        def counted() -> bool:
+            """A request, then HAProxy's count of it (a reload after the deploy can restart
+            HAProxy between the two, its counters from 0: then ask again)."""
+            httpx.post(f"{served.endpoint}/predict", json=flower, timeout=30)
+            metrics = httpx.get(f"http://127.0.0.1:{exporter.group(1)}/metrics", timeout=10)
+            answered = [
+                float(line.rsplit(" ", 1)[1])
+                for line in metrics.text.splitlines()
+                if line.startswith("haproxy_backend_http_responses_total{")
+                and "iris-secure" in line
+                and 'code="2xx"' in line
+            ]
+            return bool(answered) and max(answered) >= 1
+
+        wait_for(counted, 30, "HAProxy's exporter to count the app's answered requests")
         # what else listens off loopback in those processes is Ray's own gRPC (token-guarded)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             try:
