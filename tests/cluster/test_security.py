@@ -241,6 +241,7 @@ def test_serve_under_haproxy_answers_the_network_only_with_its_api(ray_session, 
         assert "log-format-sd" not in text
         exporter = re.search(r"frontend prometheus\s+bind \S*:(\d+)", text)
         assert exporter, text
+
         def counted() -> bool:
             """A request, then HAProxy's count of it (a reload after the deploy can restart
             HAProxy between the two, its counters from 0: then ask again)."""
