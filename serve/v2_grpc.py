@@ -13,14 +13,25 @@ UNAUTHENTICATED, each with the same text; a model served without a key PERMISSIO
 
 from __future__ import annotations
 
+import sys
+
 import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
 
 from serve.http import key_matches
 from serve.protocol import DTYPES, RequestError, tensor_bytes
 
-SERVICER = "tritonclient.grpc.service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+# tritonclient's generated messages name their module after their .proto file
+# (``ModelInferRequest.__module__ == "grpc_service_pb2"``), a module nothing installs. Ray's
+# Python proxy pickles each request for the replica, and pickle finds a class again by its
+# module's name: without this alias every infer through that proxy failed with "import of
+# module 'grpc_service_pb2' failed". The proxy imports this module (SERVICER below names
+# it) and so does every replica of the v2 router, so the name resolves in both.
+sys.modules.setdefault(pb.ModelInferRequest.__module__, pb)
+
+SERVICER = "serve.v2_grpc.add_inference_servicer"
 APPLICATION_HEADER = "application"
 
 _STATUS = {
@@ -41,6 +52,12 @@ _CONTENTS = {
     "INT64": "int64_contents",
     "UINT8": "uint_contents",
 }
+
+
+def add_inference_servicer(servicer, server) -> None:
+    """Serve's ``grpc_servicer_functions`` entry: Triton's ``GRPCInferenceService``, added
+    from here so that importing it registers the message module alias above."""
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
 
 
 def grpc_options(port: int) -> dict:

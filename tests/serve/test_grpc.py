@@ -1,5 +1,7 @@
 """The Open Inference Protocol v2 over gRPC (serve.grpc_port), through the embedded Ray's
-HAProxy, with Triton's own client: inference, metadata, the bearer key, the errors.
+HAProxy, with Triton's own client: inference, metadata, the bearer key, the errors. The
+same story through Ray's Python proxy, on a head started with a plain `ray start`, is in
+test_ingress.py.
 
 Serve takes its gRPC options when it starts, so this module starts its own Serve (with
 gRPC) and shuts it down at the end, like test_serving's.
@@ -10,17 +12,16 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
-from sklearn.datasets import load_iris
 
 from orchestrator import Client
 from orchestrator.exceptions import ClusterError
 from tests.conftest import free_port
 from tests.helpers import wait_for, wait_serve_stopped
 from tests.serve.conftest import iris_pipeline, register_quick_model
+from tests.serve.grpc_checks import FLOWERS, V2_APP, assert_grpc_answers_and_refuses
+from tests.serve.grpc_checks import features as _features
 
 pytestmark = pytest.mark.slow
-FLOWERS = load_iris().data[[0, 1, 50, 100]].astype(np.float32)
-V2_APP = {"application": "orch-v2"}
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +50,6 @@ def client(served):
 
     result, _, _ = served
     return triton.InferenceServerClient(result.grpc)
-
-
-def _features(rows: np.ndarray):
-    import tritonclient.grpc as triton
-
-    tensor = triton.InferInput("features", list(rows.shape), "FP32")
-    tensor.set_data_from_numpy(rows)  # raw bytes, as Triton's client sends them
-    return tensor
 
 
 def test_tritonclient_grpc_infers_what_http_predicts(served, client):
@@ -89,26 +82,11 @@ def test_tritonclient_grpc_infers_what_http_predicts(served, client):
 def test_grpc_errors_name_the_problem(client):
     from tritonclient.utils import InferenceServerException
 
-    def refused(*, model="iris-grpc", rows=FLOWERS, headers=V2_APP):
-        with pytest.raises(InferenceServerException) as caught:
-            client.infer(model, [_features(rows)], headers=headers)
-        return caught.value.status(), caught.value.message()
-
-    key = {"authorization": "Bearer k3y"}
-    status, message = refused()
-    assert status == "StatusCode.UNAUTHENTICATED" and "missing or wrong bearer key" in message
-    status, _ = refused(headers=V2_APP | {"authorization": "Bearer nope"})
-    assert status == "StatusCode.UNAUTHENTICATED"
-    status, message = refused(rows=FLOWERS[:, :3], headers=V2_APP | key)
-    assert status == "StatusCode.INVALID_ARGUMENT"
-    assert "inputs[0].shape must be [rows >= 1, 4], got [4, 3]" in message
-    status, message = refused(model="nope", headers=V2_APP | key)
-    assert status == "StatusCode.NOT_FOUND" and "no model 'nope' is served" in message
-    status, message = refused(headers=key)  # Ray Serve routes gRPC by this metadata
-    assert status == "StatusCode.NOT_FOUND" and "Application metadata not set" in message
-    # still serving after the refusals
-    answer = client.infer("iris-grpc", [_features(FLOWERS[:1])], headers=V2_APP | key)
-    assert answer.as_numpy("class").tolist() == [0]
+    assert_grpc_answers_and_refuses(client, "iris-grpc", "k3y")
+    with pytest.raises(InferenceServerException) as caught:  # Serve routes gRPC by this
+        client.infer("iris-grpc", [_features(FLOWERS)], headers={"authorization": "Bearer k3y"})
+    assert caught.value.status() == "StatusCode.NOT_FOUND"
+    assert "Application metadata not set" in caught.value.message()
 
 
 def test_a_model_without_a_key_does_not_answer_over_grpc(served, client):
