@@ -218,7 +218,7 @@ def run_serving(
     from serve.deploy import deploy, grpc_address, ingress_in_use
 
     try:
-        endpoint = deploy(config, spec.serve)
+        endpoint = deploy(config, spec.serve, controller_env=_haproxy_for_new_serve())
     except ServeError as exc:
         raise ClusterError(str(exc)) from None
     result = ServeResult(
@@ -248,3 +248,38 @@ def stop_serving(spec: PipelineSpec, *, address: RayAddress | None = None) -> bo
     from serve.deploy import undeploy
 
     return undeploy(spec.serve.name)
+
+
+def _haproxy_for_new_serve() -> dict[str, str] | None:
+    """HAProxy's environment for the Serve controller this driver is about to start, on a
+    cluster whose own processes would start Ray's Python proxy (a head from a plain
+    ``ray start``): Ray's public ``serve.start(controller_options=...)`` hands it to the
+    controller, and the proxies it starts inherit it, so no restart is needed. None (keep
+    what the cluster does) when Serve already runs (it keeps the ingress it started with),
+    the cluster already brings HAProxy, the user asked for the proxy
+    (``ORCH_SERVE_INGRESS=proxy``), HAProxy is not installed, or this driver is not on the
+    head node (HAProxy's private folder and ports are picked here, for the head).
+    """
+    from cluster.ingress import haproxy_binary, plan_ingress, requested_mode
+    from jobs.ray_internals import running_http_options
+    from serve.deploy import cluster_ingress
+
+    if requested_mode() == "proxy" or haproxy_binary() is None:
+        return None
+    if running_http_options() is not None or not _on_head_node():
+        return None
+    if cluster_ingress() == "haproxy":
+        return None
+    return plan_ingress("haproxy").environment()
+
+
+def _on_head_node() -> bool:
+    """Whether this driver runs on the cluster's head node (where Serve's proxy runs)."""
+    import ray
+
+    here = ray.util.get_node_ip_address()
+    heads = [
+        node for node in ray.nodes()
+        if node["Alive"] and "node:__internal_head__" in node["Resources"]
+    ]  # fmt: skip
+    return bool(heads) and heads[0]["NodeManagerAddress"] == here

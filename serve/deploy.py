@@ -85,8 +85,14 @@ def http_address(spec: ServeSpec) -> str:
     return f"http://{host}:{options.port}"
 
 
-def deploy(config: AppConfig, spec: ServeSpec) -> str:
+def deploy(config: AppConfig, spec: ServeSpec, controller_env: dict[str, str] | None = None) -> str:
     """Deploy (or update) ``config``'s application and register its model with /v2.
+
+    Args:
+        controller_env: environment variables for a Serve controller this call starts (Ray's
+            public ``controller_options``; the proxies and replicas it starts inherit them):
+            how orch brings HAProxy to a cluster whose processes lack its variables. Ignored
+            when Serve already runs.
 
     Returns the HTTP base URL of the application (``http://host:port/<name>``).
     """
@@ -94,7 +100,10 @@ def deploy(config: AppConfig, spec: ServeSpec) -> str:
 
     _quiet_serve_logs()
     check_resources(config)
-    serve.start(**serve_options(spec))
+    options = serve_options(spec)
+    if controller_env:
+        options["controller_options"] = {"runtime_env": {"env_vars": controller_env}}
+    serve.start(**options)
     check_grpc(spec)
     serve.run(build_app(config.model_dump()), name=config.name, route_prefix=f"/{config.name}")
     models = _v2_models()
@@ -136,8 +145,8 @@ def grpc_address(spec: ServeSpec) -> str | None:
     return f"{host}:{spec.grpc_port}"
 
 
-def ingress_in_use() -> str:
-    """``haproxy`` or ``proxy``: how Serve takes HTTP on the connected cluster.
+def cluster_ingress() -> str:
+    """``haproxy`` or ``proxy``: what Serve starts with on the connected cluster by itself.
 
     Serve reads it from its processes' environment, which every Ray worker on a node
     shares, so a zero-CPU task reads it there (the driver's own may differ).
@@ -151,6 +160,20 @@ def ingress_in_use() -> str:
         return os.environ.get("RAY_SERVE_ENABLE_HA_PROXY")
 
     return "haproxy" if ray.get(read.remote(), timeout=60) == "1" else "proxy"
+
+
+def ingress_in_use() -> str:
+    """``haproxy`` or ``proxy``: how the running Serve takes HTTP. HAProxy either came with
+    the cluster's environment or with the controller orch started (``controller_env``):
+    then Ray's state API lists its HAProxy managers."""
+    if cluster_ingress() == "haproxy":
+        return "haproxy"
+    from ray.util.state import list_actors
+
+    managers = list_actors(
+        filters=[("class_name", "=", "HAProxyManager"), ("state", "=", "ALIVE")], timeout=30
+    )
+    return "haproxy" if managers else "proxy"
 
 
 def _quiet_serve_logs() -> None:

@@ -21,13 +21,20 @@ pytestmark = pytest.mark.slow
 ORCH = [sys.executable, "-m", "orchestrator"]
 
 
-def test_a_cluster_on_rays_python_proxy_serves_the_same_api_and_says_how_to_get_haproxy(
-    queue_head, tmp_path
+@pytest.mark.parametrize(
+    ("asked", "ingress"),
+    [("proxy", "proxy"), (None, "haproxy")],
+    ids=["python-proxy-on-request", "haproxy-without-a-restart"],
+)
+def test_a_plain_ray_start_head_serves_http_and_grpc_through_either_ingress(
+    queue_head, tmp_path, asked, ingress
 ):
-    """On a head started with a plain `ray start` (Serve's Python proxy), the same HTTP API
-    and v2 over gRPC: Triton's client infers with the key and gets UNAUTHENTICATED,
-    INVALID_ARGUMENT and NOT_FOUND as through HAProxy (tests/serve/test_grpc.py). This is
-    the first test that starts Serve on the shared head, so Serve takes its gRPC port."""
+    """A head started with a plain `ray start`, whose processes would start Serve's Python
+    proxy. By default orch starts Serve there with HAProxy anyway (Ray's public
+    ``controller_options``: no restart); with ``ORCH_SERVE_INGRESS=proxy`` it keeps the
+    Python proxy and says how to get HAProxy. Through either: the same HTTP API, and v2
+    over gRPC, where Triton's client infers with the key and gets UNAUTHENTICATED,
+    INVALID_ARGUMENT and NOT_FOUND (as in tests/serve/test_grpc.py)."""
     import tritonclient.grpc as triton
 
     port = free_port()
@@ -40,6 +47,9 @@ def test_a_cluster_on_rays_python_proxy_serves_the_same_api_and_says_how_to_get_
     path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True)))
     address = ["--address", queue_head.gcs_address]
     env = {**queue_head.env(), "ORCH_HOME": str(tmp_path / "home"), "IRIS_PROXY_KEY": "pr0xy"}
+    env.pop("ORCH_SERVE_INGRESS", None)
+    if asked:
+        env["ORCH_SERVE_INGRESS"] = asked
     bearer = {"Authorization": "Bearer pr0xy"}
 
     def orch(*args):
@@ -47,13 +57,15 @@ def test_a_cluster_on_rays_python_proxy_serves_the_same_api_and_says_how_to_get_
             [*ORCH, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
         )
 
+    _shut_serve_down(queue_head)  # Serve takes its ingress and gRPC port when it starts
     served = orch("serve", str(path), "--json", *address)
     try:
         assert served.returncode == 0, served.stderr
         result = json.loads(served.stdout)
-        assert result["ingress"] == "proxy"
+        assert result["ingress"] == ingress
         notes = [line for line in served.stderr.splitlines() if "HA_PROXY" in line]
-        assert len(notes) == 1 and "RAY_SERVE_ENABLE_HA_PROXY=1" in notes[0]
+        assert len(notes) == (ingress == "proxy")
+        assert all("RAY_SERVE_ENABLE_HA_PROXY=1" in note for note in notes)
         flowers = {"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}
         answer = httpx.post(
             f"{result['endpoint']}/predict", json=flowers, headers=bearer, timeout=30
@@ -71,7 +83,31 @@ def test_a_cluster_on_rays_python_proxy_serves_the_same_api_and_says_how_to_get_
         assert_grpc_answers_and_refuses(
             triton.InferenceServerClient(result["grpc"]), "iris-proxy", "pr0xy"
         )
+        haproxy = _haproxy_listeners(queue_head.pid)
+        assert bool(haproxy) == (ingress == "haproxy")
+        assert {host for host, _ in haproxy} <= {"127.0.0.1"}  # loopback only, as embedded
     finally:
         down = orch("serve", str(path), "--down", "--json", *address)
+        _shut_serve_down(queue_head)
     assert down.returncode == 0 and json.loads(down.stdout)["stopped"] is True
     assert_head_left_idle(queue_head)
+
+
+def _shut_serve_down(head) -> None:
+    """Stop Serve itself on ``head`` (controller and proxies: ``orch serve --down`` removes
+    only the application), from a driver of its own."""
+    stop = (
+        "import ray; from ray import serve; "
+        f"ray.init(address={head.gcs_address!r}, logging_level='ERROR'); serve.shutdown()"
+    )
+    done = subprocess.run([sys.executable, "-c", stop], env=head.env(), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _haproxy_listeners(head_pid: int) -> set[tuple[str, int]]:
+    """(host, port) of every TCP listener of an HAProxy process under the head."""
+    from tests.cluster.test_security import _command, _descendants, _listening
+
+    haproxy = {pid for pid in _descendants(head_pid) if "haproxy.cfg" in _command(pid)}
+    return {(host, port) for _, host, port in _listening(haproxy)}
