@@ -206,3 +206,16 @@ def wait_serve_stopped(timeout_s: float = 60) -> None:
         return not [a for a in alive if a.class_name in names]
 
     wait_for(stopped, timeout_s, "the earlier Serve to stop")
+
+
+def spec_text(name: str, source: str, **sections) -> str:
+    """A small pipeline YAML reading ``source`` (classification of column y)."""
+    import yaml
+
+    doc = {
+        "name": name,
+        "data": {"source": source, "task": "classification", "label": "y"},
+        "model": {"type": "mlp"},
+        **sections,
+    }
+    return yaml.safe_dump(doc)

@@ -16,6 +16,7 @@ from orchestrator.scheduling.audit import HEAD_FILE, KEY_FILE
 from orchestrator.scheduling.identity import LOCAL_ADMIN, IdentityError
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.store import JobStore
+from tests.helpers import spec_text
 
 
 @pytest.fixture
@@ -298,18 +299,6 @@ def _submit(store, who, spec_text: str, **extra):
     return scheduler.submit(ask, who)[0]
 
 
-def _spec(name: str, source: str, **sections) -> str:
-    import yaml
-
-    doc = {
-        "name": name,
-        "data": {"source": source, "task": "classification", "label": "y"},
-        "model": {"type": "mlp"},
-        **sections,
-    }
-    return yaml.safe_dump(doc)
-
-
 def test_a_member_spec_reaching_outside_the_team_is_refused_at_submit(teams_with_roots):
     from orchestrator.scheduling.boundary import OutsideBoundary
 
@@ -317,13 +306,13 @@ def test_a_member_spec_reaching_outside_the_team_is_refused_at_submit(teams_with
     bob = people["bob"]
     alice_rows = str(data / "vision" / "rows.csv")
     with pytest.raises(OutsideBoundary, match=r"data.source: .*outside team nlp's roots"):
-        _submit(store, bob, _spec("nlp-steal", alice_rows))
+        _submit(store, bob, spec_text("nlp-steal", alice_rows))
     link = data / "nlp" / "shortcut.csv"
     link.symlink_to(data / "vision" / "rows.csv")  # a link inside nlp's root, leading out
     with pytest.raises(
         OutsideBoundary, match=r"data.source: '.*shortcut.csv': leads outside team nlp's roots"
     ):
-        _submit(store, bob, _spec("nlp-link", str(link)))
+        _submit(store, bob, spec_text("nlp-link", str(link)))
     for sections, message in (
         ({"tracking": {"experiment": "vision-exp"}}, "tracking.experiment"),
         ({"register": {"model_name": "vision-model"}}, "register.model_name"),
@@ -331,11 +320,11 @@ def test_a_member_spec_reaching_outside_the_team_is_refused_at_submit(teams_with
         ({"serve": {"name": "nlp-app", "host": "0.0.0.0"}}, "serve.host '0.0.0.0'"),
     ):
         with pytest.raises(OutsideBoundary, match=message):
-            _submit(store, bob, _spec("nlp-x", str(data / "nlp" / "rows.csv"), **sections))
+            _submit(store, bob, spec_text("nlp-x", str(data / "nlp" / "rows.csv"), **sections))
     assert store.queued() == []  # nothing was queued
 
-    job = _submit(store, bob, _spec("nlp-ok", "rows.csv"))  # relative: from the team's root
+    job = _submit(store, bob, spec_text("nlp-ok", "rows.csv"))  # relative: from the team's root
     assert job.cwd == str((data / "nlp").resolve())  # the server's choice, not bob's
     assert job.env["ORCH_HOME"] == str(store.path.parent.parent)  # the server's, not bob's
-    admin_job = _submit(store, LOCAL_ADMIN, _spec("anything", alice_rows))  # admins unbounded
+    admin_job = _submit(store, LOCAL_ADMIN, spec_text("anything", alice_rows))  # admins unbounded
     assert admin_job.env == {"ORCH_HOME": "/home/bob/.orch"}

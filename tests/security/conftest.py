@@ -120,19 +120,6 @@ def tenancy(orch_home, tmp_path):
     store.close()
 
 
-def spec_text(name: str, source: str, **sections) -> str:
-    """A small pipeline YAML reading ``source`` (classification of column y)."""
-    import yaml
-
-    doc = {
-        "name": name,
-        "data": {"source": source, "task": "classification", "label": "y"},
-        "model": {"type": "mlp"},
-        **sections,
-    }
-    return yaml.safe_dump(doc)
-
-
 def submit_body(text: str, **extra) -> dict:
     """The JSON body of ``POST /jobs`` for ``text`` (what ``orch submit`` sends)."""
     return {"spec_text": text, "spec_path": "p.yaml", "cwd": "/somewhere", "env": {}, **extra}

@@ -24,8 +24,8 @@ import pytest
 from orchestrator.scheduling.audit import HEAD_FILE, KEY_FILE
 from orchestrator.scheduling.refusals import RefusalLog
 from orchestrator.scheduling.store import JobStore
-from tests.helpers import wait_for
-from tests.security.conftest import spec_text, submit_body
+from tests.helpers import spec_text, wait_for
+from tests.security.conftest import submit_body
 
 REPO = Path(__file__).resolve().parents[2]
 OS_USER = pwd.getpwuid(os.geteuid()).pw_name

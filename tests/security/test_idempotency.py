@@ -5,7 +5,8 @@ others, and the same key from another user is another key."""
 
 from __future__ import annotations
 
-from tests.security.conftest import spec_text, submit_body
+from tests.helpers import spec_text
+from tests.security.conftest import submit_body
 
 
 def test_a_key_is_its_users_own_and_never_shown_to_others(tenancy):

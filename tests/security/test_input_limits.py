@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.scheduling.access import AccessConfig
-from tests.security.conftest import spec_text, submit_body
+from tests.helpers import spec_text
+from tests.security.conftest import submit_body
 
 # 342 bytes that expand to 9^9 (387 million) strings once PyYAML resolves the aliases
 BOMB = "name: nlp-bomb\n" + "".join(

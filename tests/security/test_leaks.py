@@ -12,7 +12,8 @@ import pytest
 
 from orchestrator.exceptions import ClusterError
 from orchestrator.scheduling.access import AccessConfig
-from tests.security.conftest import spec_text, submit_body
+from tests.helpers import spec_text
+from tests.security.conftest import submit_body
 
 
 def test_healthz_says_nothing_without_a_token(tenancy):

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from orchestrator.scheduling.identity import IdentityError, Team
 from orchestrator.scheduling.locations import LocationRefused, check_locations
-from tests.security.conftest import ROWS, spec_text, submit_body
+from tests.helpers import spec_text
+from tests.security.conftest import ROWS, submit_body
 
 BUCKET_ROOT = ("bkt", ("data", "vision"))  # the team's object-store root s3://bkt/data/vision
 

@@ -11,7 +11,8 @@ import pytest
 from orchestrator.scheduling.access import AccessConfig
 from orchestrator.scheduling.boundary import team_owns
 from orchestrator.scheduling.identity import IdentityError
-from tests.security.conftest import spec_text, submit_body
+from tests.helpers import spec_text
+from tests.security.conftest import submit_body
 
 
 def test_a_team_name_with_a_dash_is_refused_with_the_reason(tenancy):

@@ -23,7 +23,7 @@ from orchestrator.scheduling.identity import GIB, Quota, Quotas
 from orchestrator.scheduling.policy import PriorityPolicy
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.store import JobStore
-from tests.security.conftest import spec_text
+from tests.helpers import spec_text
 
 CLUSTER = {"CPU": 64.0, "memory": 256 * GIB}  # free and large: only the quota holds a job
 ONE_TRIAL = {"metric": "val_accuracy", "num_samples": 4, "max_concurrent_trials": 1}
