@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from orchestrator.scheduling.identity import IdentityError, Team
 from orchestrator.scheduling.locations import LocationRefused, check_locations
+from orchestrator.scheduling.scheduler import SubmitRequest
 from tests.helpers import spec_text
 from tests.security.conftest import ROWS, submit_body
 
@@ -428,3 +429,25 @@ def test_links_to_folders_inside_are_walked_for_their_own_links_out(tmp_path, ba
             check_locations(_with(base_spec, "data", source), team, root)
     (root / "b" / "leak").unlink()
     assert check_locations(_with(base_spec, "data", "a/*.csv"), team, root)[0].path.name == "*.csv"
+
+
+def test_a_link_swapped_after_submit_is_caught_when_the_job_starts(tenancy):
+    """Attack (TOCTOU): bob submits through a link that leads inside nlp's root, then points
+    it at alice's data before the job starts. The start checks again: the job fails with
+    the reason, and nothing reaches Ray."""
+    _, scheduler = tenancy.app()
+    bob = tenancy.store.identities.user("bob")
+    link = tenancy.roots["nlp"] / "today.csv"
+    link.symlink_to(tenancy.roots["nlp"] / "rows.csv")
+    ask = SubmitRequest(**submit_body(spec_text("nlp-swap", "today.csv")))
+    job, created = scheduler.submit(ask, bob)
+    assert created and job.state == "queued"
+
+    link.unlink()
+    link.symlink_to(tenancy.roots["vision"] / "rows.csv")  # swapped before it starts
+    scheduler.tick()
+    started = tenancy.store.get(job.id)
+    assert started.state == "failed"
+    assert started.reason.startswith("its spec is refused at start: data.source: 'today.csv'")
+    assert str(tenancy.roots["vision"]) not in started.reason
+    assert scheduler.ray.submitted == []  # never reached Ray
