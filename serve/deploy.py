@@ -168,10 +168,15 @@ def ingress_in_use() -> str:
     then Ray's state API lists its HAProxy managers."""
     if cluster_ingress() == "haproxy":
         return "haproxy"
+    import ray
     from ray.util.state import list_actors
 
     managers = list_actors(
-        filters=[("class_name", "=", "HAProxyManager"), ("state", "=", "ALIVE")], timeout=30
+        # this driver's cluster: without it Ray looks one up and refuses when the machine
+        # has several
+        address=ray.get_runtime_context().gcs_address,
+        filters=[("class_name", "=", "HAProxyManager"), ("state", "=", "ALIVE")],
+        timeout=30,
     )
     return "haproxy" if managers else "proxy"
 

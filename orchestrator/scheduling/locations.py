@@ -39,7 +39,7 @@ from __future__ import annotations
 import glob
 import os
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
@@ -325,7 +325,16 @@ def _sqlite(spelling: str, scheme: str, field_name: str, cwd: Path | None) -> Lo
     path = filename.split("?", 1)[0].split("#", 1)[0]
     if not path.startswith("/"):
         raise _refuse(field_name, spelling, "a SQLite file: URI takes an absolute path")
-    return _local(path, field_name, spelling, None)
+    location = _local(path, field_name, spelling, None)
+    written = database.removeprefix("file:").split("?", 1)[0].split("#", 1)[0]
+    if written.startswith("//"):  # the host was checked above, on the decoded spelling
+        written = "/" + written[2:].partition("/")[2]
+    if written != path and written.startswith("/"):
+        # SQLAlchemy decodes the filename before SQLite does; the spelling as written must
+        # lie inside too, as every other location's readings do (no reader may disagree)
+        also = _local(written, field_name, spelling, None).readings
+        location = replace(location, readings=(*location.readings, *also))
+    return location
 
 
 def check_plain_text(spec: PipelineSpec) -> None:

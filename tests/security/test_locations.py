@@ -338,6 +338,10 @@ CORPUS = [
     Case("tracking", "sqliteuri_ro", "../nlp/mlflow.db"),
     Case("tracking", "sqliteuri_auth", "<R>/mlflow.db"),
     Case("tracking", "sqlitenouri", "<R>/mlflow.db"),
+    # found by this test under pytest-xdist: SQLAlchemy decodes '%2f' before SQLite reads
+    # the file: URI, so 'vision%2f' as written names a sibling of the root
+    Case("tracking", "sqliteuri", "<R>%2f"),
+    Case("storage", "plain", ""),  # left unset: the default, no location of its own
 ]
 
 
@@ -369,7 +373,8 @@ def test_whatever_a_team_may_use_lies_inside_its_roots(tree, base_spec, case):
         return
     assert not _must_refuse(case, spelling), f"{spelling!r} passed"
     assert _inside_oracle(case, base), f"{spelling!r} passed but leads outside"
-    assert locations[-1].spelling == spelling
+    if spelling:  # an empty one is the field left unset: no location of its own
+        assert locations[-1].spelling == spelling
 
 
 INSIDE = [
