@@ -2,7 +2,9 @@
 overload, traffic split, zero-downtime rollout, and `serve deploy` of an emitted config.
 
 One Serve instance for the module (as Ray Serve's own tests share one); the models live in a
-module-wide MLflow store named in each spec's tracking section.
+module-wide MLflow store named in each spec's tracking section. Under HAProxy (the embedded
+Ray's ingress) only: what these tests check is the app's behind either ingress, and the
+API through both ingresses is test_ingress.py's (HTTP and gRPC on a plain `ray start` head).
 """
 
 from __future__ import annotations
