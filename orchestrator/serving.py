@@ -217,6 +217,7 @@ def run_serving(
     emit(ClusterFound(connection.dashboard_url, connection.token_path))
     from serve.deploy import deploy, grpc_address, ingress_in_use
 
+    _check_ports_free(spec.serve)
     try:
         endpoint = deploy(config, spec.serve, controller_env=_haproxy_for_new_serve())
     except ServeError as exc:
@@ -271,6 +272,33 @@ def _haproxy_for_new_serve() -> dict[str, str] | None:
     if cluster_ingress() == "haproxy":
         return None
     return plan_ingress("haproxy").environment()
+
+
+def _check_ports_free(serve_spec) -> None:
+    """Before Serve starts on this machine (the head): its HTTP and gRPC ports must be free,
+    or its proxy fails to bind them long after the call returned.
+
+    Raises:
+        SpecError: naming the field and the port taken.
+    """
+    import socket
+
+    from jobs.ray_internals import running_http_options
+
+    if running_http_options() is not None or not _on_head_node():
+        return  # a running Serve holds its own ports; another machine's are not ours to probe
+    for field, port in (("serve.port", serve_spec.port), ("serve.grpc_port", serve_spec.grpc_port)):
+        if port is None:
+            continue
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((serve_spec.host, port))
+            except OSError as exc:
+                raise SpecError(
+                    f"{field} {port}: the port is taken on {serve_spec.host} ({exc.strerror}); "
+                    f"set {field} to a free port, or stop what listens there"
+                ) from None
 
 
 def _on_head_node() -> bool:

@@ -111,3 +111,40 @@ def _haproxy_listeners(head_pid: int) -> set[tuple[str, int]]:
 
     haproxy = {pid for pid in _descendants(head_pid) if "haproxy.cfg" in _command(pid)}
     return {(host, port) for _, host, port in _listening(haproxy)}
+
+
+def test_grpc_bad_input_is_one_line_and_exit_2(queue_head, tmp_path):
+    """A gRPC port another process holds, and a gRPC port without a key: one line naming
+    the field, exit 2, and no Serve started on the head."""
+    import socket
+
+    spec = iris_pipeline(
+        "iris-taken", f"sqlite:///{tmp_path / 'mlflow.db'}", free_port(),
+        grpc_port=free_port(), auth={"api_key_env": "IRIS_TAKEN_KEY"},
+    )  # fmt: skip
+    register_quick_model(spec)
+    env = {**queue_head.env(), "ORCH_HOME": str(tmp_path / "home"), "IRIS_TAKEN_KEY": "k"}
+
+    def orch(doc: dict, command: str, *extra: str):
+        path = tmp_path / "iris.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return subprocess.run([*ORCH, command, str(path), *extra], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    _shut_serve_down(queue_head)
+    doc = spec.model_dump(mode="json", exclude_none=True)
+    with socket.socket() as holder:  # someone else listens on the spec's gRPC port
+        holder.bind(("127.0.0.1", spec.serve.grpc_port))
+        holder.listen()
+        taken = orch(doc, "serve", "--address", queue_head.gcs_address)
+    assert taken.returncode == 2, taken.stderr
+    errors = [line for line in taken.stderr.splitlines() if line.startswith("error")]
+    assert (
+        len(errors) == 1
+        and f"serve.grpc_port {spec.serve.grpc_port}: the port is taken" in (errors[0])
+    )
+    keyless = {**doc, "serve": {k: v for k, v in doc["serve"].items() if k != "auth"}}
+    refused = orch(keyless, "validate")
+    assert refused.returncode == 2 and "grpc_port needs auth.api_key_env" in refused.stderr
+    assert "Traceback" not in taken.stderr + refused.stderr
+    assert_head_left_idle(queue_head)
