@@ -217,9 +217,12 @@ def run_serving(
     emit(ClusterFound(connection.dashboard_url, connection.token_path))
     from serve.deploy import deploy, grpc_address, ingress_in_use
 
-    _check_ports_free(spec.serve)
+    controller_env = None
+    if _starts_serve_here():
+        _check_ports_free(spec.serve)
+        controller_env = _haproxy_for_new_serve()
     try:
-        endpoint = deploy(config, spec.serve, controller_env=_haproxy_for_new_serve())
+        endpoint = deploy(config, spec.serve, controller_env=controller_env)
     except ServeError as exc:
         raise ClusterError(str(exc)) from None
     result = ServeResult(
@@ -252,26 +255,31 @@ def stop_serving(spec: PipelineSpec, *, address: RayAddress | None = None) -> bo
 
 
 def _haproxy_for_new_serve() -> dict[str, str] | None:
-    """HAProxy's environment for the Serve controller this driver is about to start, on a
-    cluster whose own processes would start Ray's Python proxy (a head from a plain
+    """HAProxy's environment for the Serve controller this driver, on the head node, is
+    about to start (``_starts_serve_here``), on a cluster whose own processes would start
+    Ray's Python proxy (a head from a plain
     ``ray start``): Ray's public ``serve.start(controller_options=...)`` hands it to the
     controller, and the proxies it starts inherit it, so no restart is needed. None (keep
-    what the cluster does) when Serve already runs (it keeps the ingress it started with),
-    the cluster already brings HAProxy, the user asked for the proxy
-    (``ORCH_SERVE_INGRESS=proxy``), HAProxy is not installed, or this driver is not on the
-    head node (HAProxy's private folder and ports are picked here, for the head).
+    what the cluster does) when the cluster already brings HAProxy, the user asked for the
+    proxy (``ORCH_SERVE_INGRESS=proxy``) or HAProxy is not installed.
     """
     from cluster.ingress import haproxy_binary, plan_ingress, requested_mode
-    from jobs.ray_internals import running_http_options
     from serve.deploy import cluster_ingress
 
     if requested_mode() == "proxy" or haproxy_binary() is None:
         return None
-    if running_http_options() is not None or not _on_head_node():
-        return None
     if cluster_ingress() == "haproxy":
         return None
     return plan_ingress("haproxy").environment()
+
+
+def _starts_serve_here() -> bool:
+    """Whether this deploy starts Serve, from a driver on the head node: then its ports and
+    HAProxy's folder are this machine's to check and pick. A running Serve keeps its own
+    ports and ingress; another machine's are not ours to probe."""
+    from jobs.ray_internals import running_http_options
+
+    return running_http_options() is None and _on_head_node()
 
 
 def _check_ports_free(serve_spec) -> None:
@@ -283,10 +291,6 @@ def _check_ports_free(serve_spec) -> None:
     """
     import socket
 
-    from jobs.ray_internals import running_http_options
-
-    if running_http_options() is not None or not _on_head_node():
-        return  # a running Serve holds its own ports; another machine's are not ours to probe
     for field, port in (("serve.port", serve_spec.port), ("serve.grpc_port", serve_spec.grpc_port)):
         if port is None:
             continue

@@ -133,11 +133,16 @@ def check_registry(user: User, model: str, config: AccessConfig, action: str) ->
 
 def check_owner(user: User, job: JobInfo, action: str) -> None:
     """Only the job's owner or an admin may ``action`` it."""
-    if user.admin or job.owner == user.name:
+    check_owner_of(user, job.id, job.owner, job.team, action)
+
+
+def check_owner_of(user: User, thing: str, owner: str, team: str, action: str) -> None:
+    """Only ``owner`` (of ``team``) or an admin may ``action`` ``thing`` (a job, a Serve
+    application a job left running)."""
+    if user.admin or owner == user.name:
         return
     raise Forbidden(
-        f"{job.id} belongs to {job.owner} (team {job.team}); only its owner or an admin may "
-        f"{action} it"
+        f"{thing} belongs to {owner} (team {team}); only its owner or an admin may {action} it"
     )
 
 

@@ -29,6 +29,7 @@ from orchestrator.scheduling.access import (
     Unauthenticated,
     caller,
     check_owner,
+    check_owner_of,
     check_registry,
     check_submit,
     visible,
@@ -289,12 +290,9 @@ def _add_deployment_routes(app: FastAPI, gate: CallGate, scheduler: Scheduler) -
 
     @app.delete("/deployments/{app_name}")
     def undeploy(app_name: str, request: Request, user: User = Depends(gate.who)) -> Deployment:
-        deployment = scheduler.deployment(app_name)
-        owner = JobInfo(id=deployment.job_id, name=app_name, pipeline=app_name, priority=0,
-                        demand={}, spec_path="", cwd="", owner=deployment.owner,
-                        team=deployment.team)  # fmt: skip
-        gate.allow(request, user, "undeploy", app_name,
-                   lambda: check_owner(user, owner, "take down the application of"))  # fmt: skip
+        d = scheduler.deployment(app_name)
+        owns = lambda: check_owner_of(user, app_name, d.owner, d.team, "undeploy")  # noqa: E731
+        gate.allow(request, user, "undeploy", app_name, owns)
         taken = scheduler.undeploy(app_name)
         gate.record(request, user, "undeploy", app_name)
         return taken

@@ -27,6 +27,7 @@ class StillRay:
         total = {"CPU": 4.0, "memory": 8.0 * 2**30}
         self.cluster = ClusterResources(total=total, available=dict(total), nodes=[total])
         self.submitted: list[str] = []
+        self.undeployed: list[str] = []
 
     def resources(self):
         return self.cluster
@@ -46,6 +47,10 @@ class StillRay:
 
     def running(self) -> list[dict]:
         return []
+
+    def undeploy(self, app: str) -> bool:
+        self.undeployed.append(app)
+        return True
 
 
 @pytest.fixture

@@ -255,3 +255,33 @@ def test_racing_submits_never_pass_the_queued_jobs_quota(tenancy):
     assert len(refused) == 19
     assert all(o.startswith("user alice has 1 jobs queued, its limit is 1") for o in refused)
     assert [j.owner for j in tenancy.store.queued()] == ["alice"]
+
+
+def test_only_its_owner_or_an_admin_takes_a_charged_app_down(tenancy):
+    """Attack: bob frees his team's quota... by taking down alice's app (its charge would go
+    with it). 403, audited, the app still runs and is still charged; alice may."""
+    from orchestrator.scheduling.demand import Deployment
+
+    app = Deployment(app="vision-app", job_id="job-000007", team="vision", owner="alice",
+                     resources={"CPU": 2.1})  # fmt: skip
+    tenancy.store.record_deployment(app)
+    api = tenancy.serve()
+    listed = api.as_("bob").get("/deployments").json()
+    assert [(d["app"], d["owner"]) for d in listed] == [("vision-app", "alice")]
+
+    refused = api.as_("bob").delete("/deployments/vision-app")
+    assert refused.status_code == 403 and "belongs to alice" in refused.json()["detail"]
+    assert api.scheduler.ray.undeployed == []
+    assert [d.app for d in tenancy.store.deployments()] == ["vision-app"]
+    last = tenancy.store.audit.entries()[-1]
+    assert (last.user, last.action, last.outcome.split(":")[0]) == (
+        "bob",
+        "undeploy",
+        "refused (403)",
+    )
+
+    taken = api.as_("alice").delete("/deployments/vision-app")
+    assert taken.status_code == 200 and taken.json()["resources"] == {"CPU": 2.1}
+    assert api.scheduler.ray.undeployed == ["vision-app"]
+    assert tenancy.store.deployments() == []
+    assert api.as_("alice").delete("/deployments/vision-app").status_code == 404
