@@ -32,10 +32,32 @@ STOP_GRACE_S = 3.0
 HEAD_FILE = "head.json"
 
 
+# Ports and worker-port ranges this process handed out: the kernel may give a port it just
+# freed to the next bind(0), and two nodes of one cluster given the same port (or the same
+# range) would have one of them fail to start.
+_HANDED_OUT: set[int] = set()
+_RANGES: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before by this process."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+
+
+def _worker_port_range() -> int:
+    """The low end of 100 worker ports, apart from every range this process handed out
+    (below Linux's ephemeral range, where free_port's ports come from)."""
+    while True:
+        low = random.randrange(20000, 29000, 100)  # nosec B311: a port, not a secret
+        if low not in _RANGES:
+            _RANGES.add(low)
+            return low
 
 
 def _ray_bin() -> str:
@@ -154,7 +176,7 @@ def _answers(dashboard_url: str, token: str) -> bool:
 
 def _node_flags(temp_dir: Path, num_cpus, resources, labels) -> list[str]:
     """Flags every node on this machine needs: its own ports, worker port range, temp dir."""
-    low = random.randrange(20000, 29000, 100)
+    low = _worker_port_range()
     flags = ["--node-ip-address", "127.0.0.1"]
     for flag in (
         "--node-manager-port",
@@ -282,10 +304,17 @@ class LocalWorker:
     labels: dict[str, str]
     temp_dir: str
     log_path: str
+    resources: dict[str, float] | None = None
 
     def alive(self) -> bool:
         _reap(self.pid)
         return _group_alive(self.pid)
+
+    def log_tail(self, chars: int = 1500) -> str:
+        try:
+            return Path(self.log_path).read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = STOP_GRACE_S) -> None:
         """Stop the node: its process group and every process started below it (Ray's worker
@@ -337,11 +366,25 @@ def start_worker(
     labels = {"orch.node": name, **(labels or {})}
     cmd = [_ray_bin(), "start", "--address", head.gcs_address, "--block"]
     cmd += _node_flags(temp_dir, num_cpus, resources, labels)
-    with open(log_path, "w") as log:
+    with open(log_path, "a") as log:  # a restart adds to the first start's log
         process = subprocess.Popen(
             cmd, env=head.node_env(), start_new_session=True, stdout=log, stderr=subprocess.STDOUT
         )
-    return LocalWorker(name, process.pid, num_cpus, labels, str(temp_dir), str(log_path))
+    return LocalWorker(name, process.pid, num_cpus, labels, str(temp_dir), str(log_path), resources)
+
+
+def restart_worker(head: LocalHead, state_dir: str | Path, worker: LocalWorker) -> LocalWorker:
+    """Start ``worker`` again, on fresh ports (a node whose process exited before it joined:
+    on a busy machine another process can take a port between its pick and its bind)."""
+    worker.stop()
+    return start_worker(
+        head,
+        state_dir,
+        worker.name,
+        num_cpus=worker.num_cpus,
+        resources=worker.resources,
+        labels=worker.labels,
+    )
 
 
 def load_workers(state_dir: str | Path) -> list[LocalWorker]:

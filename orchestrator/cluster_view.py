@@ -6,7 +6,6 @@ opens the dashboard (``orch dashboard``). Starting and stopping orch's own local
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import httpx
@@ -42,20 +41,6 @@ def ray_nodes(dashboard_url: str, token: str) -> list[dict]:
         }
         for n in nodes
     ]
-
-
-def wait_for_nodes(dashboard_url: str, token: str, count: int, timeout_s: float = 120) -> list:
-    deadline = time.time() + timeout_s
-    while True:
-        try:
-            alive = [n for n in ray_nodes(dashboard_url, token) if n["state"] == "ALIVE"]
-        except httpx.HTTPError:
-            alive = []
-        if len(alive) >= count:
-            return alive
-        if time.time() > deadline:
-            raise ClusterError(f"only {len(alive)} of {count} nodes joined in {timeout_s:.0f} s")
-        time.sleep(0.5)
 
 
 class DashboardInfo(BaseModel):

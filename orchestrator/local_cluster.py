@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import httpx
 from pydantic import BaseModel, Field
 
-from orchestrator.cluster_view import cluster_dir, ray_nodes, wait_for_nodes
+from orchestrator.cluster_view import cluster_dir, ray_nodes
 from orchestrator.exceptions import ClusterError, OrchestratorError, UsageError
 
 
@@ -110,7 +111,7 @@ def start_cluster(
         raise UsageError(str(exc)) from None
     except RuntimeError as exc:
         raise ClusterError(str(exc)) from None
-    alive = wait_for_nodes(head.dashboard_url, head.token, nodes)
+    alive = _await_joined(head, workers, nodes)
     return ClusterStarted(
         head=NodeProcess(name="head", pid=head.pid, alive=True),
         workers=[NodeProcess(name=w.name, pid=w.pid, alive=True) for w in workers],
@@ -120,6 +121,50 @@ def start_cluster(
         ingress=head.ingress,
         nodes_alive=len(alive),
     )
+
+
+JOIN_TIMEOUT_S = 150.0
+RESTARTS_PER_WORKER = 2
+
+
+def _await_joined(head, workers: list, nodes: int) -> list:
+    """Wait until ``nodes`` nodes are alive in Ray. A worker whose process exited before it
+    joined is started again on fresh ports (``RESTARTS_PER_WORKER`` times); one that never
+    joins fails the start with its name and its log's tail.
+
+    Raises:
+        ClusterError: a worker kept failing, or not every node joined in ``JOIN_TIMEOUT_S``.
+    """
+    from cluster.local import restart_worker, save_workers
+
+    state, restarts = cluster_dir(), dict.fromkeys((w.name for w in workers), 0)
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while True:
+        try:
+            alive = [n for n in ray_nodes(head.dashboard_url, head.token) if n["state"] == "ALIVE"]
+        except httpx.HTTPError:
+            alive = []
+        if len(alive) >= nodes:
+            return alive
+        joined = {n["labels"].get("orch.node") for n in alive}
+        waiting = [w for w in workers if w.name not in joined]
+        for index, worker in enumerate(workers):
+            if worker in waiting and not worker.alive():
+                if restarts[worker.name] >= RESTARTS_PER_WORKER:
+                    raise ClusterError(
+                        f"{worker.name} exited before joining, {restarts[worker.name] + 1} "
+                        f"times; its log ({worker.log_path}) ends:\n{worker.log_tail()}"
+                    )
+                restarts[worker.name] += 1
+                workers[index] = restart_worker(head, state, worker)
+                save_workers(state, workers)
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"{w.name} ({w.log_path}):\n{w.log_tail(600)}" for w in waiting)
+            raise ClusterError(
+                f"only {len(alive)} of {nodes} nodes joined in {JOIN_TIMEOUT_S:.0f} s; "
+                f"not joined: {', '.join(w.name for w in waiting) or 'the head'}\n{tails}"
+            )
+        time.sleep(0.5)
 
 
 def cluster_status(address: str | None = None) -> ClusterStatus | None:

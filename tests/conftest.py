@@ -86,7 +86,7 @@ def free_port() -> int:
 # up`) are one unit of work: `ray start` records its cluster as the one `--address auto`
 # finds, so they run one after another in one worker, never beside another `ray start`.
 RAY_START_GROUP = "ray-start-clusters"
-RAY_START_FILES = ("tests/chaos/test_node_loss.py",)
+RAY_START_FILES = ("tests/chaos/test_node_loss.py", "tests/orchestrator/test_cluster_join.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups

@@ -50,7 +50,7 @@ def cluster(tmp_path_factory):
     """`orch cluster up --nodes 3 --cpus-per-node 1` under a module-wide ORCH_HOME."""
     home = tmp_path_factory.mktemp("three-nodes")
     try:
-        up = orch(home, "cluster", "up", "--nodes", "3", "--cpus-per-node", "1", timeout=180)
+        up = orch(home, "cluster", "up", "--nodes", "3", "--cpus-per-node", "1", timeout=300)
         assert "3 nodes up" in up.stdout
         status = json.loads(orch(home, "cluster", "status", "--json").stdout)
         yield home, status
