@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 
 from jobs.events import Runner, TrainingEvent
-from jobs.prepared import PreparedData
+from jobs.prepared import StreamedData, TrainingData
 from jobs.runtime import TrainingRuntime
-from jobs.splits import InMemorySplit
+from jobs.splits import InMemorySplit, ShardSplit
 from jobs.worker import STATE_FILE, LoopConfig, train_loop
 
 CHECKPOINT_PREFIX = "checkpoint_"
@@ -132,14 +132,21 @@ class LocalRuntime(TrainingRuntime):
 
     runner: Runner = "local"
 
-    def __init__(self, data: PreparedData, on_event: Callable[[TrainingEvent], None]):
+    def __init__(self, data: TrainingData, on_event: Callable[[TrainingEvent], None]):
         import ray
 
         self.rank, self.world_size = 0, 1
         self.device = _device()
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-        self.train_split = InMemorySplit(data.x_train, data.y_train)
-        self.val_split = InMemorySplit(data.x_val, data.y_val)
+        if isinstance(data, StreamedData):  # this process reads the whole stream
+            from jobs.streaming import datasets_of
+
+            datasets = datasets_of(data, data.spec.cpus_per_worker)
+            self.train_split = ShardSplit(datasets["train"].iterator())
+            self.val_split = ShardSplit(datasets["val"].iterator())
+        else:
+            self.train_split = InMemorySplit(data.x_train, data.y_train)
+            self.val_split = InMemorySplit(data.x_val, data.y_val)
         self._on_event = on_event
 
     def init_process_group(self) -> None:
@@ -152,7 +159,7 @@ class LocalRuntime(TrainingRuntime):
 class StandaloneRuntime(LocalRuntime):
     """An ``orch run``: checkpoints into the run directory, resume from its latest."""
 
-    def __init__(self, data: PreparedData, on_event, checkpoints: RunDirCheckpoints):
+    def __init__(self, data: TrainingData, on_event, checkpoints: RunDirCheckpoints):
         super().__init__(data, on_event)
         self.checkpoints = checkpoints
         self.last_checkpoint: Path | None = None
@@ -174,7 +181,7 @@ class TrialRuntime(LocalRuntime):
     reports its path, like a Ray Train trial's.
     """
 
-    def __init__(self, data: PreparedData, on_event, final_checkpoints: RunDirCheckpoints):
+    def __init__(self, data: TrainingData, on_event, final_checkpoints: RunDirCheckpoints):
         super().__init__(data, on_event)
         self.final_checkpoints = final_checkpoints
         self.last_checkpoint: Path | None = None
@@ -216,7 +223,7 @@ def run_here(runtime: LocalRuntime, job: LoopConfig) -> LocalOutcome:
 
 
 def run_standalone(
-    job: LoopConfig, data: PreparedData, run_dir: str, events, run_key: str
+    job: LoopConfig, data: TrainingData, run_dir: str, events, run_key: str
 ) -> LocalOutcome:
     """The body of the Ray task that runs a single-worker ``orch run``."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from jobs.prepared import PreparedData
+    from jobs.prepared import TrainingData
     from jobs.spec import TrainSpec
     from jobs.worker import LoopConfig
 
@@ -27,17 +27,20 @@ class LocalWorker:
         # the driver is still setting up MLflow, rather than once the run has been handed over.
         import torch._dynamo  # noqa: F401
 
-    def run(self, job: LoopConfig, data: PreparedData, run_dir: str, events, run_key: str):
+    def run(self, job: LoopConfig, data: TrainingData, run_dir: str, events, run_key: str):
         from jobs.local import run_standalone
 
         return run_standalone(job, data, run_dir, events, run_key)
 
 
-def start_local_worker(train: TrainSpec):
-    """A ``LocalWorker`` actor holding one worker's ``resources_per_worker``."""
+def start_local_worker(train: TrainSpec, data_cpus: float = 0.0):
+    """A ``LocalWorker`` actor holding one worker's ``resources_per_worker``, less the CPU
+    its streamed data's Ray Data tasks take (``data_cpus``)."""
     import ray
 
     resources = dict(train.resources_per_worker)
+    if data_cpus:
+        resources["CPU"] = resources.get("CPU", 1.0) - data_cpus
     return (
         ray.remote(LocalWorker)
         .options(

@@ -9,6 +9,7 @@ that run there (``jobs.worker``, ``jobs.local``, ``jobs.runtime``) import this o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -29,7 +30,15 @@ class DataInfo(BaseModel):
     target_std: float = 1.0
     n_train: int
     n_val: int
-    fingerprint: str = Field(description="sha256 of the source table's contents.")
+    fingerprint: str = Field(
+        description="sha256 of the source's listing (every file's path, size and "
+        "modification time), or of the bundled set's name."
+    )
+    reading: Literal["in-memory", "streamed"] = Field(
+        "in-memory",
+        description="How training read the data: in the driver's memory, or streamed by Ray "
+        "Data with a shard per data-parallel rank.",
+    )
 
     @property
     def n_features(self) -> int:
@@ -48,10 +57,28 @@ class DataInfo(BaseModel):
 
 @dataclass
 class PreparedData:
-    """Standardised feature matrices and encoded labels, ready for Ray Data."""
+    """Standardised feature matrices and encoded labels, held in memory."""
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
     info: DataInfo
+    stats_cached: bool = False  # in memory the statistics are computed on the table
+
+
+@dataclass
+class StreamedData:
+    """A source that Ray Data streams: what to read and the statistics of one pass.
+
+    ``source`` is a ``jobs.sources.ResolvedSource`` (None for a bundled set), ``spec``
+    the ``DataSpec``; ``jobs.streaming.datasets_of`` turns them into Ray Datasets in the
+    process that reads (a training worker's driver, a trial's actor)."""
+
+    info: DataInfo
+    source: object
+    spec: object
+    stats_cached: bool
+
+
+TrainingData = PreparedData | StreamedData

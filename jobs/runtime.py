@@ -18,7 +18,7 @@ import torch
 
 from jobs.events import Runner, TrainingEvent
 from jobs.prepared import DataInfo
-from jobs.splits import Split, StreamedSplit
+from jobs.splits import ShardSplit, Split
 
 
 class TrainingRuntime(ABC):
@@ -78,14 +78,11 @@ class RayTrainRuntime(TrainingRuntime):
         self._events = events
         self._run_key = run_key
         self._resume_from = resume_from
-        if splits is None:  # large data: Ray Data datasets, streamed by every worker
-            row_bytes = 4 * info.n_features + 8
-            splits = {
-                "train": StreamedSplit(
-                    ray.train.get_dataset_shard("train"), info.n_train, row_bytes
-                ),
-                "val": StreamedSplit(ray.train.get_dataset_shard("val"), info.n_val, row_bytes),
-            }
+        if splits is None:  # streamed: this rank's shards (None: a later pipeline stage)
+            splits = {}
+            for name in ("train", "val"):
+                shard = ray.train.get_dataset_shard(name)
+                splits[name] = ShardSplit(shard) if shard is not None else None
         self.train_split = splits["train"]
         self.val_split = splits["val"]
 

@@ -6,7 +6,7 @@ These models are the single source of truth: the YAML contract, the JSON Schema
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -20,14 +20,22 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+FilterOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in"]
+
+
 class DataSpec(_Section):
-    source: str = Field(
-        description="sklearn://<set> (digits, wine, breast_cancer, iris, diabetes), or a path "
-        "or file:// URI to a Parquet or CSV file, or a directory of them."
+    source: str | list[str] = Field(
+        description="sklearn://<set> (digits, wine, breast_cancer, iris, diabetes), or Parquet "
+        "or CSV data: a file, a folder (read recursively), a glob (*, ?, [..]) or a list of "
+        "them, as local paths, file://, s3://, gs:// or abfs:// URIs. Credentials and "
+        "endpoints come from the environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, "
+        "GOOGLE_APPLICATION_CREDENTIALS, ...), never from the spec."
     )
     label: str = Field("target", description="Label column (files; sklearn sets use 'target').")
     features: list[str] | None = Field(
-        None, description="Feature columns. null = every column but the label."
+        None,
+        description="Feature columns. null = every column of the files but the label (hive "
+        "partition folders are columns too, for data.filter, and features when listed).",
     )
     task: Literal["classification", "regression"] | None = Field(
         None,
@@ -35,21 +43,62 @@ class DataSpec(_Section):
         "for files a floating-point label means regression, anything else classification.",
     )
     validation_split: float = Field(
-        0.2, gt=0.0, lt=1.0, description="Fraction of rows held out for validation."
+        0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Share of rows held out for validation: a row is held out when a hash "
+        "of its feature values and data.seed falls below it (the same rows in memory and "
+        "streamed; identical rows share a split).",
     )
     seed: int = Field(0, description="Seed of the train/validation split and of the shuffles.")
+    filter: list[tuple[str, FilterOp, Any]] | None = Field(
+        None,
+        description="Rows to keep, as [column, op, value] terms that must all hold, e.g. "
+        "[[region, ==, eu], [year, '>=', 2024]]; columns may be hive partition folders "
+        "(key=value). Pushed into the Parquet scan.",
+    )
+    streaming: Literal["auto"] | bool = Field(
+        "auto",
+        description="true: Ray Data streams the source to the workers, each data-parallel "
+        "rank reading its own shard. false: the driver reads it into memory. auto: stream "
+        "sources on object storage and sources larger than stream_above_mb.",
+    )
+    stream_above_mb: float = Field(
+        256, ge=0, description="streaming auto: stream local sources larger than this (MiB)."
+    )
+    cpus_per_worker: float = Field(
+        0.25,
+        gt=0,
+        le=4,
+        description="Streaming: CPU of each training worker's share given to reading and "
+        "decoding its data (Ray Data tasks); the worker keeps the rest.",
+    )
 
     @field_validator("source")
     @classmethod
-    def _known_sklearn_set(cls, source: str) -> str:
-        if source.startswith("sklearn://"):
-            name = source.removeprefix("sklearn://")
+    def _known_sklearn_set(cls, source: str | list[str]) -> str | list[str]:
+        locations = [source] if isinstance(source, str) else source
+        if not locations:
+            raise ValueError("the list is empty; name at least one file or folder")
+        for location in locations:
+            if not location.startswith("sklearn://"):
+                continue
+            if len(locations) > 1:
+                raise ValueError("a sklearn:// set is a source on its own, not part of a list")
+            name = location.removeprefix("sklearn://")
             if name not in SKLEARN_SETS:
                 raise ValueError(
                     f"unknown scikit-learn set {name!r}; use one of "
                     + ", ".join(f"sklearn://{s}" for s in SKLEARN_SETS)
                 )
         return source
+
+    @property
+    def sklearn_set(self) -> str | None:
+        """The bundled set's name for a sklearn:// source, else None."""
+        if isinstance(self.source, str) and self.source.startswith("sklearn://"):
+            return self.source.removeprefix("sklearn://")
+        return None
 
 
 def _zoo_union(schema: dict) -> None:
@@ -165,6 +214,13 @@ class CheckpointSpec(_Section):
 
 class TrainSpec(_Section):
     epochs: int = Field(10, ge=1, description="Passes over the training split.")
+    steps_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="Optimizer steps per epoch (validation, checkpoint and report after each). "
+        "null = one pass over the training split. Set it when one pass is too long to wait "
+        "for: epochs then walk on through the data; a resumed run starts a new pass.",
+    )
     batch_size: int = Field(64, ge=1, description="Global samples per optimizer step.")
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer.")
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description="LR schedule.")

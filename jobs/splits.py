@@ -1,29 +1,28 @@
 """A training or validation split as the training loop reads it, in memory or streamed.
 
-Small splits (up to ``IN_MEMORY_LIMIT_BYTES``) travel to the workers through Ray's object
-store as numpy arrays: no Ray Data pipeline, no DatasetManager actor, nothing to stream.
-Larger splits stay Ray Data datasets that every worker streams (``StreamedSplit``). Both
-give every worker the same global batches in the same seeded order, so a rank's slice of
-each batch is the same whichever form the split takes.
+- ``InMemorySplit``: rows held as tensors (data read by the driver, sent through the
+  object store). Every worker sees the same global batches in the same seeded order and
+  keeps its data-parallel slice of each (``per_rank`` False).
+- ``ShardSplit``: this rank's own shard of a Ray Data stream (``streaming_split``), so no
+  worker reads the whole source (``per_rank`` True). Each epoch is shuffled in a window
+  of ``SHUFFLE_WINDOW_ROWS`` rows, seeded per epoch, after Ray Data's block order; a
+  bounded epoch (``train.steps_per_epoch``) walks on through the stream from where the
+  last one stopped.
+- ``BroadcastSplit``: the later stages of a pipeline-parallel replica; the first stage
+  reads the shard and sends each batch over the replica's pipe group, so every stage of a
+  replica sees the same batches (the first needs the inputs, the last the labels).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from jobs.prepared import PreparedData
-
-# Splits up to this size go through the object store (and stay in each worker's memory);
-# larger ones stream through Ray Data. ORCH_IN_MEMORY_DATA_MB sets it in the driver (read
-# once, at import): bench/small_jobs.py forces streaming with 0 to time Ray Data's cost.
-IN_MEMORY_LIMIT_BYTES = int(float(os.environ.get("ORCH_IN_MEMORY_DATA_MB", "256")) * 2**20)
-# A streamed split up to this size is read once and then reshuffled in memory each epoch.
-CACHE_LIMIT_BYTES = 512 << 20
+SHUFFLE_WINDOW_ROWS = 65_536
+READ_ROWS = 8_192  # rows per batch taken from Ray Data before the window's own batches
 
 
 @dataclass(frozen=True)
@@ -32,13 +31,10 @@ class Batch:
     y: torch.Tensor
 
 
-def fits_in_memory(data: PreparedData) -> bool:
-    size = sum(a.nbytes for a in (data.x_train, data.y_train, data.x_val, data.y_val))
-    return size <= IN_MEMORY_LIMIT_BYTES
-
-
 class InMemorySplit:
     """Rows held as tensors; each epoch is a seeded permutation, in full batches."""
+
+    per_rank = False
 
     def __init__(self, x: np.ndarray, y: np.ndarray):
         # from_numpy shares the (read-only, object-store) buffer; copy once so that torch
@@ -46,46 +42,146 @@ class InMemorySplit:
         self.x = torch.from_numpy(np.array(x, copy=True))
         self.y = torch.from_numpy(np.array(y, copy=True))
 
-    def epoch_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
+    def epoch_batches(
+        self, batch_size: int, seed: int, steps: int | None = None
+    ) -> Iterator[Batch]:
+        """One seeded permutation in full batches; with ``steps``, that many batches of an
+        endless walk (a new permutation whenever one is used up)."""
+        if steps is None:
+            yield from self._permutation(batch_size, seed)
+            return
+        if getattr(self, "_stream", None) is None:
+            self._stream = self._endless(batch_size, seed)
+        for _ in range(steps):
+            yield next(self._stream)
+
+    def _permutation(self, batch_size: int, seed: int) -> Iterator[Batch]:
         order = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(seed))
         for i in range(len(order) // batch_size):  # drop_last: every step sees a full batch
             rows = order[i * batch_size : (i + 1) * batch_size]
             yield Batch(self.x[rows], self.y[rows])
+
+    def _endless(self, batch_size: int, seed: int) -> Iterator[Batch]:
+        passes = 0
+        while True:
+            yield from self._permutation(batch_size, seed + 7919 * passes)
+            passes += 1
 
     def in_order(self, chunk: int) -> Iterator[Batch]:
         for lo in range(0, len(self.x), chunk):
             yield Batch(self.x[lo : lo + chunk], self.y[lo : lo + chunk])
 
 
-class StreamedSplit:
-    """A Ray Data shard. Read once into memory when small enough, streamed otherwise."""
+class ShardSplit:
+    """This rank's shard of a Ray Data stream (a ``DataIterator``): ``x`` and ``y``."""
 
-    def __init__(self, shard, n_rows: int, row_bytes: int):
+    per_rank = True
+
+    def __init__(self, shard):
         self.shard = shard
-        self.n_rows = n_rows
-        self.row_bytes = row_bytes
-        self._cached: InMemorySplit | None = None
+        self._stream: Iterator[Batch] | None = None
 
-    def epoch_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
-        if self.n_rows * self.row_bytes <= CACHE_LIMIT_BYTES:
-            if self._cached is None:
-                parts = list(self.shard.iter_torch_batches(batch_size=8192))
-                x = torch.cat([p["x"] for p in parts]).numpy()
-                y = torch.cat([p["y"] for p in parts]).numpy()
-                self._cached = InMemorySplit(x, y)
-            yield from self._cached.epoch_batches(batch_size, seed)
+    def _windows(self, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The shard in windows of about SHUFFLE_WINDOW_ROWS rows, each permuted."""
+        generator = torch.Generator().manual_seed(seed)
+        xs, ys, held = [], [], 0
+        for batch in self.shard.iter_torch_batches(batch_size=READ_ROWS):
+            xs.append(batch["x"])
+            ys.append(batch["y"])
+            held += len(batch["y"])
+            if held >= SHUFFLE_WINDOW_ROWS:
+                yield _permuted(xs, ys, generator)
+                xs, ys, held = [], [], 0
+        if held:
+            yield _permuted(xs, ys, generator)
+
+    def _pass(self, batch_size: int, seed: int) -> Iterator[Batch]:
+        """One pass over the shard in full batches (rows left over carry into the next
+        window; the last partial batch of the pass is dropped)."""
+        carry_x = carry_y = None
+        for x, y in self._windows(seed):
+            if carry_x is not None:
+                x, y = torch.cat([carry_x, x]), torch.cat([carry_y, y])
+            full = len(x) // batch_size * batch_size
+            for lo in range(0, full, batch_size):
+                yield Batch(x[lo : lo + batch_size], y[lo : lo + batch_size])
+            carry_x, carry_y = x[full:], y[full:]
+
+    def epoch_batches(self, batch_size: int, seed: int, steps: int | None = None):
+        """One pass (``steps`` None), or the next ``steps`` batches of a stream that
+        starts a new pass (a new seed) whenever one ends."""
+        if steps is None:
+            yield from self._pass(batch_size, seed)
             return
-        for batch in self.shard.iter_torch_batches(
-            batch_size=batch_size,
-            drop_last=True,
-            local_shuffle_buffer_size=min(self.n_rows, 100_000),
-            local_shuffle_seed=seed,
-        ):
-            yield Batch(batch["x"], batch["y"])
+        if self._stream is None:
+            self._stream = self._endless(batch_size, seed)
+        for _ in range(steps):
+            yield next(self._stream)
+
+    def _endless(self, batch_size: int, seed: int) -> Iterator[Batch]:
+        passes = 0
+        while True:
+            empty = True
+            for batch in self._pass(batch_size, seed + 7919 * passes):
+                empty = False
+                yield batch
+            if empty:
+                return
+            passes += 1
 
     def in_order(self, chunk: int) -> Iterator[Batch]:
         for batch in self.shard.iter_torch_batches(batch_size=chunk):
             yield Batch(batch["x"], batch["y"])
 
 
-Split = InMemorySplit | StreamedSplit
+def _permuted(xs, ys, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = torch.cat(xs), torch.cat(ys)
+    order = torch.randperm(len(y), generator=generator)
+    return x[order], y[order]
+
+
+class BroadcastSplit:
+    """A later pipeline stage's view of its replica's shard: what the first stage sends.
+
+    The first stage (``source`` set) iterates its ``ShardSplit`` and broadcasts, per batch,
+    a header (1 = a batch follows, its row count) then ``x`` and ``y``; a header of 0 ends
+    the epoch. Every stage calls the same methods in the same order.
+    """
+
+    per_rank = True
+
+    def __init__(self, source, group, src_rank: int, n_features: int, y_dtype, device):
+        self.source, self.group, self.src = source, group, src_rank
+        self.n_features, self.y_dtype, self.device = n_features, y_dtype, device
+
+    def _relay(self, batches: Iterator[Batch] | None) -> Iterator[Batch]:
+        import torch.distributed as dist
+
+        header = torch.zeros(2, dtype=torch.int64, device=self.device)
+        while True:
+            batch = next(batches, None) if batches is not None else None
+            if batches is not None:
+                header[0], header[1] = (1, len(batch.y)) if batch is not None else (0, 0)
+            dist.broadcast(header, self.src, group=self.group)
+            if int(header[0]) == 0:
+                return
+            rows = int(header[1])
+            if batches is not None:
+                x, y = batch.x.to(self.device).contiguous(), batch.y.to(self.device).contiguous()
+            else:
+                x = torch.empty(rows, self.n_features, dtype=torch.float32, device=self.device)
+                y = torch.empty(rows, dtype=self.y_dtype, device=self.device)
+            dist.broadcast(x, self.src, group=self.group)
+            dist.broadcast(y, self.src, group=self.group)
+            yield Batch(x, y)
+
+    def epoch_batches(self, batch_size: int, seed: int, steps: int | None = None):
+        inner = self.source.epoch_batches(batch_size, seed, steps) if self.source else None
+        return self._relay(iter(inner) if inner is not None else None)
+
+    def in_order(self, chunk: int) -> Iterator[Batch]:
+        inner = self.source.in_order(chunk) if self.source else None
+        return self._relay(iter(inner) if inner is not None else None)
+
+
+Split = InMemorySplit | ShardSplit | BroadcastSplit

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jobs.data import DataInfo, PreparedData, to_ray_datasets
 from jobs.errors import TrainingError
 from jobs.events import Diverged, EpochEnded, TrainingEvent, WorkerStarted
 from jobs.loop_config import DATA_INFO_FILE, MODEL_FILE, STATE_FILE, LoopConfig
+from jobs.prepared import DataInfo, StreamedData, TrainingData
 from jobs.spec import ModelSpec, TrainSpec
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def _drain_while(hub, run_key: str, relay: _Relay, running: Callable[[], bool]) 
 def fit(
     model: ModelSpec,
     train: TrainSpec,
-    data: PreparedData,
+    data: TrainingData,
     *,
     seed: int,
     run_name: str,
@@ -198,7 +198,7 @@ def _checkpoint_directory(checkpoint_path: str) -> Iterator[Path]:
 
 def _fit_local(
     job: LoopConfig,
-    data: PreparedData,
+    data: TrainingData,
     run_dir: Path,
     hub,
     run_key: str,
@@ -213,12 +213,17 @@ def _fit_local(
     import ray
 
     from jobs.local_actor import start_local_worker
+    from jobs.streaming import data_cpu_share
 
     train = job.train
     data_ref = ray.put(data)
+    share = data_cpu_share(train, data)
+    if share and worker is not None:  # started early with all of the worker's CPU
+        ray.kill(worker)
+        worker = None
     failures = 0
     while True:
-        worker = worker or start_local_worker(train)
+        worker = worker or start_local_worker(train, share)
         ref = worker.run.remote(job, data_ref, str(run_dir), hub, run_key)
         _drain_while(hub, run_key, relay, lambda ref=ref: not ray.wait([ref], timeout=0)[0])
         try:
@@ -245,7 +250,7 @@ def _fit_local(
 
 def _fit_ray_train(
     job: LoopConfig,
-    data: PreparedData,
+    data: TrainingData,
     run_name: str,
     storage_path: str,
     hub,
@@ -253,25 +258,24 @@ def _fit_ray_train(
     relay: _Relay,
 ) -> str:
     import ray
-    from ray.data import ExecutionOptions
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
     from jobs.local import latest_checkpoint_in
     from jobs.ray_internals import in_memory_data_trainer
-    from jobs.splits import fits_in_memory
+    from jobs.streaming import worker_resources
     from jobs.worker import train_loop_per_worker
 
     train = job.train
     for name, value in RAY_TRAIN_SETTINGS.items():  # a value the user set wins
         os.environ.setdefault(name, value)
-    small = fits_in_memory(data)
+    streamed = isinstance(data, StreamedData)
     resume_from = latest_checkpoint_in(Path(storage_path) / run_name)
     trainer = in_memory_data_trainer()(
         train_loop_per_worker,
         train_loop_config={
             "job": job,
-            # small splits go through the object store: no Ray Data pipeline to start
-            "data": ray.put(data) if small else None,
+            # in memory: through the object store, no Ray Data pipeline to start
+            "data": None if streamed else ray.put(data),
             "events": hub,
             "run_key": run_key,
             # a checkpoint the other runner wrote under this run's name (Ray Train resumes
@@ -281,7 +285,7 @@ def _fit_ray_train(
         scaling_config=ScalingConfig(
             num_workers=train.workers,
             use_gpu=train.uses_gpu,
-            resources_per_worker=dict(train.resources_per_worker),
+            resources_per_worker=worker_resources(train, data),
         ),
         run_config=RunConfig(
             name=run_name,
@@ -289,13 +293,7 @@ def _fit_ray_train(
             failure_config=FailureConfig(max_failures=train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=train.checkpoint.keep),
         ),
-        datasets=None if small else to_ray_datasets(data),
-        # Every worker streams the whole split and keeps its own slice of each global batch.
-        # preserve_order: all workers must see rows in the same order for their slices to
-        # partition each global batch.
-        dataset_config=DataConfig(
-            datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)
-        ),
+        **_streamed_datasets(train, data),
     )
     outcome: dict = {}
 
@@ -318,6 +316,22 @@ def _fit_ray_train(
     if result.checkpoint is None:
         raise TrainingError("training finished without a final checkpoint")
     return result.checkpoint.path
+
+
+def _streamed_datasets(train: TrainSpec, data: TrainingData) -> dict:
+    """TorchTrainer's ``datasets`` and ``dataset_config``: for streamed data a shard per
+    data-parallel rank, read by Ray Data tasks within the CPU the workers leave them."""
+    from ray.train import DataConfig
+
+    from jobs.streaming import data_cpu_share, datasets_of, rank_shards_config
+
+    if not isinstance(data, StreamedData):
+        return {"datasets": None, "dataset_config": DataConfig()}
+    data_cpus = data_cpu_share(train, data) * train.workers
+    return {
+        "datasets": datasets_of(data, data_cpus),
+        "dataset_config": rank_shards_config(train.data_parallel_degree, data_cpus),
+    }
 
 
 def describe_failure(exc: BaseException) -> str:

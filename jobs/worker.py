@@ -4,11 +4,13 @@
 single-worker run or trial, in the calling process (``jobs.local``); it sees its runner
 only through ``jobs.runtime.TrainingRuntime``.
 
-Layout: ``workers = pipeline_stages x data_parallel``. Every worker streams the whole
-(unsplit) training split in the same seeded order and keeps its data-parallel slice of
-each global batch. Pipeline stages of one replica thus see identical batches, and the
-optimisation is the same whatever the layout: ZeRO-3 or a 2-stage pipeline follows the
-loss curve of plain data parallelism (tests/jobs/test_parallel_equivalence.py).
+Layout: ``workers = pipeline_stages x data_parallel``. In memory, every worker holds the
+whole training split, takes the same seeded global batches and keeps its data-parallel
+slice of each; streamed, each data-parallel rank reads its own shard (``jobs.splits``) and
+the later stages of a pipeline replica get the first stage's batches. Pipeline stages of
+one replica thus see identical batches, and the optimisation is the same whatever the
+layout: ZeRO-3 or a 2-stage pipeline follows the loss curve of plain data parallelism
+(tests/jobs/test_parallel_equivalence.py).
 """
 
 from __future__ import annotations
@@ -243,7 +245,7 @@ def _build_engine(runtime: TrainingRuntime, job: LoopConfig, deepspeed) -> _Engi
         )
     else:
         module = torch.nn.Sequential(*layers)
-    steps_per_epoch = max(1, info.n_train // train.batch_size)
+    steps_per_epoch = train.steps_per_epoch or max(1, info.n_train // train.batch_size)
     optimizer = build_optimizer(train.optimizer, module.parameters())
     scheduler = build_scheduler(train.scheduler, optimizer, steps_per_epoch, train.epochs)
     engine, _, _, _ = deepspeed.initialize(
@@ -300,6 +302,7 @@ def train_loop(runtime: TrainingRuntime, job: LoopConfig) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     built = _build_engine(runtime, job, deepspeed)
     try:
+        _feed_pipeline_stages(runtime, built, job.info)
         resumed = _resume(runtime, built)
         resumed_from = resumed.epoch if resumed else None
         start_epoch = (resumed_from or 0) + 1
@@ -332,6 +335,33 @@ def train_loop(runtime: TrainingRuntime, job: LoopConfig) -> None:
         built.engine.destroy()  # a reused Tune actor must not keep this trial's engine
 
 
+def _feed_pipeline_stages(runtime: TrainingRuntime, built: _Engine, info: DataInfo) -> None:
+    """Streamed shards in a pipeline: the first stage of each replica reads, the others
+    receive its batches (``jobs.splits.BroadcastSplit``)."""
+    from jobs.splits import BroadcastSplit
+
+    layout = built.layout
+    if layout.stages == 1 or not getattr(runtime.train_split, "per_rank", True):
+        return
+    grid = built.engine.grid
+    if (layout.stage, layout.dp_rank) != (
+        runtime.rank // layout.dp_size,
+        runtime.rank % layout.dp_size,
+    ):
+        raise TrainingError(
+            f"rank {runtime.rank} is stage {layout.stage}, replica {layout.dp_rank} in "
+            "DeepSpeed's topology, not where its data shard was given; cannot stream"
+        )
+    src = grid.stage_to_global(0)
+    y_dtype = torch.int64 if info.task == "classification" else torch.float32
+    for name in ("train_split", "val_split"):
+        mine = getattr(runtime, name) if layout.stage == 0 else None
+        split = BroadcastSplit(
+            mine, grid.get_pipe_parallel_group(), src, info.n_features, y_dtype, runtime.device
+        )
+        setattr(runtime, name, split)
+
+
 def _train_epoch(
     runtime: TrainingRuntime, job: LoopConfig, built: _Engine, epoch: int
 ) -> dict | None:
@@ -342,13 +372,18 @@ def _train_epoch(
     engine.train()
     sums = _Sums(device)
     started = time.perf_counter()
-    batches = runtime.train_split.epoch_batches(train.batch_size, job.seed + epoch)
+    split = runtime.train_split
+    batch_size = train.batch_size // layout.dp_size if split.per_rank else train.batch_size
+    batches = split.epoch_batches(batch_size, job.seed + epoch, train.steps_per_epoch)
     steps, data_wait, seen = 0, 0.0, 0
     loss_total = torch.zeros((), dtype=torch.float64, device=device)
     waiting = time.perf_counter()
     for batch in batches:
         data_wait += time.perf_counter() - waiting
-        xs, ys, _ = _rank_slice(batch.x, batch.y, layout, pad=False)
+        if split.per_rank:  # this rank's own rows already
+            xs, ys = batch.x, batch.y
+        else:
+            xs, ys, _ = _rank_slice(batch.x, batch.y, layout, pad=False)
         xs = xs.to(device=device, dtype=built.dtype)
         ys = ys.to(device)
         micro_batches = [
@@ -441,7 +476,7 @@ def train_loop_per_worker(config: dict) -> None:
         }
     runtime = RayTrainRuntime(
         splits, job.info, config["events"], config["run_key"], config["resume_from"]
-    )
+    )  # splits None: this rank's shards of the streamed datasets
     train_loop(runtime, job)
 
 
@@ -449,10 +484,15 @@ def _validate(runtime: TrainingRuntime, built: _Engine, info: DataInfo) -> dict:
     engine, layout, device = built.engine, built.layout, runtime.device
     engine.eval()
     sums = _Sums(device)
-    chunk = VAL_CHUNK * layout.dp_size
+    split = runtime.val_split
+    chunk = VAL_CHUNK if split.per_rank else VAL_CHUNK * layout.dp_size
     with torch.no_grad():
-        for batch in runtime.val_split.in_order(chunk):
-            xs, ys, weight = _rank_slice(batch.x, batch.y, layout, pad=True)
+        for batch in split.in_order(chunk):
+            if split.per_rank:  # equal shards: every rank runs as many forward passes
+                xs, ys = batch.x, batch.y
+                weight = torch.ones(len(xs), dtype=torch.float64)
+            else:
+                xs, ys, weight = _rank_slice(batch.x, batch.y, layout, pad=True)
             xs, ys = xs.to(device=device, dtype=built.dtype), ys.to(device)
             if layout.stages > 1:
                 # DeepSpeed 0.19 adds eval outputs to the last train_batch's loss total

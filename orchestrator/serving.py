@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jobs.data import PreparedData, prepare
+from jobs.data import PreparedData, load_sample
 from jobs.errors import DataError
 from jobs.events import Event
 from jobs.model_loading import load_inference_model
@@ -44,7 +44,7 @@ def _served_versions(spec: PipelineSpec, registry: Registry) -> list[tuple[str |
 
 def _data(spec: PipelineSpec) -> PreparedData:
     try:
-        return prepare(spec.data)
+        return load_sample(spec.data)
     except DataError as exc:
         raise SpecError(f"{exc.field}: {exc.message}") from None
 

@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError
 from ray.tune import Callback, Stopper
 
-from jobs.data import PreparedData
+from jobs.data import TrainingData
 from jobs.events import Event
 from jobs.spec import TrainSpec
 from tuning import events
@@ -123,12 +123,17 @@ class TrialResources:
     """What one trial's actor reserves, from its config (a callable for ``with_resources``).
 
     Local-runner trials train in the actor: it holds ``resources_per_worker``. Ray Train
-    trials reserve their workers themselves; the actor only needs a little memory.
+    trials reserve their workers themselves; the actor only needs a little memory. On
+    streamed data a local-runner trial's share is split in two bundles: the actor's, and
+    ``data.cpus_per_worker`` for its Ray Data tasks, which Tune places in the trial's
+    placement group: each trial's data reading is capped there, and no trial's reading
+    waits on CPUs the other trials hold.
     """
 
-    def __init__(self, sections: dict, tune: TuneSpec):
+    def __init__(self, sections: dict, tune: TuneSpec, data_cpus: float = 0.0):
         self.sections = sections
         self.tune = tune
+        self.data_cpus = data_cpus
 
     def __call__(self, config: dict):
         from ray.tune import PlacementGroupFactory
@@ -136,8 +141,18 @@ class TrialResources:
         values = decode(self.tune, config)
         if trial_runner(self.sections, values) == "local":
             train = TrainSpec.model_validate(apply_values(self.sections, values)["train"])
-            return PlacementGroupFactory([dict(train.resources_per_worker)])
+            resources = dict(train.resources_per_worker)
+            if not self.data_cpus:
+                return PlacementGroupFactory([resources])
+            share = min(self.data_cpus, resources.get("CPU", 1.0) / 2)
+            resources["CPU"] = resources.get("CPU", 1.0) - share
+            return PlacementGroupFactory([resources, {"CPU": share}])
         return PlacementGroupFactory([{"memory": TRIAL_DRIVER_MEMORY}])
+
+
+def _data_cpus(data: TrainingData) -> float:
+    """CPU per trial for a streamed source's Ray Data tasks (``data.cpus_per_worker``)."""
+    return data.spec.cpus_per_worker if data.info.reading == "streamed" else 0.0
 
 
 def concurrency_cap(demand: dict[str, float], cluster: dict[str, float]) -> int:
@@ -375,7 +390,7 @@ def run_study(
     study_dir: Path,
     sections: dict,
     tune: TuneSpec,
-    data: PreparedData,
+    data: TrainingData,
     seed: int,
     trials_storage: str | None = None,
     on_event: EventHandler | None = None,
@@ -414,7 +429,7 @@ def run_study(
             run_trial, sections=sections, tune_spec=tune, data=data, seed=seed,
             storage_path=trials_storage or str(study_dir / TRIALS_DIR),
         ),
-        TrialResources(sections, tune),
+        TrialResources(sections, tune, data_cpus=_data_cpus(data)),
     )  # fmt: skip
     try:
         if resume:

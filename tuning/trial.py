@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from jobs.errors import TrainingError
-from jobs.prepared import PreparedData
+from jobs.prepared import TrainingData
 from jobs.spec import ModelSpec, TrainSpec
 from jobs.trainer import fit
 from jobs.worker import STATE_FILE
@@ -34,7 +34,7 @@ def run_trial(
     *,
     sections: dict,
     tune_spec: TuneSpec,
-    data: PreparedData,
+    data: TrainingData,
     seed: int,
     storage_path: str,
 ) -> None:
@@ -62,7 +62,7 @@ def run_trial(
 
 
 def _train_here(
-    model: ModelSpec, train: TrainSpec, data: PreparedData, seed: int, run_dir: Path
+    model: ModelSpec, train: TrainSpec, data: TrainingData, seed: int, run_dir: Path
 ) -> tuple[str, dict]:
     """The local runner: the loop runs in this trial actor, reporting each epoch to Tune."""
     from jobs.events import Diverged
@@ -86,7 +86,7 @@ def _train_here(
 
 
 def _train_on_ray_train(
-    model: ModelSpec, train: TrainSpec, data: PreparedData, seed: int, run_dir: Path
+    model: ModelSpec, train: TrainSpec, data: TrainingData, seed: int, run_dir: Path
 ) -> tuple[str, dict]:
     """Ray Train workers; this actor relays their epochs to Tune as they arrive."""
     import ray.tune

@@ -646,17 +646,22 @@ def _check_size(request: SubmitRequest, max_bytes: int) -> None:
         )
 
 
-def _check_data_path(source: str, cwd: str, spec_path: str) -> None:
-    if "://" in source and not source.startswith("file://"):
-        return
-    path = Path(source.removeprefix("file://"))
-    if not path.is_absolute():
-        path = Path(cwd) / path
-    if not path.exists():
-        raise SpecError(
-            f"{spec_path}: data.source: {source!r} does not exist (relative paths resolve from "
-            f"{cwd}, where the job runs)"
-        )
+def _check_data_path(source: str | list[str], cwd: str, spec_path: str) -> None:
+    """Each local source exists (a glob: the folder before its first pattern); object
+    storage is checked when the job reads it, with the job's credentials."""
+    for location in [source] if isinstance(source, str) else source:
+        if "://" in location and not location.startswith("file://"):
+            continue
+        path = Path(location.removeprefix("file://"))
+        if not path.is_absolute():
+            path = Path(cwd) / path
+        while any(c in path.name for c in "*?[") or any(c in str(path.parent) for c in "*?["):
+            path = path.parent
+        if not path.exists():
+            raise SpecError(
+                f"{spec_path}: data.source: {location!r} does not exist (relative paths "
+                f"resolve from {cwd}, where the job runs)"
+            )
 
 
 def _summary(result: dict | None) -> str:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from jobs.data import PreparedData, prepare
+from jobs.data import TrainingData, load
 from jobs.errors import DataError
 from jobs.events import EpochEnded, Event, TrainingEvent, WorkerStarted
 from orchestrator.events import ClusterFound, StageStarted
@@ -59,17 +59,24 @@ def ray_job_id() -> str:
         return ""
 
 
-def prepare_data(spec: PipelineSpec, emit: EventHandler) -> PreparedData:
+def prepare_data(
+    spec: PipelineSpec, emit: EventHandler, before_stream: Callable[[], None] | None = None
+) -> TrainingData:
     emit(StageStarted("data"))
-    return read_data(spec)
+    return read_data(spec, before_stream=before_stream)
 
 
-def read_data(spec: PipelineSpec, check: Callable[[], None] | None = None) -> PreparedData:
-    """The spec's data, read and split; SpecError when it does not fit the spec."""
+def read_data(
+    spec: PipelineSpec,
+    check: Callable[[], None] | None = None,
+    before_stream: Callable[[], None] | None = None,
+) -> TrainingData:
+    """The spec's data, read into memory or planned for streaming (``jobs.data.load``);
+    SpecError when it does not fit the spec. ``before_stream``: see ``load``."""
     if check is not None:
         check()
     try:
-        data = prepare(spec.data)
+        data = load(spec.data, before_stream)
     except DataError as exc:
         raise SpecError(f"{exc.field}: {exc.message}") from None
     batch_sizes = {spec.train.batch_size}
@@ -98,7 +105,7 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def lineage_tags(spec: PipelineSpec, data: PreparedData, stage: str) -> dict[str, str]:
+def lineage_tags(spec: PipelineSpec, data: TrainingData, stage: str) -> dict[str, str]:
     return {
         "orch.pipeline": spec.name,
         "orch.spec_hash": spec_hash(spec),

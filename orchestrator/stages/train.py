@@ -3,6 +3,7 @@ MLflow run and logged model."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -10,11 +11,11 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from jobs.data import PreparedData
+from jobs.data import TrainingData, example_rows
 from jobs.errors import TrainingError
 from orchestrator.address import RayAddress
 from orchestrator.events import StageStarted
-from orchestrator.exceptions import JobFailedError
+from orchestrator.exceptions import JobFailedError, SpecError
 from orchestrator.runtime import (
     checkpoint_root,
     connect_ray,
@@ -88,7 +89,7 @@ def run_training(
         except ConnectionError as exc:
             raise JobFailedError(f"{spec.name}: trained, but {exc}") from None
         emit(StageStarted("log_model"))
-        example = data.info.raw_features(data.x_val[:5])
+        example = example_rows(data, 5)
         model_uri = tracker.log_model(result.model, data.info, example)
         tracker.set_tags({"orch.model_uri": model_uri, "orch.checkpoint": result.checkpoint_path})
     return TrainingRun(result, run_id, setup.tracking_uri, model_uri, data.info.task)
@@ -110,10 +111,30 @@ class _TrainingSetUp:
     """A training ready to hand over: its data, its started MLflow run, and on the local
     runner the actor that will train it (already starting)."""
 
-    data: PreparedData
+    data: TrainingData
     tracker: RunTracker
     tracking_uri: str
     local_worker: object | None
+
+
+class _Connected:
+    """Whether this driver's Ray connection is made: a streamed source's statistics pass
+    (on the reading thread) waits for it, and never starts a Ray of its own."""
+
+    def __init__(self):
+        self._done, self._ok = threading.Event(), False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        self._ok = kind is None
+        self._done.set()
+
+    def wait(self) -> None:
+        self._done.wait()
+        if not self._ok:
+            raise SpecError("the Ray connection failed; the data was not read")
 
 
 def _set_up_training(spec, address, emit, show_worker_logs, run_name, check_data):
@@ -127,12 +148,14 @@ def _set_up_training(spec, address, emit, show_worker_logs, run_name, check_data
     problem found meanwhile stops the actor before anything is tracked.
     """
     local = spec.train.resolved_runner == "local"
+    ray_ready = _Connected()
     with ThreadPoolExecutor(2, thread_name_prefix="orch-setup") as pool:
         emit(StageStarted("data"))
-        reading = pool.submit(read_data, spec, check_data)
+        reading = pool.submit(read_data, spec, check_data, ray_ready.wait)
         tracking = None if local else pool.submit(tracker_for, spec)
         emit(StageStarted("connect"))
-        connection = connect_ray(address, show_worker_logs=show_worker_logs)
+        with ray_ready:
+            connection = connect_ray(address, show_worker_logs=show_worker_logs)
         local_worker = None
         if local:  # first: its start is the longest path
             from jobs.local_actor import start_local_worker

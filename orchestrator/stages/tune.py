@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import yaml
 from pydantic import ValidationError
 
-from jobs.data import PreparedData
+from jobs.data import TrainingData, example_rows
 from jobs.errors import TrainingError
 from jobs.spec import ModelSpec
 from orchestrator.address import RayAddress
@@ -65,6 +65,21 @@ def _find_study_to_resume(spec: PipelineSpec, root: Path) -> tuple[Path, StudySt
     return path, state
 
 
+class _Connection:
+    """The study's Ray connection, made once: before a streamed source's statistics pass
+    (which runs on Ray), else after the data is read (a data problem starts no Ray)."""
+
+    def __init__(self, address, show_worker_logs: bool, emit):
+        self.address, self.show_worker_logs, self.emit = address, show_worker_logs, emit
+        self.made = None
+
+    def make(self):
+        if self.made is None:
+            self.emit(StageStarted("connect"))
+            self.made = connect_ray(self.address, show_worker_logs=self.show_worker_logs)
+        return self.made
+
+
 def run_study_pipeline(
     spec: PipelineSpec,
     *,
@@ -93,11 +108,11 @@ def run_study_pipeline(
     emit = on_event or (lambda event: None)
     study_dir, state = _study_to_continue(spec, resume, run_name)
     resume = state is not None
-    data = prepare_data(spec, emit)
+    connection = _Connection(address, show_worker_logs, emit)
+    data = prepare_data(spec, emit, before_stream=connection.make)
     if problem := metric_problem(spec.tune.metric, data.info.task):
         raise SpecError(f"tune.metric: {problem}")
-    emit(StageStarted("connect"))
-    emit_cluster(connect_ray(address, show_worker_logs=show_worker_logs), emit)
+    emit_cluster(connection.make(), emit)
     start_event_hub()
     tracker, tracking_uri = tracker_for(spec)
     study_dir, state = _open_study(spec, data, tracker, study_dir, state, run_name)
@@ -163,7 +178,7 @@ def _trials_storage(spec: PipelineSpec, study: str) -> str | None:
 
 def _log_best(spec, best: _BestModel, best_sections: dict, data, tracker) -> str:
     """The best model and its spec on the study's run; returns the model's URI."""
-    example = data.info.raw_features(data.x_val[:5])
+    example = example_rows(data, 5)
     model_uri = tracker.log_model(best.model, data.info, example)
     best_spec = spec.model_dump(mode="json", by_alias=True) | best_sections
     tracker.log_text(yaml.safe_dump(best_spec, sort_keys=False), "best_spec.yaml")
@@ -189,7 +204,7 @@ def _study_to_continue(
 
 def _open_study(
     spec: PipelineSpec,
-    data: PreparedData,
+    data: TrainingData,
     tracker: RunTracker,
     study_dir: Path | None,
     state: StudyState | None,
@@ -276,7 +291,7 @@ def _refit(
     spec: PipelineSpec,
     study: str,
     best_sections: dict,
-    data: PreparedData,
+    data: TrainingData,
     parent: RunTracker,
     emit: EventHandler,
 ) -> RefitRun:

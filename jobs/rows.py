@@ -1,0 +1,77 @@
+"""Rows as the training loop takes them, the same whether read in memory or streamed.
+
+- **The split** is a hash of each row's feature values (float32 bits) and ``data.seed``:
+  a row lands in validation when its hash falls below ``validation_split``. It needs no
+  row order, no global index and no materialized table, so a streamed source splits
+  block by block exactly as the in-memory path splits the whole table: the same
+  held-out rows either way. Identical rows land in the same split (no leakage between
+  train and validation); the validation share is ``validation_split`` in expectation.
+- **Features** become float32 (never float64), column by column.
+- **Labels** are encoded with one vectorized lookup (``pyarrow.compute.index_in``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.errors import DataError
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: every input bit moves every output bit."""
+    h = h ^ (h >> np.uint64(30))
+    h = h * _M1
+    h = h ^ (h >> np.uint64(27))
+    h = h * _M2
+    return h ^ (h >> np.uint64(31))
+
+
+def feature_column(table: pa.Table, name: str) -> np.ndarray:
+    """One feature column as float32 (a view where the column already is one chunk of it).
+
+    Raises:
+        DataError: the column has missing values.
+    """
+    column = table.column(name)
+    if column.null_count:
+        raise DataError("data.features", f"missing values in column(s) {[name]}; fill or drop them")
+    if pa.types.is_boolean(column.type):
+        column = column.cast(pa.uint8())
+    return column.to_numpy().astype(np.float32, copy=False)
+
+
+def validation_mask(table: pa.Table, features: list[str], seed: int, fraction: float) -> np.ndarray:
+    """True for the rows of ``table`` that belong to the validation split."""
+    h = np.full(table.num_rows, _mix(np.array([seed], dtype=np.uint64) + _GOLDEN)[0])
+    for name in features:
+        bits = feature_column(table, name).view(np.uint32).astype(np.uint64)
+        h = _mix(h ^ (bits + _GOLDEN + (h << np.uint64(6)) + (h >> np.uint64(2))))
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53 < fraction
+
+
+def class_order(values: list) -> list:
+    """The label values in the order of the model's outputs."""
+    return sorted(values, key=lambda v: (str(type(v)), v))
+
+
+def encode_labels(column: pa.ChunkedArray | pa.Array, classes: list) -> np.ndarray:
+    """Each label's index in ``classes`` (int64)."""
+    index = pc.index_in(column, value_set=pa.array(classes, type=column.type))
+    if index.null_count:
+        raise DataError("data.label", f"{index.null_count} rows have a label outside {classes}")
+    return index.to_numpy().astype(np.int64, copy=False)
+
+
+def feature_matrix(table: pa.Table, features: list[str], rows: np.ndarray) -> np.ndarray:
+    """The selected ``rows`` (a boolean mask) of the features, float32, filled column by
+    column: no float64 copy of the whole table, no matrix of the unselected rows."""
+    out = np.empty((int(rows.sum()), len(features)), dtype=np.float32)
+    for j, name in enumerate(features):
+        out[:, j] = feature_column(table, name)[rows]
+    return out

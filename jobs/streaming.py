@@ -1,0 +1,245 @@
+"""The streamed path: a source read by Ray Data tasks, block by block, never whole.
+
+``datasets`` builds (lazily: nothing is read until a worker iterates) the training and
+validation datasets of a ``StreamedData``: Parquet or CSV through ``read_parquet`` /
+``read_csv`` with only the label and feature columns, hive partition folders as columns,
+``data.filter`` pushed into the scan, then one ``map_batches`` that keeps one split's rows
+(``jobs.rows``: a hash of each row, no order needed) as float32 features, standardised,
+and encoded labels. ``scan_statistics`` is the one distributed pass that computes what
+``DataInfo`` needs (``jobs.stats``).
+
+CPU: Ray Data's tasks need CPU while the training workers hold theirs (with every CPU
+held by Train a streamed read waits forever: ray-project/ray #41603). Each task here asks
+for ``DATA_TASK_CPU`` and each dataset's executor is capped at ``data_cpus`` (the
+training workers leave that much of their own share for it: ``data.cpus_per_worker``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from jobs.prepared import DataInfo
+from jobs.rows import encode_labels, feature_column, validation_mask
+from jobs.sources import ResolvedSource, filter_expression
+from jobs.spec import DataSpec
+from jobs.stats import Partial, merge, partial
+
+DATA_TASK_CPU = 0.25
+
+
+def _partitioning(source: ResolvedSource):
+    from ray.data.datasource.partitioning import Partitioning
+
+    if source.partition_base is None:
+        return None
+    return Partitioning("hive", base_dir=source.partition_base)
+
+
+def read(source: ResolvedSource, spec: DataSpec, columns: list[str]):
+    """The source's rows (only ``columns``, and those ``data.filter`` reads), as a lazy
+    Ray Dataset. The filter itself is applied by the map functions (``_kept``)."""
+    import ray.data
+
+    common = {
+        "filesystem": source.filesystem,
+        "partitioning": _partitioning(source),
+        "num_cpus": DATA_TASK_CPU,
+    }
+    columns = columns + [t[0] for t in spec.filter or [] if t[0] not in columns]
+    if source.format == "parquet":
+        ds = ray.data.read_parquet(source.paths, columns=columns, file_extensions=None, **common)
+    else:
+        ds = ray.data.read_csv(source.paths, file_extensions=None, **common)
+        ds = ds.select_columns(columns)
+    ds.context.enable_progress_bars = False
+    ds.context.print_on_execution_start = False
+    return ds
+
+
+def _kept(table: pa.Table, terms: list | None) -> pa.Table:
+    expression = filter_expression(terms)
+    return table if expression is None else table.filter(expression)
+
+
+class _Rows:
+    """map_batches' function: one split's rows as the loop takes them."""
+
+    def __init__(self, info: DataInfo, spec: DataSpec, validation: bool):
+        self.info, self.validation = info, validation
+        self.seed, self.fraction, self.terms = spec.seed, spec.validation_split, spec.filter
+        self.mean = np.asarray(info.feature_mean, dtype=np.float32)
+        self.std = np.asarray(info.feature_std, dtype=np.float32)
+
+    def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
+        info = self.info
+        table = _kept(table, self.terms)
+        keep = validation_mask(table, info.feature_names, self.seed, self.fraction)
+        if not self.validation:
+            keep = ~keep
+        x = np.empty((int(keep.sum()), info.n_features), dtype=np.float32)
+        for j, name in enumerate(info.feature_names):
+            x[:, j] = (feature_column(table, name)[keep] - self.mean[j]) / self.std[j]
+        labels = table.column(info.label).filter(pa.array(keep))
+        if info.task == "classification":
+            y = encode_labels(labels, info.classes)
+        else:
+            raw = labels.to_numpy().astype(np.float32)
+            y = ((raw - info.target_mean) / info.target_std).astype(np.float32)
+        return {"x": x, "y": y}
+
+
+def datasets_of(data, data_cpus: float) -> dict:
+    """A ``StreamedData``'s datasets (``datasets``)."""
+    return datasets(data.source, data.spec, data.info, data_cpus)
+
+
+def datasets(source: ResolvedSource, spec: DataSpec, info: DataInfo, data_cpus: float) -> dict:
+    """``{"train": Dataset, "val": Dataset}`` with ``x`` (float32 tensor) and ``y``."""
+    from ray.data import ExecutionResources
+
+    columns = [*info.feature_names, info.label]
+    out = {}
+    if source is None:  # a bundled set, streamed on request (data.streaming: true)
+        return _bundled(spec, info)
+    for name, validation in (("train", False), ("val", True)):
+        ds = read(source, spec, columns).map_batches(
+            _Rows(info, spec, validation),
+            batch_format="pyarrow",
+            batch_size=None,
+            num_cpus=DATA_TASK_CPU,
+        )
+        # Copy the context so the cap is this dataset's own (the global one stays as it was).
+        options = ds.context.execution_options
+        options.resource_limits = ExecutionResources(cpu=max(data_cpus, DATA_TASK_CPU))
+        out[name] = ds
+    return out
+
+
+def _bundled(spec: DataSpec, info: DataInfo) -> dict:
+    import ray.data
+
+    from jobs.bundled import sklearn_table
+
+    table = sklearn_table(spec.sklearn_set)
+    return {
+        name: ray.data.from_arrow(table).map_batches(
+            _Rows(info, spec, validation), batch_format="pyarrow", batch_size=None,
+            num_cpus=DATA_TASK_CPU,
+        )
+        for name, validation in (("train", False), ("val", True))
+    }  # fmt: skip
+
+
+def _partial_row(table: pa.Table, features, spec: DataSpec, task) -> dict:
+    table = _kept(table, spec.filter)
+    part = partial(table, features, spec.label, task, spec.seed, spec.validation_split)
+    f, t = part.features, part.target
+    zeros = np.zeros(len(features))
+    return {
+        "n": np.array([f.n]),
+        "mean": np.array([f.mean if f.n else zeros]),
+        "m2": np.array([f.m2 if f.n else zeros]),
+        "t_n": np.array([t.n]),
+        "t_mean": np.array([t.mean[0] if t.n else 0.0]),
+        "t_m2": np.array([t.m2[0] if t.n else 0.0]),
+        "n_val": np.array([part.n_val]),
+        "classes": np.array([json_values(part.classes)], dtype=object),
+    }
+
+
+def json_values(values: list) -> str:
+    import json
+
+    return json.dumps(values)
+
+
+def scan_statistics(source: ResolvedSource, spec: DataSpec, features: list[str], task: str):
+    """One pass of Ray Data tasks over the source; the merged ``SourceStats``."""
+    import json
+
+    from jobs.stats import Moments
+
+    if source is None:
+        import ray.data
+
+        from jobs.bundled import sklearn_table
+
+        base = ray.data.from_arrow(sklearn_table(spec.sklearn_set))
+    else:
+        base = read(source, spec, [*features, spec.label])
+    ds = base.map_batches(
+        _partial_row,
+        batch_format="pyarrow",
+        batch_size=None,
+        num_cpus=DATA_TASK_CPU,
+        fn_args=(features, spec, task),
+    )
+
+    def partials():
+        for batch in ds.iter_batches(batch_format="numpy", batch_size=256):
+            for i in range(len(batch["n"])):
+                n, t_n = int(batch["n"][i]), int(batch["t_n"][i])
+                yield Partial(
+                    Moments(n, batch["mean"][i], batch["m2"][i]) if n else Moments(),
+                    Moments(t_n, batch["t_mean"][i : i + 1], batch["t_m2"][i : i + 1])
+                    if t_n
+                    else Moments(),
+                    int(batch["n_val"][i]),
+                    json.loads(batch["classes"][i]),
+                )
+
+    return merge(partials(), task)
+
+
+def data_cpu_share(train, data) -> float:
+    """CPU of each training worker's share left to its data pipeline (0 in memory).
+
+    ``data.cpus_per_worker``, and together at least one whole CPU: Ray Data 2.60 starts no
+    read while less than one CPU of the cluster is free, whatever its tasks ask (measured:
+    two actors of 0.55 CPU on 2 CPUs starve a 0.25-CPU read; of 0.5 CPU they do not). At
+    most half of each worker's CPU.
+    """
+    if getattr(data.info, "reading", "in-memory") != "streamed":
+        return 0.0
+    cpu = train.resources_per_worker.get("CPU", 1.0)
+    return min(max(data.spec.cpus_per_worker, 1 / train.workers), cpu / 2)
+
+
+def worker_resources(train, data) -> dict[str, float]:
+    """What each training worker (or local-runner actor) asks of Ray: its
+    ``resources_per_worker`` less the CPU its data pipeline takes (``data_cpu_share``)."""
+    resources = dict(train.resources_per_worker)
+    share = data_cpu_share(train, data)
+    if share:
+        resources["CPU"] = resources.get("CPU", 1.0) - share
+    return resources
+
+
+def rank_shards_config(dp_size: int, data_cpus: float):
+    """A Ray Train ``DataConfig`` that splits each dataset into ``dp_size`` equal shards,
+    one per data-parallel rank: ranks ``0..dp_size-1`` (the first pipeline stage in
+    DeepSpeed's pipe-major topology) get them; later stages get None and receive their
+    replica's batches from its first stage (``jobs.splits.BroadcastSplit``)."""
+    from ray.data import ExecutionOptions, ExecutionResources
+    from ray.train import DataConfig
+
+    class RankShards(DataConfig):
+        def __init__(self):
+            super().__init__(datasets_to_split="all")
+            self.options = ExecutionOptions(
+                resource_limits=ExecutionResources(cpu=max(data_cpus, DATA_TASK_CPU))
+            )
+
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            output = [{} for _ in range(world_size)]
+            hints = list(worker_node_ids[:dp_size]) if worker_node_ids else None
+            for name, ds in datasets.items():
+                ds = ds.copy(ds)
+                ds.context.execution_options = self.options
+                shards = ds.streaming_split(dp_size, equal=True, locality_hints=hints)
+                for rank in range(world_size):
+                    output[rank][name] = shards[rank] if rank < dp_size else None
+            return output
+
+    return RankShards()
