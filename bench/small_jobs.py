@@ -103,7 +103,6 @@ TIMEOUT_S = {"full": 1800, "quick": 600}
 E_VARIANTS = {
     "Ray Train preemption watcher on": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"},
     "Ray Train metrics on": {"RAY_TRAIN_METRICS_ENABLED": "1"},
-    "data through Ray Data": {"ORCH_IN_MEMORY_DATA_MB": "0"},
 }
 EPOCH_KINDS = ("epoch", "epoch_ended")  # the trainer's dict events, or its EpochEnded class
 # Where a stage begins (an event's first occurrence), and what the time up to the next is.
@@ -999,9 +998,9 @@ def _e_variants(results: dict) -> list[str]:
         "(`Client.run` in a fresh process, what `orch run --address auto` runs) with one "
         "variable added to its environment, and the driver's environment is what counts: Ray "
         "Train reads `RAY_TRAIN_METRICS_ENABLED` in the driver and hands "
-        "`RAY_TRAIN_ENABLE_PREEMPTION_WATCHER` to its controller; `ORCH_IN_MEMORY_DATA_MB=0` "
-        "makes the driver (`jobs.splits`) stream the splits through Ray Data, as before "
-        "issue 13. The default runs come first, back to back on the fresh head (as the runs "
+        "`RAY_TRAIN_ENABLE_PREEMPTION_WATCHER` to its controller (the streamed data path is "
+        "measured by `python -m bench --only data`). The default runs come first, back to "
+        "back on the fresh head (as the runs "
         "before were measured); the variants run after the other parts, round by round, "
         "so they are compared with each other more than with the defaults; with this few "
         "runs, a difference within the spread of one variant's runs is noise.",

@@ -19,11 +19,13 @@ import hashlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+from pydantic import BaseModel, Field
 
 from jobs.bundled import sklearn_table
 from jobs.errors import DataError
@@ -383,3 +385,25 @@ def example_rows(data: TrainingData, n: int) -> np.ndarray:
 
     rows = datasets_of(data, data.spec.cpus_per_worker)["val"].take_batch(n, batch_format="numpy")
     return data.info.raw_features(rows["x"])
+
+
+class DataSummary(BaseModel):
+    """How a run read its data (``RunResult.data``)."""
+
+    reading: Literal["in-memory", "streamed"] = Field(
+        description="in-memory: the driver read it; streamed: Ray Data, a shard per rank."
+    )
+    n_train: int = Field(description="Training rows.")
+    n_val: int = Field(description="Validation rows.")
+    fingerprint: str = Field(description="The source listing's sha256 (DataInfo.fingerprint).")
+    stats_cached: bool = Field(
+        description="The statistics came from the cache (no pass over the data this run)."
+    )
+
+    @classmethod
+    def of(cls, data: TrainingData) -> DataSummary:
+        info = data.info
+        return cls(
+            reading=info.reading, n_train=info.n_train, n_val=info.n_val,
+            fingerprint=info.fingerprint, stats_cached=data.stats_cached,
+        )  # fmt: skip

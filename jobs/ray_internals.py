@@ -8,8 +8,8 @@ this module imports none of Ray Train, Tune or Serve.
 - **Ray Train** (``in_memory_data_trainer``): every ``fit()`` of Ray Train 2.60 starts a
   ``DatasetManager`` actor (its own process: Python, Ray, Ray Data; about 2.7 s of CPU) even
   when no Ray Dataset is passed, while the workers import torch and DeepSpeed, so on 2 cores
-  it delays them. Splits small enough for the object store (``jobs.splits.fits_in_memory``)
-  reach the workers through ``train_loop_config``; for those runs the trainer leaves out the
+  it delays them. Data read in memory (``jobs.data.prepare``)
+  reaches the workers through ``train_loop_config``; for those runs the trainer leaves out the
   private callback that starts the actor (tests/jobs/test_startup.py).
 - **Ray Tune** (``explained_asha``, ``explained_median``): Tune's schedulers decide STOP
   without saying why; the reason (the metric, the epoch, the rung cutoff or median it

@@ -425,6 +425,8 @@ def _train_epoch(
         "samples_per_s": steps * train.batch_size / train_time,
         # rank 0's share of the epoch spent waiting for input: near 1 = input-bound
         "data_wait_fraction": data_wait / train_time,
+        # training rows rank 0 took this epoch (its shard's, streamed; its slices in memory)
+        "rank_rows": float(seen),
         "lr": engine.get_lr()[0] if engine.get_lr() else train.optimizer.lr,
     }
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
+from jobs.data import DataSummary
 from orchestrator.serve_result import ServeResult
 from orchestrator.stages import Registration
 from tuning.summary import TrialSummary
@@ -68,6 +69,9 @@ class RunResult(BaseModel):
     worker_nodes: dict[int, str] = Field(
         default_factory=dict, description="Ray node id of each training worker (by rank)."
     )
+    data: DataSummary | None = Field(
+        None, description="How the data was read: in memory or streamed, rows, fingerprint."
+    )
     study: StudyReport | None = Field(None, description="The tuning study, when the spec has one.")
     registered: Registration | None = Field(
         None, description="The model version registered in MLflow, and whether the alias moved."
@@ -95,6 +99,7 @@ class RunResult(BaseModel):
             runner=result.runner,
             resumed_from_epochs=result.resumed_from_epochs,
             worker_nodes=result.worker_nodes,
+            data=run.data,
         )
 
     @classmethod
@@ -113,6 +118,7 @@ class RunResult(BaseModel):
             runner=refit.result.runner if refit else best.runner,
             resumed_from_epochs=refit.result.resumed_from_epochs if refit else [],
             worker_nodes=refit.result.worker_nodes if refit else {},
+            data=run.data,
             study=StudyReport(
                 study=outcome.study,
                 path=outcome.path,

@@ -4,7 +4,9 @@ One number serves admission (the whole of it must be free) and the quotas (the j
 and owner are charged it), so the queue never admits a job past a quota for less than the
 job can take. Whatever its search space picks:
 
-- Training: ``train.workers`` workers of ``train.resources_per_worker``.
+- Training: ``train.workers`` workers of ``train.resources_per_worker``. On streamed data
+  each worker leaves part of its CPU to its Ray Data tasks (``jobs.streaming.
+  data_cpu_share``): the data's CPU is inside what the worker declares, and so charged.
 - Tuning: the trials run at once (``tune.max_concurrent_trials``, or when null as many as
   the cluster holds, up to the trials planned) times the largest trial of the space: its
   most workers with its largest resources, for every value the space may give ``train``,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from jobs.data import TrainingData, example_rows
+from jobs.data import DataSummary, TrainingData, example_rows
 from jobs.errors import TrainingError
 from orchestrator.address import RayAddress
 from orchestrator.events import StageStarted
@@ -92,7 +92,9 @@ def run_training(
         example = example_rows(data, 5)
         model_uri = tracker.log_model(result.model, data.info, example)
         tracker.set_tags({"orch.model_uri": model_uri, "orch.checkpoint": result.checkpoint_path})
-    return TrainingRun(result, run_id, setup.tracking_uri, model_uri, data.info.task)
+    return TrainingRun(
+        result, run_id, setup.tracking_uri, model_uri, data.info.task, DataSummary.of(data)
+    )
 
 
 @dataclass
@@ -104,6 +106,7 @@ class TrainingRun:
     tracking_uri: str
     model_uri: str
     task: str  # classification | regression: the data's (DataInfo.task)
+    data: DataSummary | None = None
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import yaml
 from pydantic import ValidationError
 
-from jobs.data import TrainingData, example_rows
+from jobs.data import DataSummary, TrainingData, example_rows
 from jobs.errors import TrainingError
 from jobs.spec import ModelSpec
 from orchestrator.address import RayAddress
@@ -156,6 +156,7 @@ def run_study_pipeline(
         checkpoint=best.checkpoint,
         task=data.info.task,
         refit=best.refit,
+        data=DataSummary.of(data),
     )
 
 
@@ -285,6 +286,7 @@ class StudyRun:
     checkpoint: str = field(metadata={"doc": "The logged model's final checkpoint."})
     task: str = "classification"  # the data's (DataInfo.task)
     refit: RefitRun | None = None
+    data: DataSummary | None = None
 
 
 def _refit(

@@ -35,8 +35,8 @@ train: {{epochs: 20, batch_size: 16, workers: 1, resources_per_worker: {{CPU: 1}
 def _rows() -> str:
     """Two well-separated classes: y is 1 exactly when a > 0.5 (b is noise)."""
     lines = ["a,b,y"]
-    for i in range(120):
-        a, b = (i % 12) / 11, (i * 7 % 10) / 10
+    for i in range(240):  # distinct rows: the split is a hash of each row
+        a, b = (i % 24) / 23, (i * 7 % 29) / 29
         lines.append(f"{a:.3f},{b},{int(a > 0.5)}")
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,200 @@
+"""Data larger than the driver: memory and throughput of the streamed path vs in memory.
+
+A synthetic Parquet folder (32 float32 features with known mean and std, a label from a
+known rule; 64 files) at each size of ``ORCH_BENCH_DATA_GB`` (default ``0.5,2``; the issue's
+8 GB with ``ORCH_BENCH_DATA_GB=0.5,2,8``), on Ray started with a 512 MiB object store. Per
+size:
+
+- **scan**: a plain ``pyarrow.dataset`` scan of the same files in one process (the
+  read-and-decode limit), rows/s;
+- **statistics**: ``jobs.data.stream`` with an empty cache (the distributed pass), seconds;
+- **loader**: this rank's batches as the training loop takes them (``ShardSplit`` over the
+  training stream, one rank), rows/s;
+- **end to end**: ``orch run`` streamed (and in memory at the smallest size), bounded by
+  ``train.steps_per_epoch``, in its own process: samples/s, and the peak USS of the driver
+  and the sum of its Ray processes' peaks (psutil, sampled every 0.2 s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.common import fmt, md_table, result_header, run_lines
+
+NAME = "data"
+TITLE = "Data: streamed with Ray Data vs in memory, by size"
+ORDER = 45
+FEATURES = 32
+FILES = 64
+COMMAND = "python -m bench --only data"
+
+
+def generate(folder: Path, gigabytes: float) -> int:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows_total = int(gigabytes * 2**30 / (4 * FEATURES + 8))
+    per_file = rows_total // FILES
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for i in range(FILES):
+        x = rng.normal(1.0, 3.0, (per_file, FEATURES)).astype(np.float32)
+        y = (x[:, 0] + x[:, 1] > 2.0).astype(np.int64)
+        table = pa.table({**{f"f{j}": x[:, j] for j in range(FEATURES)}, "label": y})
+        pq.write_table(table, folder / f"part-{i:03d}.parquet", row_group_size=131_072)
+    return per_file * FILES
+
+
+def scan_rows_per_s(folder: Path) -> float:
+    import pyarrow.dataset as pads
+
+    started, rows = time.perf_counter(), 0
+    for batch in pads.dataset(folder).to_batches():
+        rows += batch.num_rows
+    return rows / (time.perf_counter() - started)
+
+
+class PeakUss:
+    """Peak USS of a process and the summed peaks of everything started below it."""
+
+    def __init__(self, pid: int):
+        import psutil
+
+        self.root, self.driver, self.children = psutil.Process(pid), 0, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.2):
+            try:
+                self.driver = max(self.driver, self.root.memory_full_info().uss)
+                for child in self.root.children(recursive=True):
+                    uss = child.memory_full_info().uss
+                    self.children[child.pid] = max(self.children.get(child.pid, 0), uss)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+
+    def stop(self) -> tuple[float, float]:
+        self._stop.set()
+        self._thread.join()
+        return self.driver / 2**20, sum(self.children.values()) / 2**20
+
+
+def orch_run(folder: Path, work: Path, streaming: bool, steps: int) -> dict:
+    spec = work / f"run-{streaming}.yaml"
+    spec.write_text(
+        f"name: data-bench-{'streamed' if streaming else 'memory'}\n"
+        f"data: {{source: '{folder}', label: label, streaming: {str(streaming).lower()}}}\n"
+        "model: {type: mlp, params: {hidden_sizes: [64]}}\n"
+        f"train: {{epochs: 2, batch_size: 1024, steps_per_epoch: {steps}}}\n"
+    )
+    env = {**os.environ, "ORCH_HOME": str(work / "home"), "RAY_object_store_memory": str(2**29)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "run", str(spec), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=work, env=env,
+    )  # fmt: skip
+    peaks = PeakUss(process.pid)
+    out, _ = process.communicate(timeout=3600)
+    driver_mib, workers_mib = peaks.stop()
+    result = json.loads(out) if process.returncode == 0 else {"metrics": {}}
+    return {
+        "ok": process.returncode == 0,
+        "samples_per_s": result["metrics"].get("samples_per_s"),
+        "val_accuracy": result["metrics"].get("val_accuracy"),
+        "driver_peak_uss_mib": driver_mib,
+        "workers_peak_uss_mib": workers_mib,
+    }
+
+
+def measure_size(gigabytes: float, work: Path, with_memory: bool, steps: int) -> dict:
+    import ray
+
+    from jobs.data import stream
+    from jobs.spec import DataSpec
+    from jobs.splits import ShardSplit
+    from jobs.streaming import datasets_of
+
+    folder = work / f"parquet-{gigabytes}"
+    rows = generate(folder, gigabytes)
+    row = {"gigabytes": gigabytes, "rows": rows, "scan_rows_per_s": scan_rows_per_s(folder)}
+    os.environ["ORCH_HOME"] = str(work / "stats-home")
+    ray.init(num_cpus=2, object_store_memory=2**29, include_dashboard=False, log_to_driver=False)
+    try:
+        started = time.perf_counter()
+        data = stream(DataSpec(source=str(folder), label="label", streaming=True))
+        row["stats_s"] = time.perf_counter() - started
+        split = ShardSplit(datasets_of(data, 1.0)["train"].iterator())
+        started, taken = time.perf_counter(), 0
+        for batch in split.epoch_batches(1024, seed=0):
+            taken += len(batch.y)
+        row["loader_rows_per_s"] = taken / (time.perf_counter() - started)
+    finally:
+        ray.shutdown()
+    row["scan_s"] = rows / row["scan_rows_per_s"]
+    row["streamed"] = orch_run(folder, work, True, steps)
+    if with_memory:
+        row["in_memory"] = orch_run(folder, work, False, steps)
+    return row
+
+
+def run(quick: bool = False) -> dict:
+    results = result_header(NAME, quick, COMMAND)
+    sizes = (
+        [0.02]
+        if quick
+        else [float(s) for s in os.environ.get("ORCH_BENCH_DATA_GB", "0.5,2").split(",")]
+    )
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="orch-data-bench-") as tmp:
+        results["sizes"] = [
+            measure_size(size, Path(tmp), i == 0, 20 if quick else 200)
+            for i, size in enumerate(sizes)
+        ]
+    results["duration_s"] = time.time() - started
+    from bench.common import load_average
+
+    results["load_average_after"] = load_average()
+    return results
+
+
+def render(results: dict) -> str:
+    lines = [f"## {TITLE}", "", *run_lines(results, COMMAND, ""), ""]
+    rows = []
+    for size in results["sizes"]:
+        streamed = size["streamed"]
+        rows.append([
+            f"{size['gigabytes']:g} GB", f"{size['rows']:,}", fmt(size["scan_rows_per_s"]),
+            fmt(size["loader_rows_per_s"]),
+            fmt(size["loader_rows_per_s"] / size["scan_rows_per_s"], 2, "x"),
+            fmt(size["stats_s"], 1, " s"), fmt(size["scan_s"], 1, " s"),
+            fmt(streamed["samples_per_s"]), fmt(streamed["driver_peak_uss_mib"]),
+            fmt(streamed["workers_peak_uss_mib"]),
+        ])  # fmt: skip
+    lines.append(md_table(
+        ["size", "rows", "pyarrow scan rows/s", "loader rows/s", "loader / scan",
+         "stats pass", "scan time", "streamed samples/s", "driver peak USS MiB",
+         "Ray processes' peak USS MiB (sum)"], rows,
+    ))  # fmt: skip
+    first = results["sizes"][0]
+    if "in_memory" in first:
+        memory, streamed = first["in_memory"], first["streamed"]
+        ratio = (streamed["samples_per_s"] or 0) / (memory["samples_per_s"] or 1)
+        lines += [
+            "",
+            f"At {first['gigabytes']:g} GB, in memory: {fmt(memory['samples_per_s'])} samples/s, "
+            f"driver peak {fmt(memory['driver_peak_uss_mib'])} MiB; streamed / in memory = "
+            f"{ratio:.2f}x. Runs are bounded by train.steps_per_epoch (2 epochs); the "
+            "end-to-end memory is the run's, including Ray's fixed processes.",
+        ]
+    return "\n".join(lines) + "\n"
