@@ -141,7 +141,9 @@ class LocalRuntime(TrainingRuntime):
         if isinstance(data, StreamedData):  # this process reads the whole stream
             from jobs.streaming import datasets_of
 
-            datasets = datasets_of(data, data.spec.cpus_per_worker)
+            # In a Tune trial, Data's tasks run in the trial's own group (its CPU bundle).
+            group = ray.util.get_current_placement_group() if ray.is_initialized() else None
+            datasets = datasets_of(data, data.spec.cpus_per_worker, group)
             self.train_split = ShardSplit(datasets["train"].iterator())
             self.val_split = ShardSplit(datasets["val"].iterator())
         else:

@@ -124,10 +124,13 @@ class TrialResources:
 
     Local-runner trials train in the actor: it holds ``resources_per_worker``. Ray Train
     trials reserve their workers themselves; the actor only needs a little memory. On
-    streamed data a local-runner trial's share is split in two bundles: the actor's, and
-    ``data.cpus_per_worker`` for its Ray Data tasks, which Tune places in the trial's
-    placement group: each trial's data reading is capped there, and no trial's reading
-    waits on CPUs the other trials hold.
+    streamed data a local-runner trial's CPU is a second bundle of its placement group,
+    which the actor and its Ray Data tasks share (``jobs.streaming`` sends Data's tasks
+    into the group): each trial's reading is capped at its own share, and no trial's
+    reading waits on CPU the other trials hold. That bundle is at least one CPU, because
+    Ray Data lists the files of every read in a task of one whole CPU
+    (``ray/data/_internal/planner/plan_list_files_op.py``, Ray 2.60: no ``num_cpus``);
+    the actor's own bundle keeps the rest of its resources (a GPU, memory), or is empty.
     """
 
     def __init__(self, sections: dict, tune: TuneSpec, data_cpus: float = 0.0):
@@ -144,10 +147,12 @@ class TrialResources:
             resources = dict(train.resources_per_worker)
             if not self.data_cpus:
                 return PlacementGroupFactory([resources])
-            share = min(self.data_cpus, resources.get("CPU", 1.0) / 2)
-            resources["CPU"] = resources.get("CPU", 1.0) - share
-            return PlacementGroupFactory([resources, {"CPU": share}])
+            cpu = max(resources.pop("CPU", 1.0), LIST_FILES_CPU)
+            return PlacementGroupFactory([resources, {"CPU": cpu}])
         return PlacementGroupFactory([{"memory": TRIAL_DRIVER_MEMORY}])
+
+
+LIST_FILES_CPU = 1.0
 
 
 def _data_cpus(data: TrainingData) -> float:

@@ -188,7 +188,7 @@ def test_pipeline_2_by_data_parallel_2_streams_to_the_in_memory_accuracy(
     assert streamed.info.reading == "streamed"
 
 
-def test_a_study_on_a_streamed_source_scans_once(parts, tmp_path):
+def test_a_study_on_a_streamed_source_scans_once(parts, tmp_path, monkeypatch):
     """A 4-trial study (2 at once on 2 CPUs) on a streamed source finishes; its statistics
     come from the cache the first pass filled (`orch run` in its own process and Ray)."""
     import json
@@ -197,7 +197,7 @@ def test_a_study_on_a_streamed_source_scans_once(parts, tmp_path):
 
     home = tmp_path / "home"
     env = {**os.environ, "ORCH_HOME": str(home)}
-    os.environ["ORCH_HOME"] = str(home)  # the first pass, here, fills the same cache
+    monkeypatch.setenv("ORCH_HOME", str(home))  # the first pass, here, fills the same cache
     spec_data = DataSpec(source=str(parts), label="label", streaming=True)
     import ray
 
@@ -222,7 +222,7 @@ def test_a_study_on_a_streamed_source_scans_once(parts, tmp_path):
     )
     proc = subprocess.run(
         [sys.executable, "-m", "orchestrator", "run", str(spec), "--json"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=420, cwd=tmp_path, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
