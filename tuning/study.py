@@ -40,6 +40,8 @@ TRIALS_DIR = "trials"
 # its training workers, not its driver, decide how many trials fit on the cluster. A
 # single-worker trial trains in its actor, which then holds the worker's resources.
 TRIAL_DRIVER_MEMORY = 128 * 1024**2
+# Ray Data lists a read's files in a task of one whole CPU (``TrialResources``).
+LIST_FILES_CPU = 1.0
 TRIAL_REPORT_KEYS = (
     "epoch",
     "train_loss",
@@ -103,11 +105,17 @@ def trial_trains(tune: TuneSpec, sections: dict) -> list[TrainSpec]:
 
 
 def trial_demand(tune: TuneSpec, sections: dict) -> dict[str, float]:
-    """The most any trial of the space asks of the cluster (workers x resources)."""
+    """The most any trial of the space asks of the cluster (workers x resources). A
+    local-runner trial on data that may stream holds at least ``LIST_FILES_CPU``
+    (``TrialResources``): whether it streams is known only once the source is read."""
+    may_stream = (sections.get("data") or {}).get("streaming", "auto") is not False
     demand: dict[str, float] = {}
     for train in trial_trains(tune, sections):
         for name, amount in train.resources_per_worker.items():
-            demand[name] = max(demand.get(name, 0.0), amount * train.workers)
+            total = amount * train.workers
+            if name == "CPU" and may_stream and train.resolved_runner == "local":
+                total = max(total, LIST_FILES_CPU)
+            demand[name] = max(demand.get(name, 0.0), total)
     return demand
 
 
@@ -150,9 +158,6 @@ class TrialResources:
             cpu = max(resources.pop("CPU", 1.0), LIST_FILES_CPU)
             return PlacementGroupFactory([resources, {"CPU": cpu}])
         return PlacementGroupFactory([{"memory": TRIAL_DRIVER_MEMORY}])
-
-
-LIST_FILES_CPU = 1.0
 
 
 def _data_cpus(data: TrainingData) -> float:

@@ -162,11 +162,13 @@ def _refits(trains, refit: dict) -> list:
 
 def _tuning(spec: PipelineSpec, cluster_total: dict[str, float]) -> Demand:
     """A study's demand: its trials at once, or its refit after, whichever is larger."""
-    from tuning.study import trial_trains, trials_at_once
+    from tuning.study import trial_demand, trial_trains, trials_at_once
 
-    sections = spec.model_dump(mode="json", include={"model", "train"})
+    sections = spec.model_dump(mode="json", include={"data", "model", "train"})
     trains = trial_trains(spec.tune, sections)
     per_trial, bundle, workers = _largest(trains)
+    # a local trial on data that may stream holds a whole CPU for Ray Data's listing
+    per_trial = _merge_max(per_trial, trial_demand(spec.tune, sections))
     # at least one: a job whose one trial cannot fit is refused by never_fits
     concurrent = max(1, trials_at_once(spec.tune, per_trial, cluster_total))
     total, bundles = _times(per_trial, concurrent), workers * concurrent

@@ -89,6 +89,22 @@ def test_data_and_tracking_cannot_be_searched(tmp_path):
         load_spec(path)
 
 
+@pytest.mark.parametrize(("streaming", "cpu"), [("auto", 1.0), ("true", 1.0), ("false", 0.5)])
+def test_a_local_trial_that_may_stream_is_charged_a_whole_cpu(tmp_path, streaming, cpu):
+    """Ray Data lists a read's files in a task of one whole CPU, inside the trial's group:
+    a 0.5-CPU local trial on data that may stream holds 1 CPU, and is counted so."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        f"name: tuned\ndata: {{source: sklearn://digits, streaming: {streaming}}}\n"
+        "model: {type: mlp}\ntrain: {epochs: 2, resources_per_worker: {CPU: 0.5}}\n"
+        "tune:\n  space: {train.optimizer.lr: {loguniform: [0.001, 0.01]}}\n"
+    )
+    spec = load_spec(path, check_data=False)
+    sections = spec.model_dump(mode="json", include={"data", "model", "train"})
+    assert trial_demand(spec.tune, sections) == {"CPU": cpu}
+    assert concurrency_cap(trial_demand(spec.tune, sections), {"CPU": 2.0}) == int(2 / cpu)
+
+
 @pytest.mark.parametrize(
     ("space", "message"),
     [
