@@ -375,7 +375,7 @@ def _train_epoch(
     split = runtime.train_split
     batch_size = train.batch_size // layout.dp_size if split.per_rank else train.batch_size
     batches = split.epoch_batches(batch_size, job.seed + epoch, train.steps_per_epoch)
-    steps, data_wait, seen = 0, 0.0, 0
+    steps, data_wait, seen, taken = 0, 0.0, 0, 0
     loss_total = torch.zeros((), dtype=torch.float64, device=device)
     waiting = time.perf_counter()
     for batch in batches:
@@ -384,6 +384,7 @@ def _train_epoch(
             xs, ys = batch.x, batch.y
         else:
             xs, ys, _ = _rank_slice(batch.x, batch.y, layout, pad=False)
+        taken += len(xs)
         xs = xs.to(device=device, dtype=built.dtype)
         ys = ys.to(device)
         micro_batches = [
@@ -425,8 +426,9 @@ def _train_epoch(
         "samples_per_s": steps * train.batch_size / train_time,
         # rank 0's share of the epoch spent waiting for input: near 1 = input-bound
         "data_wait_fraction": data_wait / train_time,
-        # training rows rank 0 took this epoch (its shard's, streamed; its slices in memory)
-        "rank_rows": float(seen),
+        # training rows rank 0 took this epoch (its shard's, streamed; its slices in memory),
+        # whichever pipeline stage it is (``seen`` counts the rows of the loss: last stages)
+        "rank_rows": float(taken),
         "lr": engine.get_lr()[0] if engine.get_lr() else train.optimizer.lr,
     }
 

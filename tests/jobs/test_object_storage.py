@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.csv as pacsv
@@ -25,14 +27,17 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def s3(monkeypatch, tmp_path):
-    """A moto S3 server on a loopback port, a bucket ``lake``, and the environment that
-    points boto3, pyarrow and a job's processes at it."""
+    """moto's S3 server in its own process on a loopback port, a bucket ``lake``, and the
+    environment that points boto3, pyarrow and a job's processes at it."""
     import boto3
-    from moto.server import ThreadedMotoServer
+    import botocore.exceptions
 
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
+    log = (tmp_path / "moto.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
     env = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
         "AWS_ACCESS_KEY_ID": "test",
@@ -43,11 +48,21 @@ def s3(monkeypatch, tmp_path):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1")
-    client.create_bucket(Bucket="lake")
     try:
+        deadline = time.monotonic() + 60
+        while True:  # until the server answers (it imports moto's services first)
+            assert server.poll() is None, (tmp_path / "moto.log").read_text()[-2000:]
+            try:
+                client.create_bucket(Bucket="lake")
+                break
+            except botocore.exceptions.EndpointConnectionError:
+                assert time.monotonic() < deadline, "moto_server did not answer in 60 s"
+                time.sleep(0.1)
         yield client, env
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
 
 
 def upload(client, folder, prefix):
@@ -83,33 +98,37 @@ def test_a_missing_bucket_or_prefix_is_one_line(s3):
         prepare(DataSpec(source="s3://nobucket/x", label="label"))
 
 
-def test_orch_run_streams_an_s3_source_and_trains_as_on_local_files(s3, tmp_path):
+def test_orch_run_streams_an_s3_source_and_trains_as_on_local_files(s3, ray_session, tmp_path):
     """`orch run` in a fresh process (its embedded Ray's workers read S3 with the same
     environment): an s3:// source streams (auto), and trains to the accuracy of the same
-    files streamed from the local disk (the in-memory path's equal is test_streaming's)."""
+    spec on the same files streamed from the local disk (here, in this test's Ray; the
+    in-memory path's equal is test_streaming's)."""
+    from orchestrator import Client
+
     client, env = s3
     local = write_parts(tmp_path / "parts", files=2, rows=2000)
     upload(client, local, "parts")
 
-    def run(source: str, name: str, streaming: str = "") -> dict:
-        spec = tmp_path / f"{name}.yaml"
-        spec.write_text(
+    def spec(source: str, name: str, streaming: str = "") -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(
             f"name: {name}\n"
             f"data: {{source: '{source}', label: label{streaming}}}\n"
             "model: {type: mlp, params: {hidden_sizes: [32]}}\n"
             "train: {epochs: 3, batch_size: 128, optimizer: {lr: 0.01}}\n"
         )
-        proc = subprocess.run(
-            [sys.executable, "-m", "orchestrator", "run", str(spec), "--json"],
-            capture_output=True, text=True, timeout=420, cwd=tmp_path,
-            env={**os.environ, **env, "ORCH_HOME": str(tmp_path / f"home-{name}")},
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        return json.loads(proc.stdout)
+        return path
 
-    remote = run("s3://lake/parts", "remote")
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", str(spec("s3://lake/parts", "remote")),
+         "--json"],
+        capture_output=True, text=True, timeout=420, cwd=tmp_path,
+        env={**os.environ, **env, "ORCH_HOME": str(tmp_path / "home-remote")},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    remote = json.loads(proc.stdout)
     assert remote["data"]["reading"] == "streamed"
-    local_run = run(str(local), "local", ", streaming: true")
-    assert local_run["data"]["reading"] == "streamed"
-    a, b = remote["metrics"]["val_accuracy"], local_run["metrics"]["val_accuracy"]
+    local_run = Client().run(spec(str(local), "local", ", streaming: true"))
+    assert local_run.data.reading == "streamed"
+    a, b = remote["metrics"]["val_accuracy"], local_run.metrics["val_accuracy"]
     assert a > 0.9 and abs(a - b) <= 0.02, (a, b)
