@@ -197,4 +197,23 @@ def render(results: dict) -> str:
             f"{ratio:.2f}x. Runs are bounded by train.steps_per_epoch (2 epochs); the "
             "end-to-end memory is the run's, including Ray's fixed processes.",
         ]
+    last = results["sizes"][-1]
+    if last is not first:
+        lines += ["", _growth(first, last)]
     return "\n".join(lines) + "\n"
+
+
+def _growth(first: dict, last: dict) -> str:
+    """The memory acceptance of issue 30: from the first size to the last, the driver's
+    peak grows by at most 200 MiB, the Ray processes' summed peak by 25 % + 300 MiB."""
+    a, b = first["streamed"], last["streamed"]
+    driver = (b["driver_peak_uss_mib"] or 0) - (a["driver_peak_uss_mib"] or 0)
+    workers_before = a["workers_peak_uss_mib"] or 0
+    workers = (b["workers_peak_uss_mib"] or 0) - workers_before
+    allowed = 0.25 * workers_before + 300
+    return (
+        f"From {first['gigabytes']:g} GB to {last['gigabytes']:g} GB "
+        f"({last['gigabytes'] / first['gigabytes']:g}x the data), streamed: the driver's peak "
+        f"grew by {driver:+.0f} MiB (must: at most +200) and the Ray processes' summed peak "
+        f"by {workers:+.0f} MiB (must: at most +{allowed:.0f}, 25 % + 300 MiB)."
+    )
