@@ -202,3 +202,34 @@ def test_a_study_on_a_streamed_source_scans_once(ray_session, parts, tmp_path, m
     assert result["data"] == {**result["data"], "reading": "streamed", "stats_cached": True}
     assert len(result["study"]["trials"]) == 4
     assert result["metrics"]["val_accuracy"] > 0.85
+
+
+def test_a_file_gone_mid_run_fails_the_run_by_name_and_its_checkpoint_resumes(
+    ray_session, parts, tmp_path
+):
+    """A source file moved away after epoch 1: the run fails naming that file; put back,
+    the same run (``--run-name``) resumes from its last checkpoint and finishes."""
+    from jobs.events import EpochEnded
+    from orchestrator import Client
+    from orchestrator.exceptions import JobFailedError
+
+    spec = tmp_path / "gone.yaml"
+    spec.write_text(
+        f"name: gone\ndata: {{source: '{parts}', label: label, streaming: true}}\n"
+        "model: {type: mlp, params: {hidden_sizes: [16]}}\n"
+        "train: {epochs: 2, batch_size: 256, checkpoint: {every_epochs: 1}}\n"
+    )
+    victim, aside = parts / "region=eu" / "p1.parquet", tmp_path / "p1.parquet"
+
+    def move_after_epoch_1(event) -> None:
+        if isinstance(event, EpochEnded) and victim.exists():
+            victim.rename(aside)
+
+    with pytest.raises(JobFailedError, match=r"p1\.parquet") as caught:
+        Client().run(spec, on_event=move_after_epoch_1, run_name="gone-1")
+    assert "\n" not in str(caught.value), caught.value
+    assert "FileNotFoundError" in str(caught.value)
+    aside.rename(victim)
+    result = Client().run(spec, run_name="gone-1")  # orch run --run-name gone-1
+    assert result.status == "succeeded" and result.metrics["epoch"] == 2
+    assert result.resumed_from_epochs == [1]
