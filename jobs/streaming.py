@@ -249,10 +249,10 @@ def scan_statistics(source: ResolvedSource, spec: DataSpec, features: list[str],
 def data_cpu_share(train, data) -> float:
     """CPU of each training worker's share left to its data pipeline (0 in memory).
 
-    ``data.cpus_per_worker``, and together at least one whole CPU: Ray Data 2.60 starts no
-    read while less than one CPU of the cluster is free, whatever its tasks ask (measured:
-    two actors of 0.55 CPU on 2 CPUs starve a 0.25-CPU read; of 0.5 CPU they do not). At
-    most half of each worker's CPU.
+    ``data.cpus_per_worker``, and together at least one whole CPU: Ray Data 2.60 lists a
+    read's files in a task of one whole CPU (``plan_list_files_op.py``), whatever its read
+    tasks ask (measured: two actors of 0.55 CPU on 2 CPUs starve a 0.25-CPU read; of 0.5
+    CPU they do not). At most half of each worker's CPU.
     """
     if getattr(data.info, "reading", "in-memory") != "streamed":
         return 0.0

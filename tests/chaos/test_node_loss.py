@@ -126,3 +126,29 @@ def test_a_run_spreads_over_nodes_survives_losing_one_and_serves_there(cluster, 
     assert gone.status_code == 404
     again = orch(home, "serve", str(spec), "--down", "--address", "auto", "--json")
     assert json.loads(again.stdout) == {"app": "spread", "stopped": False}
+
+
+def test_a_streamed_run_on_the_cluster_gives_each_rank_its_shard(cluster, tmp_path):
+    """A Parquet folder streamed to 2 data-parallel workers on the multi-node cluster (Ray
+    Data's tasks on whichever nodes have CPU): each rank trains on about half of the
+    training rows per epoch, so no rank reads the whole source. Holds on 3 nodes or on the
+    2 that the node-loss test leaves."""
+    from tests.jobs.test_streaming import write_parts
+
+    home, _ = cluster
+    parts = write_parts(tmp_path / "parts", files=4, rows=1000)
+    spec = write(
+        tmp_path,
+        "sharded",
+        f"name: sharded\ndata: {{source: '{parts}', label: label, streaming: true}}\n"
+        "model: {type: mlp, params: {hidden_sizes: [32]}}\n"
+        "train: {epochs: 2, batch_size: 128, workers: 2, resources_per_worker: {CPU: 1},"
+        " optimizer: {lr: 0.01}}\n",
+    )
+    result = json.loads(orch(home, "run", str(spec), "--address", "auto", "--json").stdout)
+    assert result["data"]["reading"] == "streamed" and len(result["worker_nodes"]) == 2
+    half = result["data"]["n_train"] / 2
+    client = mlflow.MlflowClient(result["tracking_uri"])
+    rows = [m.value for m in client.get_metric_history(result["mlflow_run_id"], "rank_rows")]
+    assert len(rows) == 2 and all(abs(r - half) <= 0.1 * half for r in rows), (rows, half)
+    assert result["metrics"]["val_accuracy"] > 0.9
