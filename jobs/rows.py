@@ -48,11 +48,36 @@ def feature_column(table: pa.Table, name: str) -> np.ndarray:
 
 def validation_mask(table: pa.Table, features: list[str], seed: int, fraction: float) -> np.ndarray:
     """True for the rows of ``table`` that belong to the validation split."""
-    h = np.full(table.num_rows, _mix(np.array([seed], dtype=np.uint64) + _GOLDEN)[0])
-    for name in features:
-        bits = feature_column(table, name).view(np.uint32).astype(np.uint64)
-        h = _mix(h ^ (bits + _GOLDEN + (h << np.uint64(6)) + (h >> np.uint64(2))))
-    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53 < fraction
+    columns = (feature_column(table, name) for name in features)
+    return validation_mask_of(columns, table.num_rows, seed, fraction)
+
+
+def validation_mask_of(columns, rows: int, seed: int, fraction: float) -> np.ndarray:
+    """``validation_mask`` over float32 feature columns already converted (in the feature
+    order). In place, two scratch arrays: this runs on every streamed row of every epoch."""
+    h = np.full(rows, _mix(np.array([seed], dtype=np.uint64) + _GOLDEN)[0])
+    value, scratch = np.empty(rows, dtype=np.uint64), np.empty(rows, dtype=np.uint64)
+    for column in columns:
+        np.copyto(value, column.view(np.uint32), casting="safe")
+        value += _GOLDEN
+        np.left_shift(h, np.uint64(6), out=scratch)
+        value += scratch
+        np.right_shift(h, np.uint64(2), out=scratch)
+        value += scratch
+        h ^= value
+        _mix_in_place(h, scratch)
+    np.right_shift(h, np.uint64(11), out=h)
+    return h.astype(np.float64) * 2.0**-53 < fraction
+
+
+def _mix_in_place(h: np.ndarray, scratch: np.ndarray) -> None:
+    """``_mix`` without temporaries."""
+    for shift, multiplier in ((30, _M1), (27, _M2)):
+        np.right_shift(h, np.uint64(shift), out=scratch)
+        h ^= scratch
+        h *= multiplier
+    np.right_shift(h, np.uint64(31), out=scratch)
+    h ^= scratch
 
 
 def class_order(values: list) -> list:

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 SHUFFLE_WINDOW_ROWS = 65_536
-READ_ROWS = 8_192  # rows per batch taken from Ray Data before the window's own batches
 
 
 @dataclass(frozen=True)
@@ -82,18 +81,26 @@ class ShardSplit:
         self._stream: Iterator[Batch] | None = None
 
     def _windows(self, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The shard in windows of about SHUFFLE_WINDOW_ROWS rows, each permuted."""
+        """The shard in windows of about SHUFFLE_WINDOW_ROWS rows, each permuted.
+
+        Ray Data's blocks are taken whole as NumPy arrays (no re-batching, no per-batch
+        tensor conversion: that cost more than reading and decoding the rows)."""
         generator = torch.Generator().manual_seed(seed)
         xs, ys, held = [], [], 0
-        for batch in self.shard.iter_torch_batches(batch_size=READ_ROWS):
-            xs.append(batch["x"])
-            ys.append(batch["y"])
-            held += len(batch["y"])
+        for block in self._blocks():
+            xs.append(block["x"])
+            ys.append(block["y"])
+            held += len(block["y"])
             if held >= SHUFFLE_WINDOW_ROWS:
                 yield _permuted(xs, ys, generator)
                 xs, ys, held = [], [], 0
         if held:
             yield _permuted(xs, ys, generator)
+
+    def _blocks(self) -> Iterator[dict[str, np.ndarray]]:
+        for block in self.shard.iter_batches(batch_size=None, batch_format="numpy"):
+            if len(block["y"]):
+                yield block
 
     def _pass(self, batch_size: int, seed: int) -> Iterator[Batch]:
         """One pass over the shard in full batches (rows left over carry into the next
@@ -130,12 +137,19 @@ class ShardSplit:
             passes += 1
 
     def in_order(self, chunk: int) -> Iterator[Batch]:
-        for batch in self.shard.iter_torch_batches(batch_size=chunk):
-            yield Batch(batch["x"], batch["y"])
+        for block in self._blocks():
+            x, y = _tensor(block["x"]), _tensor(block["y"])
+            for lo in range(0, len(y), chunk):
+                yield Batch(x[lo : lo + chunk], y[lo : lo + chunk])
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A block's array as a tensor torch may own (Ray's are read-only views)."""
+    return torch.from_numpy(np.array(array, copy=True))
 
 
 def _permuted(xs, ys, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = torch.cat(xs), torch.cat(ys)
+    x, y = torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
     order = torch.randperm(len(y), generator=generator)
     return x[order], y[order]
 

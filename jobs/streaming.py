@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.prepared import DataInfo
-from jobs.rows import encode_labels, feature_column, validation_mask
+from jobs.rows import encode_labels, feature_column, validation_mask_of
 from jobs.sources import ResolvedSource, filter_expression
 from jobs.spec import DataSpec
 from jobs.stats import Partial, merge, partial
@@ -77,12 +77,18 @@ class _Rows:
     def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
         info = self.info
         table = _kept(table, self.terms)
-        keep = validation_mask(table, info.feature_names, self.seed, self.fraction)
+        # Every feature converted once, into a column-major matrix (contiguous columns for
+        # the split's hash), then the kept rows standardised in place.
+        full = np.empty((table.num_rows, info.n_features), dtype=np.float32, order="F")
+        for j, name in enumerate(info.feature_names):
+            full[:, j] = feature_column(table, name)
+        columns = (full[:, j] for j in range(info.n_features))
+        keep = validation_mask_of(columns, table.num_rows, self.seed, self.fraction)
         if not self.validation:
             keep = ~keep
-        x = np.empty((int(keep.sum()), info.n_features), dtype=np.float32)
-        for j, name in enumerate(info.feature_names):
-            x[:, j] = (feature_column(table, name)[keep] - self.mean[j]) / self.std[j]
+        x = np.ascontiguousarray(full[keep])
+        x -= self.mean
+        x /= self.std
         labels = table.column(info.label).filter(pa.array(keep))
         if info.task == "classification":
             y = encode_labels(labels, info.classes)
