@@ -9,12 +9,14 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: install demo test lint audit bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml examples/plugin/pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: a CPU build lies on these machines; an open range would pull CUDA.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# the example model plugin (README "Bring your own model"); the tests train it from YAML
+	$(BIN)/pip install -q --no-deps -e examples/plugin
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from jobs.models import DataShape, build_layers
+from jobs.models import DataShape, build_network
 from jobs.prepared import DataInfo
 from jobs.spec import ModelSpec
 
 
 class InferenceModel(nn.Module):
-    def __init__(self, net: nn.Sequential, info: DataInfo):
+    def __init__(self, net: nn.Module, info: DataInfo):
         super().__init__()
         self.net = net
         self.classification = info.task == "classification"
@@ -28,8 +28,8 @@ class InferenceModel(nn.Module):
 
     @classmethod
     def build(cls, model: ModelSpec, info: DataInfo) -> InferenceModel:
-        layers = build_layers(model.type, model.params, DataShape(info.n_features, info.n_outputs))
-        return cls(nn.Sequential(*layers), info)
+        shape = DataShape(info.n_features, info.n_outputs)
+        return cls(build_network(model.type, model.params, shape), info)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net((x - self.mean) / self.std)

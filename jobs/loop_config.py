@@ -19,9 +19,11 @@ DATA_INFO_FILE = "data_info.json"
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """What one training needs besides its runtime: the spec sections, the data, the seed."""
+    """What one training needs besides its runtime: the spec sections, the data, the seed,
+    and where the driver imported an import-path model from (``jobs.plugins.import_root``)."""
 
     model: ModelSpec
     train: TrainSpec
     info: DataInfo
     seed: int
+    import_root: str | None = None

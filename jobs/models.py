@@ -1,4 +1,6 @@
-"""The model zoo: each entry turns validated params and the data's shape into a layer list.
+"""The model zoo: each entry turns validated params and the data's shape into a layer list
+(or, for a plugin's model, one ``nn.Module``); ``get_entry`` also finds installed plugins
+and import paths (``jobs.plugins``).
 
 A layer list is what DeepSpeed's ``PipelineModule`` partitions into stages, and
 ``nn.Sequential(*layers)`` is the same network for data parallelism and for the exported
@@ -24,12 +26,16 @@ answer at editor speed): the params are plain pydantic models, and builders impo
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from jobs import plugins
+from jobs.plugins import PluginSource
 
 if TYPE_CHECKING:
     from torch import nn
@@ -52,11 +58,14 @@ class ZooParams(BaseModel):
 @dataclass(frozen=True)
 class ZooEntry:
     name: str
-    params_model: type[ZooParams]
-    build: Callable[[ZooParams, DataShape], list[nn.Module]]
+    params_model: type[BaseModel]
+    # Returns a list of layers (pipeline-partitionable) or one nn.Module (data parallel).
+    build: Callable[[ZooParams, DataShape], list[nn.Module] | nn.Module]
     # Raises ValueError when the params cannot take data of a shape, without torch;
     # None = build the layers to find out.
     check: Callable[[ZooParams, DataShape], None] | None = None
+    # Where a plugin's code comes from (registered with each model version); None: the zoo.
+    source: PluginSource | None = None
 
 
 MODEL_ZOO: dict[str, ZooEntry] = {}
@@ -90,29 +99,110 @@ def register_model(
 
 
 def get_entry(model_type: str) -> ZooEntry:
-    try:
+    """The entry for a spec's ``model.type``: the zoo's, an installed plugin's (entry point
+    ``orch.models``) or an import path's (``jobs.plugins``), in that order.
+
+    Raises:
+        ValueError: unknown (did-you-mean over the zoo and the installed plugins), or a
+            plugin that cannot be loaded; the message says the fix.
+    """
+    if model_type in MODEL_ZOO:
         return MODEL_ZOO[model_type]
-    except KeyError:
+    try:
+        found = plugins.load(model_type)
+    except plugins.UnknownPlugin:
+        known = sorted(MODEL_ZOO) + plugins.installed_names()
+        close = difflib.get_close_matches(model_type, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise ValueError(
-            f"unknown model type {model_type!r}; available: {', '.join(sorted(MODEL_ZOO))}"
+            f"unknown model type {model_type!r}; {hint}available: {', '.join(known)} (zoo "
+            "and installed plugins), or an import path package.module:function"
         ) from None
+    return ZooEntry(model_type, found.params_model, found.factory, found.check, found.source)
+
+
+def known_entries() -> dict[str, ZooEntry]:
+    """The zoo and every installed plugin that loads (for ``orch schema``); a plugin that
+    fails to import is left out here and reported when a spec names it."""
+    entries = dict(MODEL_ZOO)
+    for name in plugins.installed_names():
+        if name not in entries:
+            try:
+                entries[name] = get_entry(name)
+            except ValueError:
+                continue
+    return entries
+
+
+def build_network(model_type: str, params: dict, shape: DataShape) -> nn.Module:
+    """The model as one module: a factory's own ``nn.Module``, or ``nn.Sequential`` over
+    its layers (the same state-dict keys as the pipeline's "<layer>.<param>")."""
+    from torch import nn
+
+    built = _built(model_type, params, shape)
+    return nn.Sequential(*built) if isinstance(built, list) else built
 
 
 def build_layers(model_type: str, params: dict, shape: DataShape) -> list[nn.Module]:
-    """The model as a list of layers; ``params`` are validated against the entry's model."""
+    """The model as a list of layers, for DeepSpeed's ``PipelineModule``.
+
+    Raises:
+        ValueError: the factory returns one module that is not an ``nn.Sequential``: it
+            cannot be split into pipeline stages.
+    """
+    from torch import nn
+
+    built = _built(model_type, params, shape)
+    if isinstance(built, nn.Sequential):
+        return list(built)
+    if isinstance(built, list):
+        return built
+    raise ValueError(
+        f"model {model_type!r} is one {type(built).__name__} module, which DeepSpeed cannot "
+        "split into pipeline stages: use train.deepspeed.pipeline_stages: 1, or return a "
+        "list of layers from its factory"
+    )
+
+
+def _built(model_type: str, params: dict, shape: DataShape) -> nn.Module | list[nn.Module]:
+    """Build and check what the factory returns: an ``nn.Module`` or a non-empty list of
+    them. A plugin's own exception becomes one line naming the plugin."""
+    from torch import nn
+
     entry = get_entry(model_type)
-    return entry.build(entry.params_model.model_validate(params), shape)
+    validated = entry.params_model.model_validate(params)
+    try:
+        built = entry.build(validated, shape)
+    except Exception as exc:  # the factory is the plugin's code: name it, not our stack
+        if model_type in MODEL_ZOO:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ValueError(
+            f"model {model_type!r}: its factory raised {type(exc).__name__}: {first}; "
+            "check model.params against the plugin's documentation"
+        ) from None
+    if isinstance(built, tuple):
+        built = list(built)
+    if isinstance(built, nn.Module):
+        return built
+    if isinstance(built, list) and built and all(isinstance(b, nn.Module) for b in built):
+        return built
+    raise ValueError(
+        f"model {model_type!r}: its factory returned {type(built).__name__}, not an "
+        "nn.Module or a non-empty list of nn.Module layers; return one of those"
+    )
 
 
 def check_fits(model_type: str, params: dict, shape: DataShape) -> None:
     """Raise ValueError when the model cannot take data of ``shape``.
 
-    Torch-free for entries registered with a ``check``; any other entry is built.
+    Torch-free for entries registered with a ``check``; any other entry is built (which
+    also checks that a plugin's factory returns a module or layers).
     """
     entry = get_entry(model_type)
     validated = entry.params_model.model_validate(params)
     if entry.check is None:
-        entry.build(validated, shape)
+        _built(model_type, params, shape)
     else:
         entry.check(validated, shape)
 
@@ -121,6 +211,9 @@ def count_layers(model_type: str, params: dict) -> int:
     """How many pipeline-partitionable layers the model has (independent of the data).
 
     Builds the model, so it imports torch: the spec asks only when it has pipeline stages.
+
+    Raises:
+        ValueError: the model is one module that cannot be split (``build_layers``).
     """
     return len(build_layers(model_type, params, _PROBE_SHAPE))
 

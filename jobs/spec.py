@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from jobs import models as zoo
+from jobs import plugins
 
 SKLEARN_SETS = ("digits", "wine", "breast_cancer", "iris", "diabetes")
 
@@ -101,25 +102,40 @@ class DataSpec(_Section):
         return None
 
 
+# package.module:function, the import-path form of model.type (jobs.plugins)
+_IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+
+
 def _zoo_union(schema: dict) -> None:
     """``model`` in the JSON Schema as a union over the zoo keyed by ``type``: an editor
     completes and checks each model's own ``params`` (their fields, types, defaults and
     docs). Built when the schema is asked for, so a model added with
-    ``jobs.models.register_model`` brings its branch; the YAML keeps ``{type, params}``."""
-    names = sorted(zoo.MODEL_ZOO)
-    schema["properties"]["type"]["enum"] = names
+    ``jobs.models.register_model`` or by an installed plugin brings its branch; an import
+    path gets a branch of free params. The YAML keeps ``{type, params}``."""
+    entries = zoo.known_entries()
+    names = sorted(entries)
+    type_schema = schema["properties"]["type"]
+    type_schema["anyOf"] = [{"enum": names}, {"pattern": _IMPORT_PATH}]
     schema["oneOf"] = [
         {
             "properties": {
                 "type": {"const": name},
                 "params": {
-                    **_inlined(zoo.MODEL_ZOO[name].params_model.model_json_schema()),
+                    **_inlined(entries[name].params_model.model_json_schema()),
                     "description": f"Params of the {name} model.",
                 },
             },
             "required": ["type"],
         }
         for name in names
+    ] + [
+        {
+            "properties": {
+                "type": {"pattern": _IMPORT_PATH},
+                "params": {"type": "object", "description": "Params of that factory."},
+            },
+            "required": ["type"],
+        }
     ]
 
 
@@ -144,29 +160,50 @@ def _inlined(schema: dict) -> dict:
 class ModelSpec(_Section):
     model_config = ConfigDict(extra="forbid", json_schema_extra=_zoo_union)
 
-    type: str = Field(description="Model zoo entry: " + " | ".join(sorted(zoo.MODEL_ZOO)))
+    type: str = Field(
+        description="Model zoo entry ("
+        + " | ".join(sorted(zoo.MODEL_ZOO))
+        + "), an installed plugin's name (entry point orch.models), or an import path "
+        "package.module:function"
+    )
     params: dict = Field(
         default_factory=dict, description="Params of that model type (see the oneOf branches)."
     )
 
     @field_validator("type")
     @classmethod
-    def _in_zoo(cls, model_type: str) -> str:
-        zoo.get_entry(model_type)
+    def _known(cls, model_type: str) -> str:
+        # An import path is checked for its form only: parsing a spec never imports code it
+        # names (the queue parses a member's spec before refusing its import path); it is
+        # imported, and its params checked, with the data (orchestrator.loader) or when built.
+        if plugins.is_import_path(model_type):
+            plugins.check_import_path(model_type)
+        else:
+            zoo.get_entry(model_type)
         return model_type
 
     @model_validator(mode="after")
     def _params_fit_type(self) -> ModelSpec:
+        if plugins.is_import_path(self.type):
+            return self
         try:
             zoo.get_entry(self.type).params_model.model_validate(self.params)
         except ValidationError as exc:
-            inner = exc.errors(include_url=False, include_context=False, include_input=False)
-            detail = "; ".join(f"params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in inner)
-            # The loader expands ctx["errors"] into one error per params field.
-            raise PydanticCustomError(
-                "model_params", "{detail}", {"detail": detail, "errors": inner}
-            ) from None
+            raise _params_error(exc) from None
         return self
+
+
+def _params_error(exc: ValidationError) -> PydanticCustomError:
+    """A params model's errors as one error of ``model.params``; the loader expands
+    ctx["errors"] into one error per params field."""
+    inner = exc.errors(include_url=False, include_context=False, include_input=False)
+    detail = "; ".join(f"params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in inner)
+    return PydanticCustomError("model_params", "{detail}", {"detail": detail, "errors": inner})
+
+
+def params_problem(exc: ValidationError) -> str:
+    """A params model's errors in one line: ``params.width: ...; params.x: ...``."""
+    return _params_error(exc).message()
 
 
 class OptimizerSpec(_Section):
@@ -318,10 +355,15 @@ class TrackingSpec(_Section):
     )
 
 
-def check_pipeline_fits_model(model: ModelSpec, train: TrainSpec) -> None:
-    """Cross-section rule: a pipeline cannot have more stages than the model has layers."""
+def check_pipeline_fits_model(model: ModelSpec, train: TrainSpec, imports: bool = False) -> None:
+    """Cross-section rule: a pipeline cannot have more stages than the model has layers,
+    and a model that is one module cannot be split at all.
+
+    An import path's model is counted only with ``imports`` (the loader's data check):
+    parsing a spec never imports code it names.
+    """
     stages = train.deepspeed.pipeline_stages
-    if stages > 1:
+    if stages > 1 and (imports or not plugins.is_import_path(model.type)):
         layers = zoo.count_layers(model.type, model.params)
         if stages > layers:
             raise ValueError(

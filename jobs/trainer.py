@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from jobs.errors import TrainingError
 from jobs.events import Diverged, EpochEnded, TrainingEvent, WorkerStarted
 from jobs.loop_config import DATA_INFO_FILE, MODEL_FILE, STATE_FILE, LoopConfig
+from jobs.plugins import import_root
 from jobs.prepared import DataInfo, StreamedData, TrainingData
 from jobs.spec import ModelSpec, TrainSpec
 
@@ -158,7 +159,9 @@ def fit(
     """
     from jobs.event_hub import event_hub
 
-    job = LoopConfig(model=model, train=train, info=data.info, seed=seed)
+    job = LoopConfig(
+        model=model, train=train, info=data.info, seed=seed, import_root=import_root(model.type)
+    )
     hub = event_hub()
     run_key = f"{run_name}-{uuid.uuid4().hex[:8]}"
     relay = _Relay(on_event)

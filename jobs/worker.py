@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from jobs.errors import TrainingError
 from jobs.events import Diverged, EpochEnded, TrainingWarning, WorkerStarted
 from jobs.loop_config import DATA_INFO_FILE, MODEL_FILE, STATE_FILE, LoopConfig
-from jobs.models import DataShape, build_layers
+from jobs.models import DataShape, build_layers, build_network
+from jobs.plugins import importable
 from jobs.prepared import DataInfo
 from jobs.runtime import TrainingRuntime
 from jobs.schedule import build_optimizer, build_scheduler
@@ -229,22 +230,21 @@ def _build_engine(runtime: TrainingRuntime, job: LoopConfig, deepspeed) -> _Engi
     random.seed(job.seed)
     np.random.seed(job.seed % 2**32)
     torch.manual_seed(job.seed)
-    layers = build_layers(
-        job.model.type, job.model.params, DataShape(info.n_features, info.n_outputs)
-    )
+    importable(job.import_root)  # an import-path model: the user's module, as the driver has it
+    shape = DataShape(info.n_features, info.n_outputs)
     criterion = loss_fn(info.task)
     if stages > 1:
         from deepspeed.pipe import PipelineModule
 
         module = PipelineModule(
-            layers=layers,
+            layers=build_layers(job.model.type, job.model.params, shape),
             loss_fn=criterion,
             num_stages=stages,
             partition_method="parameters",
             dynamic_shape=True,  # validation batches vary in size
         )
     else:
-        module = torch.nn.Sequential(*layers)
+        module = build_network(job.model.type, job.model.params, shape)
     steps_per_epoch = train.steps_per_epoch or max(1, info.n_train // train.batch_size)
     optimizer = build_optimizer(train.optimizer, module.parameters())
     scheduler = build_scheduler(train.scheduler, optimizer, steps_per_epoch, train.epochs)

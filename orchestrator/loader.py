@@ -20,8 +20,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from jobs import models as zoo
+from jobs import plugins
 from jobs.errors import DataError
-from jobs.spec import ModelSpec
+from jobs.spec import ModelSpec, check_pipeline_fits_model, params_problem
 from orchestrator.exceptions import SpecError, SpecTooLarge
 from orchestrator.spec import PipelineSpec
 from tuning.spec import metric_problem
@@ -77,7 +78,12 @@ def _model_at(loc: Loc, raw: dict) -> type[BaseModel] | None:
             continue
         if current is ModelSpec and part == "params":
             model_type = (raw.get("model") or {}).get("type")
-            return zoo.MODEL_ZOO[model_type].params_model if model_type in zoo.MODEL_ZOO else None
+            if not model_type or plugins.is_import_path(model_type):
+                return None  # an import path is not imported to explain a parse error
+            try:
+                return zoo.get_entry(model_type).params_model
+            except ValueError:  # unknown: reported on model.type
+                return None
         field = current.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
             return None
@@ -226,10 +232,21 @@ def check_against_data(spec: PipelineSpec, path: Path, lines: dict[Loc, int]) ->
         if problem:
             raise SpecError(_format(path, lines, ("tune", "metric"), problem))
     n_outputs = 2  # any width: only the input side can fail here
+    shape = zoo.DataShape(len(schema.features), n_outputs)
     try:
-        zoo.check_fits(
-            spec.model.type, spec.model.params, zoo.DataShape(len(schema.features), n_outputs)
-        )
+        zoo.get_entry(spec.model.type)
+    except ValueError as exc:  # an import path that does not import (the rest fail parsing)
+        raise SpecError(_format(path, lines, ("model", "type"), str(exc))) from None
+    try:
+        zoo.check_fits(spec.model.type, spec.model.params, shape)
+        if spec.model.type not in zoo.MODEL_ZOO:
+            # A plugin's factory is built once here, before any worker starts: one that
+            # raises or returns neither a module nor layers fails as a spec error.
+            zoo.build_network(spec.model.type, spec.model.params, shape)
+            check_pipeline_fits_model(spec.model, spec.train, imports=True)
+    except ValidationError as exc:  # an import path's params, checked once it is imported
+        problem = params_problem(exc)
+        raise SpecError(_format(path, lines, ("model", "params"), problem)) from None
     except ValueError as exc:
         raise SpecError(_format(path, lines, ("model", "params"), str(exc))) from None
 

@@ -23,6 +23,7 @@ from ray.tune import Callback, Stopper
 
 from jobs.data import TrainingData
 from jobs.events import Event
+from jobs.plugins import import_root
 from jobs.spec import TrainSpec
 from tuning import events
 from tuning.errors import TuningError
@@ -438,6 +439,7 @@ def run_study(
         ray_tune.with_parameters(
             run_trial, sections=sections, tune_spec=tune, data=data, seed=seed,
             storage_path=trials_storage or str(study_dir / TRIALS_DIR),
+            import_root=import_root(sections["model"]["type"]),
         ),
         TrialResources(sections, tune, data_cpus=_data_cpus(data)),
     )  # fmt: skip

@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from jobs.errors import TrainingError
+from jobs.plugins import importable
 from jobs.prepared import TrainingData
 from jobs.spec import ModelSpec, TrainSpec
 from jobs.trainer import fit
@@ -37,10 +38,13 @@ def run_trial(
     data: TrainingData,
     seed: int,
     storage_path: str,
+    import_root: str | None = None,
 ) -> None:
-    """Tune function trainable. ``sections`` holds the spec's model and train as dicts."""
+    """Tune function trainable. ``sections`` holds the spec's model and train as dicts;
+    ``import_root``: where the driver imported an import-path model from."""
     import ray.tune
 
+    importable(import_root)
     values = decode(tune_spec, config)
     resolved = apply_values(sections, values)
     try:

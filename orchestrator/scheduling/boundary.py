@@ -15,8 +15,11 @@ boundary, checked at submit and again when the job starts:
   part of a name is exact);
 - ``serve.host`` is loopback.
 
-Specs name no code to import (models come from the zoo), so nothing a member writes runs
-code the admin did not install. Admins are not bounded.
+- ``model.type`` names the zoo or an installed plugin (entry point ``orch.models``), never
+  an import path (``package.module:function``): nothing a member writes runs code the
+  admin did not install.
+
+Admins are not bounded.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from jobs.plugins import is_import_path
 from orchestrator.scheduling.identity import Team
 from orchestrator.scheduling.locations import LocationRefused, check_locations
 
@@ -79,6 +83,12 @@ def check_member_spec(spec: PipelineSpec, team: Team, cwd: Path) -> None:
         OutsideBoundary: the first field that does, and why (naming the spelling the
             member wrote, never a resolved path outside the team's roots).
     """
+    if is_import_path(spec.model.type):
+        raise OutsideBoundary(
+            f"model.type {spec.model.type!r}: a member's model is from the zoo or a plugin "
+            "the admin installed (orch schema lists them); an import path would run code "
+            "from the member's files on the cluster. Ask an admin to install the package"
+        )
     try:
         check_locations(spec, team, cwd)
     except LocationRefused as exc:

@@ -43,6 +43,7 @@ def run_registration(
     Lineage comes from the run's own MLflow tags, so this stage needs only the run id.
     """
     emit = on_event or (lambda event: None)
+    from jobs.models import get_entry
     from jobs.tracking import run_tags
 
     emit(StageStarted("register"))
@@ -57,7 +58,12 @@ def run_registration(
         "orch.study": run.get("orch.study", ""),
         "orch.user": run.get("orch.user", ""),
         "orch.team": run.get("orch.team", ""),
+        "orch.model_type": spec.model.type,
     }
+    # A plugin's model needs its code to load: the version says which (package, version).
+    source = get_entry(spec.model.type).source
+    if source is not None:
+        lineage["orch.model_plugin"] = source.describe()
     name, alias = spec.registered_model_name, spec.register.alias
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
     registry = Registry(tracking_uri)

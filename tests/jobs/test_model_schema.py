@@ -19,9 +19,17 @@ def _model_schema(capsys) -> dict:
 
 def test_each_zoo_model_documents_its_params(capsys):
     model = _model_schema(capsys)
-    assert model["properties"]["type"]["enum"] == ["cnn", "mlp", "transformer"]
-    branches = {b["properties"]["type"]["const"]: b["properties"]["params"] for b in model["oneOf"]}
-    assert set(branches) == {"cnn", "mlp", "transformer"}
+    # the zoo and the installed example plugin (make install: pip install -e examples/plugin)
+    names = ["cnn", "gated-mlp", "mlp", "residual-mlp", "transformer"]
+    enum, import_path = model["properties"]["type"]["anyOf"]
+    assert enum == {"enum": names} and import_path["pattern"].startswith("^")
+    branches = {
+        b["properties"]["type"]["const"]: b["properties"]["params"]
+        for b in model["oneOf"]
+        if "const" in b["properties"]["type"]
+    }
+    assert set(branches) == set(names)
+    assert branches["residual-mlp"]["properties"]["width"]["description"]
     mlp = branches["mlp"]["properties"]
     assert mlp["hidden_sizes"]["default"] == [128, 64] or "hidden_sizes" in mlp
     assert all(
@@ -44,7 +52,7 @@ def test_a_registered_model_adds_its_branch_with_nested_params(capsys, monkeypat
         raise NotImplementedError
 
     model = _model_schema(capsys)
-    (branch,) = [b for b in model["oneOf"] if b["properties"]["type"]["const"] == "tiny"]
+    (branch,) = [b for b in model["oneOf"] if b["properties"]["type"].get("const") == "tiny"]
     items = branch["properties"]["params"]["properties"]["blocks"]["items"]
     assert items["properties"]["width"]["description"] == "Width of the block."
     assert "$ref" not in json.dumps(branch)  # nested models inlined, no dangling refs

@@ -1,0 +1,139 @@
+"""A model named only in YAML, from an installed package (examples/plugin) or the user's own
+module, through the whole loop: DeepSpeed training on Ray Train (ZeRO-2 on the plugin's own
+nn.Module; pipeline parallel on its layer list), MLflow with the plugin's package and
+version on the registered version, the int8 gate, Serve, and a V2 infer with tritonclient.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+
+from orchestrator import Client
+from serve.registry import Registry
+from tests.conftest import free_port
+from tests.helpers import wait_serve_stopped, write
+
+pytestmark = pytest.mark.slow
+
+SPEC = """\
+name: byo-{name}
+data: {{source: sklearn://breast_cancer, seed: 0}}
+model: {model}
+train:
+  epochs: {epochs}
+  batch_size: 64
+  workers: 2
+  resources_per_worker: {{CPU: 0.5}}
+  optimizer: {{lr: 0.003}}
+  deepspeed: {deepspeed}
+tracking: {{tracking_uri: "{store}"}}
+register: {{model_name: byo-{name}}}
+"""
+
+
+def test_an_installed_plugins_module_trains_registers_and_serves(ray_session, tmp_path):
+    import tritonclient.http as triton
+    from ray import serve
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    port = free_port()
+    text = SPEC.format(
+        name="residual",
+        model="{type: residual-mlp, params: {width: 32, blocks: 2}}",
+        epochs=12,
+        deepspeed="{zero_stage: 2}",
+        store=store,
+    ) + (
+        f"serve: {{name: byo, port: {port}, quantization: dynamic-int8, cpus_per_replica: 0.25}}\n"
+    )
+    wait_serve_stopped()
+    try:
+        result = Client(show_worker_logs=False).run(write(tmp_path, "residual", text))
+        assert result.status == "succeeded" and result.runner == "ray-train"
+        assert result.metrics["val_accuracy"] >= 0.93, result.metrics
+
+        registry = Registry(store).client
+        version = registry.get_model_version("byo-residual", result.registered.version)
+        assert version.tags["orch.model_type"] == "residual-mlp"
+        assert version.tags["orch.model_plugin"] == (
+            "entry point orch_example_plugin.models:residual_mlp from orch-example-plugin 0.1.0"
+        )
+        (variant,) = result.served.variants  # the int8 gate passed: int8 is what serves
+        assert (variant.quantization, variant.runtime) == ("dynamic-int8", "onnxruntime")
+        assert variant.drop <= 0.01  # (a model this small is no smaller in int8)
+
+        data = load_breast_cancer()
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        assert client.get_model_metadata("byo-residual")["inputs"][0]["shape"] == [-1, 30]
+        tensor = triton.InferInput("features", [len(data.target), 30], "FP32")
+        tensor.set_data_from_numpy(data.data.astype(np.float32))
+        predicted = client.infer("byo-residual", [tensor]).as_numpy("class")
+        assert float(np.mean(predicted == data.target)) >= 0.93
+    finally:
+        serve.shutdown()
+
+
+def test_a_plugins_layer_list_trains_pipeline_parallel(ray_session, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    text = SPEC.format(
+        name="gated",
+        model="{type: gated-mlp, params: {hidden_sizes: [32, 16]}}",
+        epochs=10,
+        deepspeed="{pipeline_stages: 2}",
+        store=store,
+    )
+    result = Client(show_worker_logs=False).run(write(tmp_path, "gated", text))
+    assert result.status == "succeeded" and result.metrics["val_accuracy"] >= 0.9, result.metrics
+
+
+def test_a_users_own_module_by_import_path_trains_in_rays_workers(
+    ray_session, tmp_path, monkeypatch
+):
+    """The embedded default: the user's module beside the spec, imported by Ray's workers."""
+    (tmp_path / "my_models.py").write_text(
+        "from torch import nn\n\n"
+        "def build(params, shape):\n"
+        "    return nn.Sequential(nn.Linear(shape.n_features, params.width), nn.Tanh(),\n"
+        "                         nn.Linear(params.width, shape.n_outputs))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    text = SPEC.format(
+        name="mine",
+        model="{type: 'my_models:build', params: {width: 24}}",
+        epochs=8,
+        deepspeed="{zero_stage: 1}",
+        store=store,
+    )
+    result = Client(show_worker_logs=False).run(write(tmp_path, "mine", text))
+    assert result.status == "succeeded" and result.metrics["val_accuracy"] >= 0.9, result.metrics
+    version = Registry(store).client.get_model_version("byo-mine", result.registered.version)
+    assert version.tags["orch.model_plugin"] == "import path my_models:build"
+
+
+def test_a_study_searches_a_plugins_own_params(ray_session, tmp_path):
+    """Tune over the plugin's params: each trial builds the plugin's model with its values."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    text = (
+        "name: byo-study\n"
+        "data: {source: sklearn://breast_cancer, seed: 0}\n"
+        "model: {type: residual-mlp, params: {width: 16}}\n"
+        "train: {epochs: 4, batch_size: 64, workers: 1, resources_per_worker: {CPU: 1},\n"
+        "        optimizer: {lr: 0.003}}\n"
+        f'tracking: {{tracking_uri: "{store}"}}\n'
+        "tune:\n"
+        "  num_samples: 4\n"
+        "  max_concurrent_trials: 2\n"
+        "  search: {algorithm: bayesian, seed: 1}\n"
+        "  space:\n"
+        "    model.params.width: {choice: [8, 16, 32]}\n"
+        "    model.params.blocks: {choice: [1, 2]}\n"
+    )
+    result = Client(show_worker_logs=False).run(write(tmp_path, "study", text))
+    assert result.status == "succeeded" and len(result.study.trials) == 4
+    assert {t.status for t in result.study.trials} <= {"completed", "stopped"}, result.study
+    assert result.study.best_params["model.params.width"] in (8, 16, 32)
+    assert result.metrics["val_accuracy"] >= 0.9, result.metrics
