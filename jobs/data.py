@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -34,6 +37,15 @@ from jobs.rows import class_order, encode_labels, feature_matrix, validation_mas
 from jobs.sources import ResolvedSource, filter_expression, resolve
 from jobs.spec import DataSpec
 from jobs.stats import Moments, Partial, cache_key, cached, merge, store
+from jobs.tensors import (
+    IMAGE_COLUMN,
+    declared_shape,
+    flat_names,
+    image_classes,
+    is_tensor,
+    per_channel,
+    read_image_folder,
+)
 
 __all__ = [
     "DataInfo",
@@ -60,10 +72,19 @@ _SKLEARN_TASKS = {
 class DataSchema:
     """What a cheap look at the source tells: columns, chosen features and the task."""
 
-    features: list[str]
+    features: list[str]  # the columns read
     label: str
     task: str
-    source: ResolvedSource | None = None  # None for a bundled set
+    source: ResolvedSource | None = None  # None for a bundled set or an image folder
+    input_shape: list[int] | None = None  # a tensor feature's row shape (jobs.tensors)
+    images: Path | None = None  # an image folder (data.image_size)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The model's inputs: the columns, or a tensor column's flattened elements."""
+        if self.input_shape is None:
+            return self.features
+        return flat_names(self.features[0], self.input_shape)
 
 
 def _partitioning(source: ResolvedSource):
@@ -164,6 +185,8 @@ def probe(spec: DataSpec) -> DataSchema:
     Raises:
         DataError: naming the field and the fix (missing file, unknown column, ...).
     """
+    if spec.image_size is not None:
+        return _probe_images(spec)
     source, partition_columns = None, set()
     if spec.sklearn_set:
         schema = sklearn_table(spec.sklearn_set).schema
@@ -195,7 +218,9 @@ def probe(spec: DataSpec) -> DataSchema:
         raise DataError("data.features", f"the label {spec.label!r} cannot also be a feature")
     if not features:
         raise DataError("data.features", "no feature columns; list at least one")
-    non_numeric = [f for f in features if not _numeric(schema.field(f).type)]
+    tensors = [f for f in features if is_tensor(schema.field(f).type)]
+    input_shape = _input_shape(spec, tensors, features, schema)
+    non_numeric = [f for f in features if not _numeric(schema.field(f).type) and f not in tensors]
     if non_numeric:
         raise DataError(
             "data.features",
@@ -219,12 +244,63 @@ def probe(spec: DataSpec) -> DataSchema:
         )
     if source is not None:
         _check_same_schema(dataset, source, [*features, spec.label])
-    return DataSchema(features=features, label=spec.label, task=task, source=source)
+    return DataSchema(features, spec.label, task, source, input_shape)
+
+
+def _input_shape(
+    spec: DataSpec, tensors: list[str], features: list[str], schema: pa.Schema
+) -> list[int] | None:
+    """A tensor feature's row shape: data.input_shape, or the column type's.
+
+    Raises:
+        DataError: a tensor column beside other features, a shape the type contradicts,
+            or a list column without data.input_shape.
+    """
+    if not tensors:
+        if spec.input_shape is not None:
+            raise DataError(
+                "data.input_shape",
+                f"no feature is a tensor column (features: {features[:5]}); leave "
+                "data.input_shape out, or name a list or tensor column in data.features",
+            )
+        return None
+    if len(features) > 1:
+        raise DataError(
+            "data.features",
+            f"tensor column {tensors[0]!r} must be the only feature (features: {features[:5]}); "
+            f"list it alone: data.features: [{tensors[0]}]",
+        )
+    declared = declared_shape(schema.field(tensors[0]).type)
+    shape = spec.input_shape or declared
+    if shape is None:
+        raise DataError(
+            "data.input_shape",
+            f"{tensors[0]!r} is a list column of any length; give its row shape, e.g. "
+            "data.input_shape: [3, 32, 32]",
+        )
+    if declared is not None and math.prod(shape) != math.prod(declared):
+        raise DataError(
+            "data.input_shape",
+            f"{shape} holds {math.prod(shape)} values, but each row of {tensors[0]!r} holds "
+            f"{math.prod(declared)} ({declared}); give a shape of that size",
+        )
+    return list(shape)
+
+
+def _probe_images(spec: DataSpec) -> DataSchema:
+    folder = Path(spec.source).expanduser()
+    image_classes(folder)  # raises without class subfolders of images
+    channels = 3 if spec.image_mode == "RGB" else 1
+    shape = [channels, *spec.image_size]
+    label = spec.label
+    return DataSchema([IMAGE_COLUMN], label, "classification", None, shape, folder.resolve())
 
 
 def _read_table(spec: DataSpec, schema: DataSchema) -> pa.Table:
     """The label and feature columns (and nothing else) of every file, file by file so that
     a corrupt file or a ragged CSV row is named."""
+    if schema.images is not None:
+        return read_image_folder(schema.images, spec.image_size, spec.image_mode, schema.label)
     if schema.source is None:
         return sklearn_table(spec.sklearn_set).select([*schema.features, schema.label])
     dataset, columns, expression = (
@@ -247,6 +323,14 @@ def _read_table(spec: DataSpec, schema: DataSchema) -> pa.Table:
 
 
 def _fingerprint(spec: DataSpec, schema: DataSchema) -> str:
+    if schema.images is not None:  # every image's path, size and time, and how it is read
+        listing = sorted(
+            (str(p.relative_to(schema.images)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in schema.images.rglob("*")
+            if p.is_file()
+        )
+        shape = [spec.image_size, spec.image_mode]
+        return hashlib.sha256(json.dumps([listing, shape]).encode()).hexdigest()
     if schema.source is None:
         import sklearn
 
@@ -262,17 +346,23 @@ def _depends_on(spec: DataSpec, schema: DataSchema) -> dict:
         "seed": spec.seed,
         "validation_split": spec.validation_split,
         "filter": spec.filter,
+        "input_shape": schema.input_shape,
     }
 
 
 def _info(spec: DataSpec, schema: DataSchema, stats, reading: str) -> DataInfo:
+    mean, std = stats.feature_mean, stats.feature_std
+    if schema.input_shape is not None and len(schema.input_shape) >= 2:
+        mean, std = per_channel(mean, std, schema.input_shape)  # images: per channel
     return DataInfo(
         task=schema.task,
-        feature_names=schema.features,
+        feature_names=schema.feature_names,
+        columns=schema.features if schema.input_shape else None,
+        input_shape=schema.input_shape,
         label=schema.label,
         classes=stats.classes,
-        feature_mean=stats.feature_mean,
-        feature_std=stats.feature_std,
+        feature_mean=mean,
+        feature_std=std,
         target_mean=stats.target_mean,
         target_std=stats.target_std,
         n_train=stats.n_train,
@@ -290,9 +380,10 @@ def prepare(spec: DataSpec, schema: DataSchema | None = None) -> PreparedData:
     labels = table.column(schema.label)
     if labels.null_count:
         raise DataError("data.label", f"{labels.null_count} rows have no label; drop or fill them")
-    val = validation_mask(table, schema.features, spec.seed, spec.validation_split)
-    x_train = feature_matrix(table, schema.features, ~val)
-    x_val = feature_matrix(table, schema.features, val)
+    shape = schema.input_shape
+    val = validation_mask(table, schema.features, spec.seed, spec.validation_split, shape)
+    x_train = feature_matrix(table, schema.features, ~val, shape)
+    x_val = feature_matrix(table, schema.features, val, shape)
     if schema.task == "classification":
         classes = class_order(pc.unique(labels).to_pylist())
         target = Moments()
@@ -307,10 +398,10 @@ def prepare(spec: DataSpec, schema: DataSchema | None = None) -> PreparedData:
         y = (labels.to_numpy().astype(np.float64) - stats.target_mean) / stats.target_std
         y = y.astype(np.float32)
     del table, labels
-    for x in (x_train, x_val):  # in place: no second copy of the features
-        x -= np.asarray(stats.feature_mean, dtype=np.float32)
-        x /= np.asarray(stats.feature_std, dtype=np.float32)
     info = _info(spec, schema, stats, "in-memory")
+    for x in (x_train, x_val):  # in place: no second copy of the features
+        x -= np.asarray(info.feature_mean, dtype=np.float32)
+        x /= np.asarray(info.feature_std, dtype=np.float32)
     return PreparedData(x_train, y[~val], x_val, y[val], info)
 
 
@@ -323,7 +414,9 @@ def stream(spec: DataSpec, schema: DataSchema | None = None) -> StreamedData:
     key = cache_key(_fingerprint(spec, schema), **_depends_on(spec, schema))
     stats = cached(key)
     if stats is None:
-        stats = scan_statistics(schema.source, spec, schema.features, schema.task)
+        stats = scan_statistics(
+            schema.source, spec, schema.features, schema.task, schema.input_shape
+        )
         store(key, stats)
     return StreamedData(_info(spec, schema, stats, "streamed"), schema.source, spec, stats.cached)
 

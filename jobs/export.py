@@ -28,7 +28,7 @@ class InferenceModel(nn.Module):
 
     @classmethod
     def build(cls, model: ModelSpec, info: DataInfo) -> InferenceModel:
-        shape = DataShape(info.n_features, info.n_outputs)
+        shape = DataShape.of(info)
         return cls(build_network(model.type, model.params, shape), info)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

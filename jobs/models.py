@@ -43,10 +43,19 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DataShape:
-    """What a model needs to know about the data: feature count and output width."""
+    """What a model needs to know about the data: feature count and output width, and for
+    tensor inputs (images, sequences) the shape of one row, e.g. (3, 32, 32): the model
+    gets each row flattened (``n_features`` values) and views it as that shape."""
 
     n_features: int
     n_outputs: int
+    input_shape: tuple[int, ...] | None = None
+
+    @classmethod
+    def of(cls, info) -> DataShape:
+        """The shape of a ``jobs.prepared.DataInfo``'s data."""
+        shape = tuple(info.input_shape) if info.input_shape else None
+        return cls(info.n_features, info.n_outputs, shape)
 
 
 class ZooParams(BaseModel):
@@ -298,8 +307,14 @@ class CNNParams(ZooParams):
         return shape
 
 
-def image_shape_for(params: CNNParams, n_features: int) -> tuple[int, int, int]:
-    """The (C, H, W) a flat feature vector is viewed as; raises ValueError if it cannot be."""
+def image_shape_for(
+    params: CNNParams, n_features: int, input_shape: tuple[int, ...] | None = None
+) -> tuple[int, int, int]:
+    """The (C, H, W) a flat feature vector is viewed as: model.params.image_shape, else the
+    data's own image shape (an image folder, a [C, H, W] tensor column), else a square of
+    one channel. Raises ValueError if it cannot be."""
+    if params.image_shape is None and input_shape is not None and len(input_shape) == 3:
+        return tuple(input_shape)
     if params.image_shape is not None:
         c, h, w = params.image_shape
         if c * h * w != n_features:
@@ -318,7 +333,7 @@ def image_shape_for(params: CNNParams, n_features: int) -> tuple[int, int, int]:
 
 
 def _cnn_fits(params: CNNParams, shape: DataShape) -> None:
-    image_shape_for(params, shape.n_features)
+    image_shape_for(params, shape.n_features, shape.input_shape)
 
 
 @register_model("cnn", CNNParams, check=_cnn_fits)
@@ -328,7 +343,7 @@ def cnn(params: CNNParams, shape: DataShape) -> list[nn.Module]:
 
     from jobs.layers import ConvBlock
 
-    c, h, w = image_shape_for(params, shape.n_features)
+    c, h, w = image_shape_for(params, shape.n_features, shape.input_shape)
     layers: list[nn.Module] = []
     in_ch = c
     for i, out_ch in enumerate(params.channels):

@@ -34,6 +34,14 @@ class DataInfo(BaseModel):
         description="sha256 of the source's listing (every file's path, size and "
         "modification time), or of the bundled set's name."
     )
+    columns: list[str] | None = Field(
+        None, description="The source columns read, where they differ from feature_names."
+    )
+    input_shape: list[int] | None = Field(
+        None,
+        description="A tensor feature's row shape ([C, H, W] for images); feature_names are "
+        "then its flattened elements, and Serve's V2 takes [rows, *input_shape].",
+    )
     reading: Literal["in-memory", "streamed"] = Field(
         "in-memory",
         description="How training read the data: in the driver's memory, or streamed by Ray "
@@ -43,6 +51,11 @@ class DataInfo(BaseModel):
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    @property
+    def feature_columns(self) -> list[str]:
+        """The columns a reader takes from the source."""
+        return self.columns or self.feature_names
 
     @property
     def n_outputs(self) -> int:

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -46,9 +48,31 @@ def feature_column(table: pa.Table, name: str) -> np.ndarray:
     return column.to_numpy().astype(np.float32, copy=False)
 
 
-def validation_mask(table: pa.Table, features: list[str], seed: int, fraction: float) -> np.ndarray:
+def tensor_matrix(table: pa.Table, name: str, input_shape: list[int]) -> np.ndarray:
+    """A tensor feature column as (rows, C*H*W...) float32 (``jobs.tensors``)."""
+    from jobs.tensors import flat_values
+
+    return flat_values(table.column(name), name, math.prod(input_shape))
+
+
+def feature_columns(table: pa.Table, features: list[str], input_shape: list[int] | None = None):
+    """Every model input as a float32 column, in order: the feature columns, or the
+    elements of the one tensor column (``input_shape`` given)."""
+    if input_shape is None:
+        return [feature_column(table, name) for name in features]
+    matrix = tensor_matrix(table, features[0], input_shape)
+    return [matrix[:, j] for j in range(matrix.shape[1])]
+
+
+def validation_mask(
+    table: pa.Table,
+    features: list[str],
+    seed: int,
+    fraction: float,
+    input_shape: list[int] | None = None,
+) -> np.ndarray:
     """True for the rows of ``table`` that belong to the validation split."""
-    columns = (feature_column(table, name) for name in features)
+    columns = feature_columns(table, features, input_shape)
     return validation_mask_of(columns, table.num_rows, seed, fraction)
 
 
@@ -93,9 +117,14 @@ def encode_labels(column: pa.ChunkedArray | pa.Array, classes: list) -> np.ndarr
     return index.to_numpy().astype(np.int64, copy=False)
 
 
-def feature_matrix(table: pa.Table, features: list[str], rows: np.ndarray) -> np.ndarray:
+def feature_matrix(
+    table: pa.Table, features: list[str], rows: np.ndarray, input_shape: list[int] | None = None
+) -> np.ndarray:
     """The selected ``rows`` (a boolean mask) of the features, float32, filled column by
-    column: no float64 copy of the whole table, no matrix of the unselected rows."""
+    column: no float64 copy of the whole table, no matrix of the unselected rows. A tensor
+    column (``input_shape``) gives its rows flattened."""
+    if input_shape is not None:
+        return tensor_matrix(table, features[0], input_shape)[rows]
     out = np.empty((int(rows.sum()), len(features)), dtype=np.float32)
     for j, name in enumerate(features):
         out[:, j] = feature_column(table, name)[rows]

@@ -74,6 +74,25 @@ class DataSpec(_Section):
         description="Streaming: CPU of each training worker's share given to reading and "
         "decoding its data (Ray Data tasks); the worker keeps the rest.",
     )
+    input_shape: list[int] | None = Field(
+        None,
+        min_length=1,
+        max_length=4,
+        description="Shape of one row of a tensor feature column (a list, fixed-size list or "
+        "fixed_shape_tensor column, named alone in data.features), e.g. [3, 32, 32]. null = "
+        "the column's own shape (a fixed_shape_tensor's, or [length] of a list).",
+    )
+    image_size: list[int] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="[height, width]: data.source is a local folder of images, one subfolder "
+        "per class (the label); every image is decoded and resized to this size. Read in "
+        "memory.",
+    )
+    image_mode: Literal["RGB", "L"] = Field(
+        "RGB", description="Images: RGB (3 channels) or L (grayscale, 1); each image is converted."
+    )
 
     @field_validator("source")
     @classmethod
@@ -93,6 +112,32 @@ class DataSpec(_Section):
                     + ", ".join(f"sklearn://{s}" for s in SKLEARN_SETS)
                 )
         return source
+
+    @field_validator("input_shape", "image_size")
+    @classmethod
+    def _positive_dims(cls, dims: list[int] | None) -> list[int] | None:
+        if dims is not None and any(d < 1 for d in dims):
+            raise ValueError(f"{dims}: every dimension is at least 1")
+        return dims
+
+    @model_validator(mode="after")
+    def _images_from_one_local_folder(self) -> DataSpec:
+        if self.image_size is None:
+            return self
+        if not isinstance(self.source, str) or "://" in self.source:
+            raise ValueError(
+                "data.image_size reads one local folder of class subfolders; name it as "
+                "data.source (for images on object storage, write them as a Parquet tensor "
+                "column)"
+            )
+        if self.streaming is True:
+            raise ValueError(
+                "image folders are read in memory; use streaming: auto, or write the images "
+                "as a Parquet tensor column (data.input_shape) to stream them"
+            )
+        if self.features not in (None, ["image"]):
+            raise ValueError("an image folder's one feature is 'image'; leave data.features out")
+        return self
 
     @property
     def sklearn_set(self) -> str | None:

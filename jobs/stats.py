@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.errors import DataError
-from jobs.rows import class_order, feature_column, validation_mask
+from jobs.rows import class_order, feature_columns, validation_mask_of
 
 
 @dataclass
@@ -74,7 +74,13 @@ class Partial:
 
 
 def partial(
-    table: pa.Table, features: list[str], label: str, task: str, seed: int, fraction: float
+    table: pa.Table,
+    features: list[str],
+    label: str,
+    task: str,
+    seed: int,
+    fraction: float,
+    input_shape: list[int] | None = None,
 ) -> Partial:
     """One block's partial statistics.
 
@@ -84,9 +90,10 @@ def partial(
     labels = table.column(label)
     if labels.null_count:
         raise DataError("data.label", f"{labels.null_count} rows have no label; drop or fill them")
-    val = validation_mask(table, features, seed, fraction)
+    columns = feature_columns(table, features, input_shape)
+    val = validation_mask_of(columns, table.num_rows, seed, fraction)
     train = ~val
-    feature_moments = Moments.of([feature_column(table, f)[train] for f in features])
+    feature_moments = Moments.of([column[train] for column in columns])
     target = Moments()
     classes: list = []
     if task == "classification":

@@ -17,13 +17,14 @@ training workers leave that much of their own share for it: ``data.cpus_per_work
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 
 import numpy as np
 import pyarrow as pa
 
 from jobs.prepared import DataInfo
-from jobs.rows import encode_labels, feature_column, validation_mask_of
+from jobs.rows import encode_labels, feature_column, tensor_matrix, validation_mask_of
 from jobs.sources import ResolvedSource, filter_expression
 from jobs.spec import DataSpec
 from jobs.stats import Partial, merge, partial
@@ -79,9 +80,12 @@ class _Rows:
         table = _kept(table, self.terms)
         # Every feature converted once, into a column-major matrix (contiguous columns for
         # the split's hash), then the kept rows standardised in place.
-        full = np.empty((table.num_rows, info.n_features), dtype=np.float32, order="F")
-        for j, name in enumerate(info.feature_names):
-            full[:, j] = feature_column(table, name)
+        if info.input_shape is not None:  # a tensor column, flattened row by row
+            full = tensor_matrix(table, info.feature_columns[0], info.input_shape)
+        else:
+            full = np.empty((table.num_rows, info.n_features), dtype=np.float32, order="F")
+            for j, name in enumerate(info.feature_names):
+                full[:, j] = feature_column(table, name)
         columns = (full[:, j] for j in range(info.n_features))
         keep = validation_mask_of(columns, table.num_rows, self.seed, self.fraction)
         if not self.validation:
@@ -116,7 +120,7 @@ def datasets(
     trial's: ``within_placement_group``); None leaves them to the cluster's free CPU."""
     from ray.data import ExecutionResources
 
-    columns = [*info.feature_names, info.label]
+    columns = [*info.feature_columns, info.label]
     out = {}
     with within_placement_group(placement_group):
         for name, validation in (("train", False), ("val", True)):
@@ -191,11 +195,11 @@ def _bundled(spec: DataSpec, info: DataInfo, validation: bool):
     )  # fmt: skip
 
 
-def _partial_row(table: pa.Table, features, spec: DataSpec, task) -> dict:
+def _partial_row(table: pa.Table, features, spec: DataSpec, task, input_shape=None) -> dict:
     table = _kept(table, spec.filter)
-    part = partial(table, features, spec.label, task, spec.seed, spec.validation_split)
+    part = partial(table, features, spec.label, task, spec.seed, spec.validation_split, input_shape)
     f, t = part.features, part.target
-    zeros = np.zeros(len(features))
+    zeros = np.zeros(math.prod(input_shape) if input_shape else len(features))
     return {
         "n": np.array([f.n]),
         "mean": np.array([f.mean if f.n else zeros]),
@@ -214,8 +218,15 @@ def json_values(values: list) -> str:
     return json.dumps(values)
 
 
-def scan_statistics(source: ResolvedSource, spec: DataSpec, features: list[str], task: str):
-    """One pass of Ray Data tasks over the source; the merged ``SourceStats``."""
+def scan_statistics(
+    source: ResolvedSource,
+    spec: DataSpec,
+    features: list[str],
+    task: str,
+    input_shape: list[int] | None = None,
+):
+    """One pass of Ray Data tasks over the source; the merged ``SourceStats`` (per element
+    of a tensor feature: ``jobs.data`` pools images per channel)."""
     import json
 
     from jobs.stats import Moments
@@ -233,7 +244,7 @@ def scan_statistics(source: ResolvedSource, spec: DataSpec, features: list[str],
         batch_format="pyarrow",
         batch_size=None,
         num_cpus=DATA_TASK_CPU,
-        fn_args=(features, spec, task),
+        fn_args=(features, spec, task, input_shape),
     )
 
     def partials():

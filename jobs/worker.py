@@ -231,7 +231,7 @@ def _build_engine(runtime: TrainingRuntime, job: LoopConfig, deepspeed) -> _Engi
     np.random.seed(job.seed % 2**32)
     torch.manual_seed(job.seed)
     importable(job.import_root)  # an import-path model: the user's module, as the driver has it
-    shape = DataShape(info.n_features, info.n_outputs)
+    shape = DataShape.of(info)
     criterion = loss_fn(info.task)
     if stages > 1:
         from deepspeed.pipe import PipelineModule

@@ -232,7 +232,8 @@ def check_against_data(spec: PipelineSpec, path: Path, lines: dict[Loc, int]) ->
         if problem:
             raise SpecError(_format(path, lines, ("tune", "metric"), problem))
     n_outputs = 2  # any width: only the input side can fail here
-    shape = zoo.DataShape(len(schema.features), n_outputs)
+    input_shape = tuple(schema.input_shape) if schema.input_shape else None
+    shape = zoo.DataShape(len(schema.feature_names), n_outputs, input_shape)
     try:
         zoo.get_entry(spec.model.type)
     except ValueError as exc:  # an import path that does not import (the rest fail parsing)

@@ -166,6 +166,7 @@ def build_app_config(
         task=model_info.task,
         classes=model_info.classes,
         feature_names=model_info.feature_names,
+        input_shape=model_info.input_shape,
         models=served,
         weights=list(serve.traffic.values()) if serve.traffic else None,
         max_batch_size=serve.batching.max_batch_size,

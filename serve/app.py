@@ -61,6 +61,9 @@ class AppConfig(BaseModel):
     task: str
     classes: list
     feature_names: list[str]
+    input_shape: list[int] | None = Field(
+        None, description="A tensor input's row shape: V2 takes [rows, *input_shape] too."
+    )
     models: list[ServedModel] = Field(min_length=1)
     weights: list[int] | None = Field(None, description="Traffic percent per model (aliases).")
     max_batch_size: int = 32
@@ -332,6 +335,7 @@ class Ingress:
             "task": config.task,
             "classes": config.classes,
             "n_features": len(config.feature_names),
+            "input_shape": config.input_shape,
             "versions": [m.version for m in config.models],
             "runtime": config.models[0].runtime,
             "api_key_sha256": config.api_key_sha256,

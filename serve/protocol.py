@@ -135,11 +135,40 @@ DTYPES = {
 }
 
 
-def parse_infer(body: bytes, header_length: str | None, n_features: int) -> tuple[np.ndarray, dict]:
+def row_shape(meta: dict) -> list[int]:
+    """One row's shape as V2 clients send it: a tensor input's, else [features]."""
+    return list(meta.get("input_shape") or [meta["n_features"]])
+
+
+def check_shape(shape, n_features: int, input_shape: list[int] | None) -> None:
+    """A V2 input's shape is [rows, n_features], or [rows, *input_shape] for a tensor input.
+
+    Raises:
+        RequestError: 422 naming the shape sent and the ones taken.
+    """
+    taken = [[n_features]] + ([list(input_shape)] if input_shape else [])
+    expected = " or ".join(f"[rows, {', '.join(map(str, t))}]" for t in taken)
+    if (
+        not isinstance(shape, list)
+        or len(shape) < 2
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise RequestError(422, f"inputs[0].shape must be {expected}, got {shape}")
+    if shape[1:] not in taken:
+        if len(shape) == 2:
+            message = f"inputs[0].shape {shape} has {shape[1]} features"
+            raise RequestError(422, f"{message}; the model takes {n_features}")
+        raise RequestError(422, f"inputs[0].shape {shape}: the model takes {expected}")
+
+
+def parse_infer(
+    body: bytes, header_length: str | None, n_features: int, input_shape: list[int] | None = None
+) -> tuple[np.ndarray, dict]:
     """A v2 infer request's single input tensor as float32 rows, and the request document.
 
     Accepts JSON ``data`` (flat or nested) and binary tensor data
-    (``Inference-Header-Content-Length`` + ``parameters.binary_data_size``).
+    (``Inference-Header-Content-Length`` + ``parameters.binary_data_size``); a tensor
+    input's rows may come as [rows, *input_shape] (e.g. [rows, C, H, W]).
     """
     if header_length is not None:
         try:
@@ -166,20 +195,11 @@ def parse_infer(body: bytes, header_length: str | None, n_features: int) -> tupl
             + ", ".join(DTYPES),
         )
     shape = tensor.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) != 2
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
-        raise RequestError(422, f"inputs[0].shape must be [rows, {n_features}], got {shape}")
-    if shape[1] != n_features:
-        raise RequestError(
-            422, f"inputs[0].shape {shape} has {shape[1]} features; the model takes {n_features}"
-        )
+    check_shape(shape, n_features, input_shape)
     if shape[0] == 0:
         raise RequestError(422, "inputs[0] has no rows; send at least one")
     size = (tensor.get("parameters") or {}).get("binary_data_size")
-    count = shape[0] * shape[1]
+    count = shape[0] * n_features
     if size is not None:
         if size != count * np.dtype(dtype).itemsize or size > len(binary):
             raise RequestError(
@@ -196,7 +216,7 @@ def parse_infer(body: bytes, header_length: str | None, n_features: int) -> tupl
                 422, f"inputs[0].data holds {len(flat)} values; shape {shape} needs {count}"
             )
         values = np.array([_number(v, f"inputs[0].data[{i}]") for i, v in enumerate(flat)])
-    rows = values.astype(np.float32).reshape(shape)
+    rows = values.astype(np.float32).reshape(shape[0], n_features)
     if not np.isfinite(rows).all():
         raise RequestError(422, "inputs[0] holds NaN or infinite values")
     return rows, doc

@@ -22,6 +22,7 @@ from serve.protocol import (
     label_datatype,
     output_tensors,
     parse_infer,
+    row_shape,
 )
 from serve.v2_grpc import (
     check_grpc_key,
@@ -58,7 +59,7 @@ def _metadata_doc(model: str, meta: dict) -> dict:
         "name": model,
         "versions": meta["versions"],
         "platform": "onnxruntime_onnx" if meta["runtime"] == "onnxruntime" else "pytorch",
-        "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, meta["n_features"]]}],
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, *row_shape(meta)]}],
         "outputs": outputs,
     }
 
@@ -141,7 +142,8 @@ class V2Router:
             meta = await self._served(model, version)
             check_key(request, meta["api_key_sha256"])
             body = await _body(request, 64 * 1_048_576)
-            rows, doc = parse_infer(body, request.headers.get(BINARY_HEADER), meta["n_features"])
+            header = request.headers.get(BINARY_HEADER)
+            rows, doc = parse_infer(body, header, meta["n_features"], meta.get("input_shape"))
             outputs, served = await self._handle(model).infer.remote(rows)
             tensors = output_tensors(outputs, meta["task"], meta["classes"])
             content, headers = infer_response(doc, tensors, model, served["version"])
@@ -190,7 +192,7 @@ class V2Router:
         model = request.model_name
         try:
             meta = await self._keyed(model, request.model_version, grpc_context)
-            rows = parse_grpc_infer(request, meta["n_features"])
+            rows = parse_grpc_infer(request, meta["n_features"], meta.get("input_shape"))
             outputs, served = await self._handle(model).infer.remote(rows)
             tensors = output_tensors(outputs, meta["task"], meta["classes"])
             return grpc_infer_response(request, tensors, served["version"])

@@ -21,7 +21,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from serve.http import key_matches
-from serve.protocol import DTYPES, RequestError, tensor_bytes
+from serve.protocol import DTYPES, RequestError, check_shape, tensor_bytes
 
 # tritonclient's generated messages name their module after their .proto file
 # (``ModelInferRequest.__module__ == "grpc_service_pb2"``), a module nothing installs. Ray's
@@ -89,9 +89,11 @@ def check_grpc_key(context, key_sha256: str | None) -> None:
         raise RequestError(401, "missing or wrong bearer key (authorization: Bearer <key>)")
 
 
-def parse_grpc_infer(request: pb.ModelInferRequest, n_features: int) -> np.ndarray:
+def parse_grpc_infer(
+    request: pb.ModelInferRequest, n_features: int, input_shape: list[int] | None = None
+) -> np.ndarray:
     """The request's single input tensor as float32 rows (raw bytes, as tritonclient sends
-    by default, or typed contents)."""
+    by default, or typed contents); a tensor input's rows may come as [rows, *input_shape]."""
     if len(request.inputs) != 1:
         raise RequestError(422, f"the model takes one input tensor, got {len(request.inputs)}")
     tensor = request.inputs[0]
@@ -104,9 +106,10 @@ def parse_grpc_infer(request: pb.ModelInferRequest, n_features: int) -> np.ndarr
             + ", ".join(DTYPES),
         )
     shape = list(tensor.shape)
-    if len(shape) != 2 or shape[1] != n_features or shape[0] < 1:
-        raise RequestError(422, f"inputs[0].shape must be [rows >= 1, {n_features}], got {shape}")
-    count = shape[0] * shape[1]
+    check_shape(shape, n_features, input_shape)
+    if shape[0] < 1:
+        raise RequestError(422, f"inputs[0].shape must have rows >= 1, got {shape}")
+    count = shape[0] * n_features
     if request.raw_input_contents:
         raw = request.raw_input_contents[0]
         if len(raw) != count * np.dtype(dtype).itemsize:
@@ -121,7 +124,7 @@ def parse_grpc_infer(request: pb.ModelInferRequest, n_features: int) -> np.ndarr
             raise RequestError(
                 422, f"inputs[0] holds {len(values)} values; shape {shape} needs {count}"
             )
-    rows = values.astype(np.float32).reshape(shape)
+    rows = values.astype(np.float32).reshape(shape[0], n_features)
     if not np.isfinite(rows).all():
         raise RequestError(422, "inputs[0] holds NaN or infinite values")
     return rows

@@ -39,7 +39,7 @@ def assert_grpc_answers_and_refuses(client, model: str, key: str) -> None:
     assert status == "StatusCode.UNAUTHENTICATED"
     status, message = refused(rows=FLOWERS[:, :3], headers=keyed)
     assert status == "StatusCode.INVALID_ARGUMENT"
-    assert "inputs[0].shape must be [rows >= 1, 4], got [4, 3]" in message
+    assert "inputs[0].shape [4, 3] has 3 features; the model takes 4" in message
     status, message = refused(name="nope", headers=keyed)
     assert status == "StatusCode.NOT_FOUND" and "no model 'nope' is served" in message
     # still serving after the refusals

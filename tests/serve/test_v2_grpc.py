@@ -41,7 +41,7 @@ def test_rows_come_from_raw_bytes_or_typed_contents(message):
 @pytest.mark.parametrize(
     "message, text",
     [
-        (request(shape=(2, 4), raw=ROWS.tobytes()), "shape must be [rows >= 1, 3], got [2, 4]"),
+        (request(shape=(2, 4), raw=ROWS.tobytes()), "[2, 4] has 4 features; the model takes 3"),
         (request(shape=(0, 3), raw=b""), "got [0, 3]"),
         (request(raw=ROWS.tobytes()[:-4]), "holds 20 bytes, not a [2, 3] float32"),
         (request(fp32_contents=[1.0, 2.0]), "holds 2 values; shape [2, 3] needs 6"),
