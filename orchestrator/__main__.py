@@ -23,6 +23,7 @@ REQUIRED_MODULES = (
     "rich",
     "optuna",
     "matplotlib",
+    "PIL",
     "onnx",
     "onnxscript",
     "onnxruntime",

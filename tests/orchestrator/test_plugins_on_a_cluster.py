@@ -33,7 +33,13 @@ def test_orch_submit_runs_an_installed_plugins_model(queue_client, orch_home):
     assert info.result["metrics"]["val_accuracy"] >= 0.9, info.result
 
 
-def test_ray_job_submit_ships_an_import_paths_module_with_the_working_dir(queue_head, tmp_path):
+@pytest.mark.parametrize(
+    "model",
+    ["{type: 'my_models:build', params: {width: 12}}", "{type: residual-mlp, params: {width: 16}}"],
+    ids=["import-path", "installed-plugin"],
+)
+def test_ray_job_submit_runs_an_import_path_or_an_installed_plugin(queue_head, tmp_path, model):
+    """The import path's module travels with --working-dir; the plugin is in the venv."""
     folder = tmp_path / "project"
     folder.mkdir()
     (folder / "my_models.py").write_text(
@@ -42,7 +48,7 @@ def test_ray_job_submit_ships_an_import_paths_module_with_the_working_dir(queue_
         "    return nn.Sequential(nn.Linear(shape.n_features, params.width), nn.Tanh(),\n"
         "                         nn.Linear(params.width, shape.n_outputs))\n"
     )
-    spec = SPEC.format(name="shipped", model="{type: 'my_models:build', params: {width: 12}}")
+    spec = SPEC.format(name="shipped", model=model)
     write(folder, "shipped", spec)
     ray = str(Path(sys.executable).parent / "ray")
     command = [ray, "job", "submit", "--address", queue_head.dashboard_url,
