@@ -75,6 +75,8 @@ class ZooEntry:
     check: Callable[[ZooParams, DataShape], None] | None = None
     # Where a plugin's code comes from (registered with each model version); None: the zoo.
     source: PluginSource | None = None
+    # A plugin's own per-row loss (jobs.plugins.model_plugin); None: the task's.
+    loss: Callable | None = None
 
 
 MODEL_ZOO: dict[str, ZooEntry] = {}
@@ -127,7 +129,9 @@ def get_entry(model_type: str) -> ZooEntry:
             f"unknown model type {model_type!r}; {hint}available: {', '.join(known)} (zoo "
             "and installed plugins), or an import path package.module:function"
         ) from None
-    return ZooEntry(model_type, found.params_model, found.factory, found.check, found.source)
+    return ZooEntry(
+        model_type, found.params_model, found.factory, found.check, found.source, found.loss
+    )
 
 
 def known_entries() -> dict[str, ZooEntry]:

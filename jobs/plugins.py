@@ -62,6 +62,7 @@ class FreeParams(BaseModel):
 class _Declaration:
     params_model: type[BaseModel]
     check: Callable | None
+    loss: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,9 @@ class PluginSource:
         return f"{self.kind} {self.target}{package}"
 
 
-def model_plugin(params_model: type[BaseModel], check: Callable | None = None):
+def model_plugin(
+    params_model: type[BaseModel], check: Callable | None = None, loss: Callable | None = None
+):
     """Decorator for a plugin's factory: the pydantic model of its ``model.params``.
 
     Args:
@@ -88,10 +91,14 @@ def model_plugin(params_model: type[BaseModel], check: Callable | None = None):
         check: ``(params, shape) -> None``, raising ValueError when validated params cannot
             take data of a ``jobs.models.DataShape``, without building the model (keeps
             ``orch validate`` torch-free); None = build to find out.
+        loss: ``(outputs, targets) -> per-row losses`` (a tensor of one loss per row, no
+            reduction) for training and ``val_loss``; None = the task's (cross entropy,
+            MSE). Rows' losses, not their mean, so validation adds them exactly across
+            batches and ranks.
     """
 
     def decorate(factory):
-        setattr(factory, _DECLARATION, _Declaration(params_model, check))
+        setattr(factory, _DECLARATION, _Declaration(params_model, check, loss))
         return factory
 
     return decorate
@@ -123,6 +130,7 @@ class Plugin:
     params_model: type[BaseModel]
     check: Callable | None
     source: PluginSource
+    loss: Callable | None = None
 
 
 def import_root(model_type: str) -> str | None:
@@ -187,7 +195,7 @@ def load(model_type: str) -> Plugin:
             "not a factory; point it at a function (params, shape) -> nn.Module or layers"
         )
     declared = getattr(factory, _DECLARATION, None) or _Declaration(FreeParams, None)
-    return Plugin(factory, declared.params_model, declared.check, source)
+    return Plugin(factory, declared.params_model, declared.check, source, declared.loss)
 
 
 def _entry_point(name: str) -> metadata.EntryPoint:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from jobs.errors import TrainingError
 from jobs.events import Diverged, EpochEnded, TrainingWarning, WorkerStarted
 from jobs.loop_config import DATA_INFO_FILE, MODEL_FILE, STATE_FILE, LoopConfig
-from jobs.models import DataShape, build_layers, build_network
+from jobs.models import DataShape, build_layers, build_network, get_entry
 from jobs.plugins import importable
 from jobs.prepared import DataInfo
 from jobs.runtime import TrainingRuntime
@@ -127,7 +127,10 @@ def slow_bf16_warning(precision: str, device: torch.device) -> str | None:
     )
 
 
-def loss_fn(task: str):
+def loss_fn(task: str, row_losses=None):
+    """The training loss: a plugin's per-row ``row_losses`` averaged, or the task's."""
+    if row_losses is not None:
+        return lambda out, y: row_losses(out.float(), y).mean()
     if task == "classification":
         return lambda out, y: F.cross_entropy(out.float(), y)
     return lambda out, y: F.mse_loss(out.float().squeeze(-1), y.float())
@@ -182,8 +185,9 @@ class _Sums:
         return tuple(self.values.tolist())
 
 
-def _weighted_stats(out, y, weight, task: str, target_std: float):
-    """Per-batch sums for metrics; padded rows carry weight 0."""
+def _weighted_stats(out, y, weight, task: str, target_std: float, row_losses=None):
+    """Per-batch sums for metrics; padded rows carry weight 0. ``row_losses``: a plugin's
+    own loss, which val_loss then is."""
     out = out.float()
     if task == "classification":
         losses = F.cross_entropy(out, y, reduction="none")
@@ -194,6 +198,8 @@ def _weighted_stats(out, y, weight, task: str, target_std: float):
         losses = (pred - y.float()) ** 2
         correct = 0.0
         sq = (losses.double() * weight).sum().item() * target_std**2
+    if row_losses is not None:
+        losses = row_losses(out, y)
     return (losses.double() * weight).sum().item(), correct, sq, weight.sum().item()
 
 
@@ -220,6 +226,7 @@ class _Engine:
     layout: Layout
     criterion: object
     dtype: torch.dtype
+    row_losses: object = None  # a plugin's own per-row loss, for val_loss
 
 
 def _build_engine(runtime: TrainingRuntime, job: LoopConfig, deepspeed) -> _Engine:
@@ -232,7 +239,8 @@ def _build_engine(runtime: TrainingRuntime, job: LoopConfig, deepspeed) -> _Engi
     torch.manual_seed(job.seed)
     importable(job.import_root)  # an import-path model: the user's module, as the driver has it
     shape = DataShape.of(info)
-    criterion = loss_fn(info.task)
+    row_losses = get_entry(job.model.type).loss  # a plugin's own, or None: the task's
+    criterion = loss_fn(info.task, row_losses)
     if stages > 1:
         from deepspeed.pipe import PipelineModule
 
@@ -263,7 +271,7 @@ def _build_engine(runtime: TrainingRuntime, job: LoopConfig, deepspeed) -> _Engi
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
         train.deepspeed.precision, torch.float32
     )
-    return _Engine(engine, layout, criterion, dtype)
+    return _Engine(engine, layout, criterion, dtype, row_losses)
 
 
 @dataclass(frozen=True)
@@ -514,7 +522,10 @@ def _validate(runtime: TrainingRuntime, built: _Engine, info: DataInfo) -> dict:
                     continue
             else:
                 out = engine(xs)
-            sums.add(*_weighted_stats(out, ys, weight.to(device), info.task, info.target_std))
+            stats = _weighted_stats(
+                out, ys, weight.to(device), info.task, info.target_std, built.row_losses
+            )
+            sums.add(*stats)
     loss_sum, correct, sq_err, count = sums.reduce()
     # Ranks' slices are disjoint; in a pipeline only the last stage adds, once per replica.
     metrics = {"val_loss": loss_sum / count}

@@ -137,3 +137,29 @@ def test_a_study_searches_a_plugins_own_params(ray_session, tmp_path):
     assert {t.status for t in result.study.trials} <= {"completed", "stopped"}, result.study
     assert result.study.best_params["model.params.width"] in (8, 16, 32)
     assert result.metrics["val_accuracy"] >= 0.9, result.metrics
+
+
+def test_a_plugins_own_loss_trains_and_is_the_validation_loss(ray_session, tmp_path, monkeypatch):
+    """model_plugin(loss=...): cross entropy plus 5 per row trains like cross entropy (the
+    constant has no gradient), and val_loss is that loss, not the task's."""
+    (tmp_path / "offset_models.py").write_text(
+        "from torch import nn\n"
+        "from torch.nn import functional as F\n"
+        "from jobs.models import ZooParams\n"
+        "from jobs.plugins import model_plugin\n\n"
+        "def offset_loss(out, y):\n"
+        "    return F.cross_entropy(out, y, reduction='none') + 5.0\n\n"
+        "@model_plugin(ZooParams, loss=offset_loss)\n"
+        "def build(params, shape):\n"
+        "    return nn.Sequential(nn.Linear(shape.n_features, 32), nn.ReLU(),\n"
+        "                         nn.Linear(32, shape.n_outputs))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    text = SPEC.format(
+        name="offset", model="{type: 'offset_models:build'}", epochs=8,
+        deepspeed="{zero_stage: 0}", store=store,
+    )  # fmt: skip
+    result = Client(show_worker_logs=False).run(write(tmp_path, "offset", text))
+    assert result.status == "succeeded" and result.metrics["val_accuracy"] >= 0.9, result.metrics
+    assert 5.0 < result.metrics["val_loss"] < 5.5 and result.metrics["train_loss"] > 5.0
