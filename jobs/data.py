@@ -324,10 +324,10 @@ def _read_table(spec: DataSpec, schema: DataSchema) -> pa.Table:
 
 def _fingerprint(spec: DataSpec, schema: DataSchema) -> str:
     if schema.images is not None:  # every image's path, size and time, and how it is read
+        files = (p for p in schema.images.rglob("*") if p.is_file())
         listing = sorted(
-            (str(p.relative_to(schema.images)), p.stat().st_size, p.stat().st_mtime_ns)
-            for p in schema.images.rglob("*")
-            if p.is_file()
+            (str(p.relative_to(schema.images)), st.st_size, st.st_mtime_ns)
+            for p, st in ((p, p.stat()) for p in files)
         )
         shape = [spec.image_size, spec.image_mode]
         return hashlib.sha256(json.dumps([listing, shape]).encode()).hexdigest()

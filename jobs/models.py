@@ -189,9 +189,8 @@ def _built(model_type: str, params: dict, shape: DataShape) -> nn.Module | list[
     except Exception as exc:  # the factory is the plugin's code: name it, not our stack
         if model_type in MODEL_ZOO:
             raise
-        first = (str(exc).strip().splitlines() or [""])[0]
         raise ValueError(
-            f"model {model_type!r}: its factory raised {type(exc).__name__}: {first}; "
+            f"model {model_type!r}: its factory raised {plugins.described(exc)}; "
             "check model.params against the plugin's documentation"
         ) from None
     if isinstance(built, tuple):

@@ -32,6 +32,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from jobs.errors import first_line
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "FreeParams",
@@ -40,6 +42,7 @@ __all__ = [
     "PluginSource",
     "UnknownPlugin",
     "check_import_path",
+    "described",
     "import_root",
     "importable",
     "installed_names",
@@ -174,14 +177,6 @@ def load(model_type: str) -> Plugin:
         source = PluginSource("import path", model_type)
     else:
         point = _entry_point(model_type)
-        try:
-            factory = point.load()
-        except Exception as exc:  # any error in the plugin's own import, reported in one line
-            raise PluginError(
-                f"model plugin {model_type!r} ({point.value}"
-                f"{_package_of(point)}) failed to import: {_first_line(exc)}; fix or "
-                "reinstall that package"
-            ) from None
         dist = point.dist
         source = PluginSource(
             "entry point",
@@ -189,6 +184,14 @@ def load(model_type: str) -> Plugin:
             dist.metadata["Name"] if dist else None,
             dist.version if dist else None,
         )
+        try:
+            factory = point.load()
+        except Exception as exc:  # any error in the plugin's own import, reported in one line
+            package = f", package {source.distribution} {source.version}" if dist else ""
+            raise PluginError(
+                f"model plugin {model_type!r} ({point.value}{package}) failed to import: "
+                f"{described(exc)}; fix or reinstall that package"
+            ) from None
     if not callable(factory):
         raise PluginError(
             f"model plugin {model_type!r}: {source.target} is a {type(factory).__name__}, "
@@ -224,7 +227,7 @@ def _import_path(target: str) -> Callable:
         found = importlib.import_module(module_name)
     except Exception as exc:  # the user's module failed: one line, not its traceback
         raise PluginError(
-            f"model type {target!r}: cannot import {module_name} ({_first_line(exc)}); "
+            f"model type {target!r}: cannot import {module_name} ({described(exc)}); "
             "install its package or put it on the path (ray job submit: --working-dir or "
             "--py-modules)"
         ) from None
@@ -238,10 +241,7 @@ def _import_path(target: str) -> Callable:
     return found
 
 
-def _package_of(point: metadata.EntryPoint) -> str:
-    return f", package {point.dist.metadata['Name']} {point.dist.version}" if point.dist else ""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+def described(exc: BaseException) -> str:
+    """``Type: first line`` of an error in a plugin's code, for a one-line message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {first_line(exc)}" if text else type(exc).__name__
