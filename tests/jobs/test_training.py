@@ -126,10 +126,10 @@ def test_killed_worker_resumes_from_checkpoint(ray_session, tmp_path):
     assert killed, "the worker was never killed"
     assert result.status == "succeeded"
     assert result.metrics["epoch"] == 6
-    # Resumed from a checkpoint, not epoch 0. Epoch 3's may not be registered before the
-    # crash (Ray polls), so 2 or 3.
+    # Resumed from a checkpoint, not epoch 0. Ray registers checkpoints by polling, so on a
+    # loaded machine the last one registered before the crash may be epoch 1's (CI: 1).
     assert len(result.resumed_from_epochs) == 1
-    assert result.resumed_from_epochs[0] in (2, 3)
+    assert 1 <= result.resumed_from_epochs[0] <= 3
     assert result.metrics["val_accuracy"] > 0.9
     run = mlflow.MlflowClient(result.tracking_uri).get_run(result.mlflow_run_id)
     assert run.data.tags["orch.resumed_from_epoch"] == str(result.resumed_from_epochs[0])
