@@ -318,6 +318,8 @@ def _print_served(served, stream=None) -> None:
             f"{v.latency_ms_max_batch:.2f} ms at batch {v.max_batch_size}",
             file=out,
         )
+        if v.fallback:
+            print(v.describe_fallback(), file=out)
     if served.endpoint is None:
         print(
             f"Wrote {served.config_path}; deploy it with: serve deploy {served.config_path}",
@@ -520,8 +522,10 @@ def _cmd_models(args) -> int:
                 f"run {version['tags'].get('orch.mlflow_run_id', version['run_id'])}"
             )
             for quantization, v in version["served_variants"].items():
+                # a model ONNX cannot export serves in PyTorch float32 whatever was asked
+                how = f" (PyTorch float32: {v['fallback']})" if v.get("fallback") else ""
                 print(
-                    f"      served as {quantization}: {v['metric']} {v['value']:.4f} "
+                    f"      served as {quantization}{how}: {v['metric']} {v['value']:.4f} "
                     f"(fp32 {v['fp32_value']:.4f}), {v['size_bytes'] / 1e6:.2f} MB, "
                     f"{v['latency_ms_batch_1']:.2f} ms at batch 1"
                 )

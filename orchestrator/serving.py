@@ -152,7 +152,7 @@ def build_app_config(
                 alias=alias,
                 model_name=name,
                 version=version,
-                quantization=report.quantization,
+                quantization=report.served_quantization,
                 runtime=report.runtime,
                 tracking_uri=tracking_uri,
                 run_id=report.run_id,

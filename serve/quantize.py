@@ -6,6 +6,10 @@ int8 modules do not survive MLflow's pt2 format; torchao's int8 pays off only af
 ``torch.compile``). bf16 stays in torch (ONNX Runtime's CPU kernels lack bf16 matmuls) and
 is stored as a ``torch.export`` program. Neither format is unpickled when loaded.
 
+A model ONNX cannot export (an operator without an ONNX translation, e.g. ``torch.cummax``)
+raises ``OnnxExportError``; ``build_torch_fp32`` then writes the same model as a float32
+``torch.export`` program, which the variant stage serves in PyTorch instead.
+
 Adding a quantization is one decorated function::
 
     @quantizer("fp16-weights", runtime="onnxruntime")
@@ -33,6 +37,10 @@ OUTPUT_NAME = "output"
 
 class QuantizationError(Exception):
     """The model could not be turned into the asked variant; the message says why."""
+
+
+class OnnxExportError(QuantizationError):
+    """``torch.onnx.export`` refused the model; PyTorch can still serve it."""
 
 
 @dataclass(frozen=True)
@@ -94,20 +102,40 @@ def _export_onnx(model, example: np.ndarray, path: Path) -> Path:
     import torch
 
     x = torch.from_numpy(example[:1].repeat(2, axis=0))
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        program = torch.onnx.export(
-            model,
-            (x,),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: "batch"},),
-            verbose=False,
-        )
+        try:
+            program = torch.onnx.export(
+                model,
+                (x,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: "batch"},),
+                verbose=False,
+            )
+        except Exception as exc:  # the exporter raises its own types, in colour
+            raise OnnxExportError(_onnx_reason(exc)) from exc
     program.save(str(path))
     return path
+
+
+def _onnx_reason(exc: BaseException) -> str:
+    """The ONNX exporter's reason in one plain line: the operator it has no translation for
+    when it names one (its own first line only says which of its steps failed)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    missing = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)'", text)
+    if missing:
+        return f"ONNX has no translation for {missing.group(1)}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 @quantizer("none", runtime="onnxruntime", filename="model.onnx")
@@ -208,14 +236,24 @@ def _bf16_module(model):
 def _bf16(model, example, calibration, out_dir: Path) -> Path:
     import copy
 
+
+    return _export_pt2(_bf16_module(copy.deepcopy(model)).eval(), example, out_dir / "model.pt2")
+
+
+def build_torch_fp32(model, example: np.ndarray, out_dir: Path) -> Path:
+    """The float32 model as a ``torch.export`` program (runtime ``torch``): what serves a
+    model that ONNX cannot export."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _export_pt2(model, example.astype("float32"), out_dir / "model.pt2")
+
+
+def _export_pt2(module, example: np.ndarray, out: Path) -> Path:
     import torch
 
-    wrapped = _bf16_module(copy.deepcopy(model)).eval()
     x = torch.from_numpy(example[:1].repeat(2, axis=0))
     program = torch.export.export(
-        wrapped, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},)
+        module, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},)
     )
-    out = out_dir / "model.pt2"
     torch.export.save(program, str(out))
     return out
 

@@ -5,6 +5,11 @@ float32 model's; a drop beyond ``max_accuracy_drop`` stops the deploy. The varia
 is logged on the version's run (``serving/<quantization>/``) and its size, metric and
 latency become a version tag (``orch.serve.<quantization>``), so a second deploy of the
 same version reuses it and ``orch models show`` lists it.
+
+A model ONNX cannot export serves in PyTorch float32 (a ``torch.export`` program) whatever
+quantization was asked: the report's ``fallback`` says so and why, and the gate has nothing
+to stop (the served model is the float32 one). ONNX Runtime is where this project's int8
+paths are; torch's own dynamic int8 (``torch.ao``) is deprecated and does not export.
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
-from serve.quantize import build_variant, file_size, load_predictor, runtime_of
+from serve.quantize import (
+    OnnxExportError,
+    build_torch_fp32,
+    build_variant,
+    file_size,
+    load_predictor,
+    runtime_of,
+)
 from serve.registry import SERVED_TAG as VARIANT_TAG
 from serve.registry import Registry
 
@@ -46,6 +58,27 @@ class VariantReport(BaseModel):
     latency_ms_max_batch: float
     max_batch_size: int
     calibration_samples: int | None = None
+    fallback: str | None = Field(
+        None,
+        description="Why the model serves in PyTorch float32 instead of as asked (ONNX could "
+        "not export it); None when it serves as asked.",
+    )
+
+    @property
+    def served_quantization(self) -> str:
+        """What the replicas run: the asked quantization, or ``none`` after a fallback."""
+        return "none" if self.fallback else self.quantization
+
+    def describe_fallback(self) -> str | None:
+        """One line for the terminal and the run's result, or None."""
+        if self.fallback is None:
+            return None
+        skipped = "" if self.quantization == "none" else f"; {self.quantization} skipped"
+        return (
+            f"{self.model_name} v{self.version}: {self.fallback}, so it serves in PyTorch "
+            f"float32 (a torch.export program){skipped}. Export-friendly operators in the "
+            "model bring ONNX Runtime and int8 back"
+        )
 
 
 def _metric(outputs: np.ndarray, y: np.ndarray, task: str) -> float:
@@ -120,9 +153,13 @@ def prepare_variant(
     with torch.inference_mode():
         fp32_out = model(torch.from_numpy(x_val)).numpy()
     fp32_value = _metric(fp32_out, y_val, task)
-    runtime = runtime_of(quantization)
+    runtime, fallback = runtime_of(quantization), None
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_variant(model, x_val[:4], quantization, Path(tmp), calibration)
+        try:
+            path = build_variant(model, x_val[:4], quantization, Path(tmp), calibration)
+        except OnnxExportError as exc:
+            runtime, fallback = "torch", str(exc)
+            path = build_torch_fp32(model, x_val[:4], Path(tmp))
         predict = load_predictor(path, runtime, threads)
         value = _metric(predict(x_val), y_val, task)
         batch = np.resize(x_val, (max_batch_size, x_val.shape[1]))
@@ -146,6 +183,7 @@ def prepare_variant(
             latency_ms_max_batch=_latency_ms(predict, batch),
             max_batch_size=max_batch_size,
             calibration_samples=None if calibration is None else len(calibration),
+            fallback=fallback,
         )
     registry.set_version_tags(model_name, version, {tag: report.model_dump_json()})
     return report

@@ -163,3 +163,90 @@ def test_a_plugins_own_loss_trains_and_is_the_validation_loss(ray_session, tmp_p
     result = Client(show_worker_logs=False).run(write(tmp_path, "offset", text))
     assert result.status == "succeeded" and result.metrics["val_accuracy"] >= 0.9, result.metrics
     assert 5.0 < result.metrics["val_loss"] < 5.5 and result.metrics["train_loss"] > 5.0
+
+
+RUNNING_MAX = '''\
+import torch
+from torch import nn
+
+
+class RunningMax(nn.Module):
+    """Each feature beside the running maximum of the features before it: torch.cummax,
+    which ONNX has no translation for."""
+
+    def __init__(self, n_features, width, n_outputs):
+        super().__init__()
+        self.head = nn.Sequential(
+            nn.Linear(2 * n_features, width), nn.Tanh(), nn.Linear(width, n_outputs)
+        )
+
+    def forward(self, x):
+        return self.head(torch.cat([x, torch.cummax(x, dim=1).values], dim=1))
+
+
+def build(params, shape):
+    return RunningMax(shape.n_features, params.width, shape.n_outputs)
+'''
+
+
+def test_a_model_onnx_cannot_export_serves_in_pytorch_and_says_why(
+    ray_session, tmp_path, monkeypatch, capsys
+):
+    """dynamic-int8 asked of a model with torch.cummax: registered, served in PyTorch float32
+    (a torch.export program), the int8 step skipped with the reason, predictions right."""
+    import requests
+    from ray import serve
+
+    from orchestrator.cli import main
+
+    (tmp_path / "running_max.py").write_text(RUNNING_MAX)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    port = free_port()
+    text = (
+        "name: byo-cummax\n"
+        "data: {source: sklearn://breast_cancer, seed: 0}\n"
+        "model: {type: 'running_max:build', params: {width: 16}}\n"
+        "train: {epochs: 10, batch_size: 64, workers: 1, optimizer: {lr: 0.003}}\n"
+        f'tracking: {{tracking_uri: "{store}"}}\n'
+        "register: {model_name: byo-cummax}\n"
+        f"serve: {{name: cummax, port: {port}, quantization: dynamic-int8, "
+        "cpus_per_replica: 0.25}\n"
+    )
+    wait_serve_stopped()
+    try:
+        result = Client(show_worker_logs=False).run(write(tmp_path, "cummax", text))
+        assert result.status == "succeeded" and result.metrics["val_accuracy"] >= 0.9
+        (variant,) = result.served.variants
+        assert variant.quantization == "dynamic-int8"  # what was asked (the version's tag key)
+        assert (variant.served_quantization, variant.runtime) == ("none", "torch")
+        assert variant.fallback == "ONNX has no translation for aten.cummax"
+        assert variant.artifact_path == "serving/dynamic-int8/model.pt2"
+        assert variant.drop == 0 and variant.value == variant.fp32_value
+
+        data = load_breast_cancer()
+        body = {
+            "inputs": [
+                {
+                    "name": "features",
+                    "shape": [len(data.target), 30],
+                    "datatype": "FP32",
+                    "data": data.data.astype(np.float32).ravel().tolist(),
+                }
+            ]
+        }
+        base = f"http://127.0.0.1:{port}/v2/models/byo-cummax"
+        assert requests.get(base, timeout=30).json()["platform"] == "pytorch"
+        reply = requests.post(f"{base}/infer", json=body, timeout=60)
+        assert reply.status_code == 200, reply.text
+        (classes,) = [o for o in reply.json()["outputs"] if o["name"] == "class"]
+        assert float(np.mean(np.array(classes["data"]) == data.target)) >= 0.9
+
+        capsys.readouterr()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+        assert main(["models", "show", "byo-cummax"]) == 0
+        shown = capsys.readouterr().out
+        assert "served as dynamic-int8 (PyTorch float32: ONNX has no translation for " in shown
+    finally:
+        serve.shutdown()
