@@ -236,7 +236,6 @@ def _bf16_module(model):
 def _bf16(model, example, calibration, out_dir: Path) -> Path:
     import copy
 
-
     return _export_pt2(_bf16_module(copy.deepcopy(model)).eval(), example, out_dir / "model.pt2")
 
 
