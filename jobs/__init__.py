@@ -27,6 +27,7 @@ _EXPORTS = {
     "build_network": "jobs.models",
     "get_entry": "jobs.models",
     "model_plugin": "jobs.plugins",
+    "PluginMetric": "jobs.plugins",
     "register_model": "jobs.models",
     "DataSpec": "jobs.spec",
     "ModelSpec": "jobs.spec",

@@ -29,7 +29,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -77,6 +77,12 @@ class ZooEntry:
     source: PluginSource | None = None
     # A plugin's own per-row loss (jobs.plugins.model_plugin); None: the task's.
     loss: Callable | None = None
+    # A plugin's own validation metrics, reported as val_<name> (jobs.plugins.PluginMetric).
+    metrics: dict[str, plugins.PluginMetric] = field(default_factory=dict)
+
+    def metric_modes(self) -> dict[str, str]:
+        """``val_<name>`` -> ``max``/``min`` for each of the plugin's own metrics."""
+        return {f"val_{name}": metric.mode for name, metric in self.metrics.items()}
 
 
 MODEL_ZOO: dict[str, ZooEntry] = {}
@@ -130,7 +136,13 @@ def get_entry(model_type: str) -> ZooEntry:
             "and installed plugins), or an import path package.module:function"
         ) from None
     return ZooEntry(
-        model_type, found.params_model, found.factory, found.check, found.source, found.loss
+        model_type,
+        found.params_model,
+        found.factory,
+        found.check,
+        found.source,
+        found.loss,
+        found.metrics,
     )
 
 

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as metadata
+import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -39,6 +41,7 @@ __all__ = [
     "FreeParams",
     "Plugin",
     "PluginError",
+    "PluginMetric",
     "PluginSource",
     "UnknownPlugin",
     "check_import_path",
@@ -61,11 +64,53 @@ class FreeParams(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+# What the trainer itself reports as val_<name>: a plugin's metric may not shadow one.
+TASK_METRIC_NAMES = frozenset({"loss", "accuracy", "rmse"})
+_METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+
+
+@dataclass(frozen=True)
+class PluginMetric:
+    """A plugin's own validation metric, reported every epoch as ``val_<name>`` beside the
+    task's, so ``tune.metric``, ``register.promote_if`` and MLflow can use it.
+
+    ``rows(outputs, targets)`` returns one value per row (no reduction, like ``loss``):
+    the metric is their mean over every rank's validation rows, exact across batches,
+    ranks and pipeline stages. A metric that is not a mean over rows (F1, AUC) does not
+    fit this form. ``mode`` says which way is better.
+    """
+
+    rows: Callable
+    mode: Literal["max", "min"] = "max"
+
+
 @dataclass(frozen=True)
 class _Declaration:
     params_model: type[BaseModel]
     check: Callable | None
     loss: Callable | None = None
+    metrics: dict[str, PluginMetric] = field(default_factory=dict)
+
+
+def _checked_metrics(metrics: dict[str, PluginMetric] | None) -> dict[str, PluginMetric]:
+    """The declared metrics, or a ValueError naming the bad one (raised when the plugin's
+    module is imported, which the loader reports as the plugin's import error)."""
+    for name, metric in (metrics or {}).items():
+        if not isinstance(name, str) or not _METRIC_NAME.fullmatch(name):
+            raise ValueError(
+                f"plugin metric name {name!r}: use lowercase letters, digits and _ (it is "
+                "reported as val_<name>)"
+            )
+        if name in TASK_METRIC_NAMES:
+            raise ValueError(
+                f"plugin metric {name!r} would shadow the trainer's val_{name}; rename it"
+            )
+        if not isinstance(metric, PluginMetric) or metric.mode not in ("max", "min"):
+            raise ValueError(
+                f"plugin metric {name!r}: give a jobs.plugins.PluginMetric(rows, mode='max' "
+                "or 'min')"
+            )
+    return dict(metrics or {})
 
 
 @dataclass(frozen=True)
@@ -84,7 +129,10 @@ class PluginSource:
 
 
 def model_plugin(
-    params_model: type[BaseModel], check: Callable | None = None, loss: Callable | None = None
+    params_model: type[BaseModel],
+    check: Callable | None = None,
+    loss: Callable | None = None,
+    metrics: dict[str, PluginMetric] | None = None,
 ):
     """Decorator for a plugin's factory: the pydantic model of its ``model.params``.
 
@@ -98,10 +146,13 @@ def model_plugin(
             reduction) for training and ``val_loss``; None = the task's (cross entropy,
             MSE). Rows' losses, not their mean, so validation adds them exactly across
             batches and ranks.
+        metrics: ``{name: PluginMetric(rows, mode)}``, reported as ``val_<name>`` every
+            epoch (MLflow, Tune's ``tune.metric``, ``register.promote_if``).
     """
+    declared = _Declaration(params_model, check, loss, _checked_metrics(metrics))
 
     def decorate(factory):
-        setattr(factory, _DECLARATION, _Declaration(params_model, check, loss))
+        setattr(factory, _DECLARATION, declared)
         return factory
 
     return decorate
@@ -134,6 +185,7 @@ class Plugin:
     check: Callable | None
     source: PluginSource
     loss: Callable | None = None
+    metrics: dict[str, PluginMetric] = field(default_factory=dict)
 
 
 def import_root(model_type: str) -> str | None:
@@ -198,7 +250,9 @@ def load(model_type: str) -> Plugin:
             "not a factory; point it at a function (params, shape) -> nn.Module or layers"
         )
     declared = getattr(factory, _DECLARATION, None) or _Declaration(FreeParams, None)
-    return Plugin(factory, declared.params_model, declared.check, source, declared.loss)
+    return Plugin(
+        factory, declared.params_model, declared.check, source, declared.loss, declared.metrics
+    )
 
 
 def _entry_point(name: str) -> metadata.EntryPoint:

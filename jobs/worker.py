@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from jobs.errors import TrainingError
 from jobs.events import Diverged, EpochEnded, TrainingWarning, WorkerStarted
 from jobs.loop_config import DATA_INFO_FILE, MODEL_FILE, STATE_FILE, LoopConfig
-from jobs.models import DataShape, build_layers, build_network, get_entry
+from jobs.models import DataShape, ZooEntry, build_layers, build_network, get_entry
 from jobs.plugins import importable
 from jobs.prepared import DataInfo
 from jobs.runtime import TrainingRuntime
@@ -170,24 +170,23 @@ class Layout:
 
 
 class _Sums:
-    """Sums of loss, correct predictions, squared errors and samples, reduced over ranks."""
+    """Sums of loss, correct predictions, squared errors, samples and each plugin metric's
+    row values, reduced over ranks."""
 
-    def __init__(self, device):
-        self.values = torch.zeros(4, dtype=torch.float64, device=device)
+    def __init__(self, device, n_plugin_metrics: int = 0):
+        self.values = torch.zeros(4 + n_plugin_metrics, dtype=torch.float64, device=device)
 
-    def add(self, loss_sum: float, correct: float, sq_err: float, count: float) -> None:
-        self.values += torch.tensor(
-            [loss_sum, correct, sq_err, count], dtype=torch.float64, device=self.values.device
-        )
+    def add(self, sums: list[float]) -> None:
+        self.values += torch.tensor(sums, dtype=torch.float64, device=self.values.device)
 
-    def reduce(self) -> tuple[float, float, float, float]:
+    def reduce(self) -> list[float]:
         torch.distributed.all_reduce(self.values)
-        return tuple(self.values.tolist())
+        return self.values.tolist()
 
 
-def _weighted_stats(out, y, weight, task: str, target_std: float, row_losses=None):
-    """Per-batch sums for metrics; padded rows carry weight 0. ``row_losses``: a plugin's
-    own loss, which val_loss then is."""
+def _weighted_stats(out, y, weight, task: str, target_std: float, plugin=None) -> list[float]:
+    """Per-batch sums for metrics; padded rows carry weight 0. ``plugin``: a plugin's own
+    loss (which val_loss then is) and metrics, as ``_Engine`` holds them."""
     out = out.float()
     if task == "classification":
         losses = F.cross_entropy(out, y, reduction="none")
@@ -198,9 +197,24 @@ def _weighted_stats(out, y, weight, task: str, target_std: float, row_losses=Non
         losses = (pred - y.float()) ** 2
         correct = 0.0
         sq = (losses.double() * weight).sum().item() * target_std**2
+    row_losses = plugin.loss if plugin is not None else None
     if row_losses is not None:
         losses = row_losses(out, y)
-    return (losses.double() * weight).sum().item(), correct, sq, weight.sum().item()
+    sums = [(losses.double() * weight).sum().item(), correct, sq, weight.sum().item()]
+    for metric in plugin.metrics.values() if plugin is not None else ():
+        sums.append((_row_values(metric.rows(out, y), len(out)) * weight).sum().item())
+    return sums
+
+
+def _row_values(values, rows: int):
+    """A plugin metric's per-row values as float64, or a TrainingError saying what came."""
+    values = torch.as_tensor(values).double().reshape(-1)
+    if values.numel() != rows:
+        raise TrainingError(
+            f"a plugin metric returned {values.numel()} values for {rows} rows; return one "
+            "value per row (no reduction)"
+        )
+    return values
 
 
 def _rank_slice(x, y, layout: Layout, pad: bool):
@@ -226,7 +240,7 @@ class _Engine:
     layout: Layout
     criterion: object
     dtype: torch.dtype
-    row_losses: object = None  # a plugin's own per-row loss, for val_loss
+    plugin: ZooEntry | None = None  # its own loss (val_loss) and metrics (val_<name>)
 
 
 def _build_engine(runtime: TrainingRuntime, job: LoopConfig, deepspeed) -> _Engine:
@@ -239,8 +253,8 @@ def _build_engine(runtime: TrainingRuntime, job: LoopConfig, deepspeed) -> _Engi
     torch.manual_seed(job.seed)
     importable(job.import_root)  # an import-path model: the user's module, as the driver has it
     shape = DataShape.of(info)
-    row_losses = get_entry(job.model.type).loss  # a plugin's own, or None: the task's
-    criterion = loss_fn(info.task, row_losses)
+    entry = get_entry(job.model.type)
+    criterion = loss_fn(info.task, entry.loss)  # a plugin's own loss, or None: the task's
     if stages > 1:
         from deepspeed.pipe import PipelineModule
 
@@ -271,7 +285,8 @@ def _build_engine(runtime: TrainingRuntime, job: LoopConfig, deepspeed) -> _Engi
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
         train.deepspeed.precision, torch.float32
     )
-    return _Engine(engine, layout, criterion, dtype, row_losses)
+    plugin = entry if entry.loss is not None or entry.metrics else None
+    return _Engine(engine, layout, criterion, dtype, plugin)
 
 
 @dataclass(frozen=True)
@@ -413,7 +428,7 @@ def _train_epoch(
         steps += 1
         waiting = time.perf_counter()
     train_time = time.perf_counter() - started
-    sums.add(loss_total.item(), 0, 0, seen)
+    sums.add([loss_total.item(), 0, 0, seen])
     loss_sum, _, _, count = sums.reduce()
     if not math.isfinite(loss_sum):
         # Returning (not raising) keeps Ray Train from retrying a failure that would
@@ -495,7 +510,8 @@ def train_loop_per_worker(config: dict) -> None:
 def _validate(runtime: TrainingRuntime, built: _Engine, info: DataInfo) -> dict:
     engine, layout, device = built.engine, built.layout, runtime.device
     engine.eval()
-    sums = _Sums(device)
+    plugin_metrics = built.plugin.metrics if built.plugin is not None else {}
+    sums = _Sums(device, len(plugin_metrics))
     split = runtime.val_split
     chunk = VAL_CHUNK if split.per_rank else VAL_CHUNK * layout.dp_size
     with torch.no_grad():
@@ -523,16 +539,18 @@ def _validate(runtime: TrainingRuntime, built: _Engine, info: DataInfo) -> dict:
             else:
                 out = engine(xs)
             stats = _weighted_stats(
-                out, ys, weight.to(device), info.task, info.target_std, built.row_losses
+                out, ys, weight.to(device), info.task, info.target_std, built.plugin
             )
-            sums.add(*stats)
-    loss_sum, correct, sq_err, count = sums.reduce()
+            sums.add(stats)
+    loss_sum, correct, sq_err, count, *plugin_sums = sums.reduce()
     # Ranks' slices are disjoint; in a pipeline only the last stage adds, once per replica.
     metrics = {"val_loss": loss_sum / count}
     if info.task == "classification":
         metrics["val_accuracy"] = correct / count
     else:
         metrics["val_rmse"] = (sq_err / count) ** 0.5
+    for name, total in zip(plugin_metrics, plugin_sums, strict=True):
+        metrics[f"val_{name}"] = total / count
     return metrics
 
 

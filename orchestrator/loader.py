@@ -24,7 +24,7 @@ from jobs import plugins
 from jobs.errors import DataError
 from jobs.spec import ModelSpec, check_pipeline_fits_model, params_problem
 from orchestrator.exceptions import SpecError, SpecTooLarge
-from orchestrator.spec import PipelineSpec
+from orchestrator.spec import PipelineSpec, adopt_plugin_metrics
 from tuning.spec import metric_problem
 
 Loc = tuple
@@ -238,6 +238,8 @@ def check_against_data(spec: PipelineSpec, path: Path, lines: dict[Loc, int]) ->
         zoo.get_entry(spec.model.type)
     except ValueError as exc:  # an import path that does not import (the rest fail parsing)
         raise SpecError(_format(path, lines, ("model", "type"), str(exc))) from None
+    if problem := adopt_plugin_metrics(spec):  # an import path's metrics, now it is imported
+        raise SpecError(_format(path, lines, problem.loc, problem.message))
     try:
         zoo.check_fits(spec.model.type, spec.model.params, shape)
         if spec.model.type not in zoo.MODEL_ZOO:

@@ -7,10 +7,12 @@ scheduling) slot in the same way, each from the package that runs it.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from jobs import plugins
 from jobs.spec import (
     DataSpec,
     ModelSpec,
@@ -21,7 +23,7 @@ from jobs.spec import (
 from orchestrator.scheduling.spec import SchedulingSpec
 from serve.spec import RegisterSpec, ServeSpec
 from tuning.space import check_space
-from tuning.spec import TRAINER_METRICS, TuneSpec, refit_train
+from tuning.spec import TRAINER_METRICS, TuneSpec, is_plugin_metric, refit_train
 
 # "register" is a field name of the user contract; pydantic warns that it shadows ABCMeta's
 # class method of that name, which instances never use.
@@ -61,13 +63,24 @@ class PipelineSpec(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _promotion_metric_is_reported(self) -> PipelineSpec:
+    def _metrics_are_reported(self) -> PipelineSpec:
         metric = self.register.promote_if.metric
-        if metric is not None and metric not in TRAINER_METRICS:
+        if metric is not None and metric not in TRAINER_METRICS and not is_plugin_metric(metric):
             raise ValueError(
                 f"register.promote_if.metric {metric!r} is not reported by the trainer; use one "
-                "of " + ", ".join(TRAINER_METRICS)
+                "of " + ", ".join(TRAINER_METRICS) + ", or a model plugin's own val_<name>"
             )
+        if not plugins.is_import_path(self.model.type):  # an import path: once imported
+            problem = adopt_plugin_metrics(self)
+            if problem:
+                raise PydanticCustomError(  # the loader places it at the field's line
+                    "nested_errors",
+                    "{detail}",
+                    {
+                        "detail": f"{'.'.join(problem.loc)}: {problem.message}",
+                        "errors": [{"loc": problem.loc, "msg": problem.message, "type": "metric"}],
+                    },
+                )
         return self
 
     @property
@@ -82,7 +95,11 @@ class PipelineSpec(BaseModel):
             if self.tune is not None
             else ("val_accuracy" if task == "classification" else "val_rmse")
         )
-        return metric, self.register.promote_if.mode or TRAINER_METRICS[metric]
+        if self.register.promote_if.mode is not None:
+            return metric, self.register.promote_if.mode
+        if self.tune is not None and metric == self.tune.metric:
+            return metric, self.tune.resolved_mode
+        return metric, TRAINER_METRICS[metric]
 
     @model_validator(mode="after")
     def _pipeline_fits_model(self) -> PipelineSpec:
@@ -138,3 +155,44 @@ def json_schema() -> dict:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "orch pipeline"
     return schema
+
+
+@dataclass(frozen=True)
+class MetricProblem:
+    """A metric the spec names that its model does not report: where, and why."""
+
+    loc: tuple[str, ...]
+    message: str
+
+
+def adopt_plugin_metrics(spec: PipelineSpec) -> MetricProblem | None:
+    """Check that ``tune.metric`` and ``register.promote_if.metric``, where they name a
+    plugin's own metric (``val_<name>``), are ones the spec's model reports, and write the
+    plugin's direction into their ``mode`` where the spec left it out. Returns the problem.
+
+    Needs the model's plugin loaded: the spec's validation does it for the zoo and installed
+    plugins; for an import path, which parsing never imports, the loader calls this once
+    the data check has imported it (``orchestrator.loader.check_against_data``).
+    """
+    from jobs.models import get_entry
+
+    sections = [(("tune", "metric"), spec.tune)]
+    sections.append((("register", "promote_if", "metric"), spec.register.promote_if))
+    asked = [
+        (loc, section, section.metric)
+        for loc, section in sections
+        if section is not None and section.metric is not None
+    ]
+    if all(metric in TRAINER_METRICS for _, _, metric in asked):
+        return None
+    modes = get_entry(spec.model.type).metric_modes()
+    for loc, section, metric in asked:
+        if metric in TRAINER_METRICS:
+            continue
+        if metric not in modes:
+            offered = ", ".join(list(TRAINER_METRICS) + sorted(modes))
+            message = f"{metric!r} is not reported by model {spec.model.type!r}; use one of "
+            return MetricProblem(loc, message + offered)
+        if section.mode is None:
+            section.mode = modes[metric]
+    return None

@@ -7,6 +7,7 @@ spec by ``tuning.space.check_space`` (the pipeline spec calls it), before anythi
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -23,6 +24,13 @@ TRAINER_METRICS = {
 }
 CLASSIFICATION_ONLY = {"val_accuracy"}
 REGRESSION_ONLY = {"val_rmse"}
+# A model plugin's own metric (jobs.plugins.PluginMetric): its name passes here, and the
+# pipeline spec checks that its model reports it (orchestrator.spec.plugin_metric_problem).
+PLUGIN_METRIC = re.compile(r"val_[a-z][a-z0-9_]{0,62}")
+
+
+def is_plugin_metric(metric: str) -> bool:
+    return metric not in TRAINER_METRICS and PLUGIN_METRIC.fullmatch(metric) is not None
 
 
 def metric_problem(metric: str, task: str) -> str | None:
@@ -157,7 +165,9 @@ class TuneSpec(_Section):
 
     metric: str = Field(
         "val_accuracy",
-        description="Trainer metric to optimise: " + " | ".join(TRAINER_METRICS) + ".",
+        description="Trainer metric to optimise: "
+        + " | ".join(TRAINER_METRICS)
+        + ", or a model plugin's own val_<name>.",
     )
     mode: Literal["max", "min"] | None = Field(
         None, description="max | min. null = the metric's natural direction."
@@ -196,10 +206,11 @@ class TuneSpec(_Section):
 
     @model_validator(mode="after")
     def _metric_and_search_fit(self) -> TuneSpec:
-        if self.metric not in TRAINER_METRICS:
+        if self.metric not in TRAINER_METRICS and not is_plugin_metric(self.metric):
             raise ValueError(
                 f"metric {self.metric!r} is not reported by the trainer; use one of "
                 + ", ".join(TRAINER_METRICS)
+                + ", or a model plugin's own val_<name>"
             )
         stepped = [p for p, d in self.space.items() if d.kind == "qlogint" and d.qlogint[2] != 1]
         if stepped and self.search.algorithm in ("bayesian", "gp"):
@@ -220,7 +231,16 @@ class TuneSpec(_Section):
 
     @property
     def resolved_mode(self) -> str:
-        return self.mode or TRAINER_METRICS[self.metric]
+        """The explicit mode, else the metric's direction (a plugin metric's own direction
+        is written into ``mode`` when the pipeline spec is checked against its model)."""
+        if self.mode is not None:
+            return self.mode
+        if self.metric not in TRAINER_METRICS:
+            raise ValueError(
+                f"tune.metric {self.metric!r} is a plugin's metric: its direction comes from "
+                "the model plugin (validate the whole pipeline spec) or set tune.mode"
+            )
+        return TRAINER_METRICS[self.metric]
 
     @property
     def initial_random_trials(self) -> int:

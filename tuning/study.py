@@ -29,7 +29,7 @@ from tuning import events
 from tuning.errors import TuningError
 from tuning.search import TIME_ATTR, create_scheduler, create_searcher
 from tuning.space import apply_values, decode, param_space
-from tuning.spec import TuneSpec
+from tuning.spec import TuneSpec, is_plugin_metric
 from tuning.state_copy import StateCopy, put_back_if_cut_off
 from tuning.summary import TrialSummary
 from tuning.trial import CHECKPOINT_KEY, run_trial
@@ -53,6 +53,17 @@ TRIAL_REPORT_KEYS = (
     "lr",
     "data_wait_fraction",
 )
+
+
+def trial_report(result: dict) -> dict:
+    """What a trial's Tune result says of it: the trainer's keys and a model plugin's own
+    metrics (``val_<name>``), without Ray's bookkeeping."""
+    return {
+        k: v
+        for k, v in result.items()
+        if k in TRIAL_REPORT_KEYS or (is_plugin_metric(k) and isinstance(v, int | float))
+    }
+
 
 EventHandler = Callable[[Event], None]
 
@@ -203,7 +214,7 @@ class _StudyCallback(Callback, Stopper):
         events.emit(self.study, events.HookStarted(trial.trial_id, dict(trial.config)))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        metrics = {k: result[k] for k in TRIAL_REPORT_KEYS if k in result}
+        metrics = trial_report(result)
         events.emit(
             self.study,
             events.HookResult(
@@ -573,7 +584,7 @@ def _backfill(tracker: _Tracker, grid, tune: TuneSpec, resumed: bool) -> None:
             trial_id=trial_id, params=params, runner=trial_runner(tracker.sections, params)
         )
         summary.epoch = int(metrics.get(TIME_ATTR, 0))
-        summary.metrics = {k: float(metrics[k]) for k in TRIAL_REPORT_KEYS if k in metrics}
+        summary.metrics = {k: float(v) for k, v in trial_report(metrics).items()}
         summary.metric = summary.metrics.get(tune.metric)
         summary.best_metric = summary.metric
         summary.checkpoint = metrics.get(CHECKPOINT_KEY)

@@ -11,6 +11,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from orchestrator import Client
+from orchestrator.loader import load_spec
 from serve.registry import Registry
 from tests.conftest import free_port
 from tests.helpers import wait_serve_stopped, write
@@ -114,8 +115,9 @@ def test_a_users_own_module_by_import_path_trains_in_rays_workers(
     assert version.tags["orch.model_plugin"] == "import path my_models:build"
 
 
-def test_a_study_searches_a_plugins_own_params(ray_session, tmp_path):
-    """Tune over the plugin's params: each trial builds the plugin's model with its values."""
+def test_a_study_searches_a_plugins_own_params_on_its_own_metric(ray_session, tmp_path):
+    """Tune over the plugin's params, optimising the plugin's own metric (val_brier, lower is
+    better: the direction comes from the plugin), which MLflow records and promote_if gates."""
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     text = (
         "name: byo-study\n"
@@ -124,7 +126,9 @@ def test_a_study_searches_a_plugins_own_params(ray_session, tmp_path):
         "train: {epochs: 4, batch_size: 64, workers: 1, resources_per_worker: {CPU: 1},\n"
         "        optimizer: {lr: 0.003}}\n"
         f'tracking: {{tracking_uri: "{store}"}}\n'
+        "register: {model_name: byo-study, promote_if: {max: 0.2}}\n"
         "tune:\n"
+        "  metric: val_brier\n"
         "  num_samples: 4\n"
         "  max_concurrent_trials: 2\n"
         "  search: {algorithm: bayesian, seed: 1}\n"
@@ -132,11 +136,28 @@ def test_a_study_searches_a_plugins_own_params(ray_session, tmp_path):
         "    model.params.width: {choice: [8, 16, 32]}\n"
         "    model.params.blocks: {choice: [1, 2]}\n"
     )
-    result = Client(show_worker_logs=False).run(write(tmp_path, "study", text))
+    path = write(tmp_path, "study", text)
+    assert load_spec(path, check_data=False).tune.resolved_mode == "min"  # the plugin's
+    result = Client(show_worker_logs=False).run(path)
     assert result.status == "succeeded" and len(result.study.trials) == 4
     assert {t.status for t in result.study.trials} <= {"completed", "stopped"}, result.study
     assert result.study.best_params["model.params.width"] in (8, 16, 32)
+    done = [t for t in result.study.trials if t.status == "completed"]
+    assert all(0 <= t.metrics["val_brier"] <= 2 for t in done), done
+    assert (result.study.metric, result.study.mode) == ("val_brier", "min")
+    assert result.study.best_metric == min(t.metric for t in done)  # min: lower wins
     assert result.metrics["val_accuracy"] >= 0.9, result.metrics
+
+    client = Registry(store).client
+    version = client.get_model_version("byo-study", result.registered.version)
+    study_run = client.get_run(version.run_id)  # the study's parent run, and its best trial's
+    assert study_run.data.metrics["best_val_brier"] == pytest.approx(result.study.best_metric)
+    history = client.get_metric_history(result.study.best_mlflow_run_id, "val_brier")
+    assert [m.step for m in history] == [1, 2, 3, 4]  # every epoch's, in the trial's run
+    assert history[-1].value == pytest.approx(result.metrics["val_brier"])
+    # promote_if compared the plugin's metric (under its 0.2 ceiling: promoted)
+    assert result.registered.promoted and result.metrics["val_brier"] <= 0.2, result.registered
+    assert "val_brier" in result.registered.reason, result.registered.reason
 
 
 def test_a_plugins_own_loss_trains_and_is_the_validation_loss(ray_session, tmp_path, monkeypatch):

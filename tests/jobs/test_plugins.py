@@ -163,3 +163,86 @@ def test_a_plugin_that_fails_to_import_is_named_with_its_package(tmp_path, monke
     assert code == 2
     assert f"model plugin '{name}' ({name}:build, package {name} 1.2) failed to import" in out
     assert "ImportError: needs libfoo.so.3; fix or reinstall that package" in out
+
+
+TUNED = (
+    "tune: {{metric: {metric}, num_samples: 2, "
+    "space: {{train.optimizer.lr: {{choice: [0.01]}}}}}}\n"
+)
+
+
+def test_a_plugins_own_metric_is_named_like_the_trainers_and_takes_its_direction(tmp_path, capsys):
+    from orchestrator.loader import load_spec
+
+    path = write(tmp_path, "ok", spec("{type: residual-mlp}") + TUNED.format(metric="val_brier"))
+    loaded = load_spec(path, check_data=False)
+    assert loaded.tune.resolved_mode == "min"  # the plugin's PluginMetric(mode="min")
+    assert get_entry("residual-mlp").metric_modes() == {"val_brier": "min"}
+
+    # a metric the model does not report: one line naming the field and what it reports
+    code, out = validate(
+        tmp_path, spec("{type: residual-mlp}") + TUNED.format(metric="val_f1"), capsys
+    )
+    assert code == 2 and "Traceback" not in out
+    assert "tune.metric: 'val_f1' is not reported by model 'residual-mlp'" in out
+    assert "val_accuracy" in out and "val_brier" in out
+    # ...nor another model's metric: the zoo's mlp has no val_brier
+    promote = "register: {promote_if: {metric: val_brier, max: 0.1}}\n"
+    code, out = validate(tmp_path, spec("{type: mlp}") + promote, capsys)
+    assert code == 2 and "register.promote_if.metric: 'val_brier' is not reported by" in out
+
+
+def test_an_import_paths_metric_is_checked_once_it_is_imported(tmp_path, monkeypatch, capsys):
+    name = user_module(
+        tmp_path,
+        monkeypatch,
+        """
+        from torch import nn
+        from jobs.plugins import PluginMetric, model_plugin
+        from jobs.models import ZooParams
+
+        def margin(outputs, targets):
+            return outputs.max(dim=-1).values - outputs.min(dim=-1).values
+
+        @model_plugin(ZooParams, metrics={"margin": PluginMetric(margin, mode="max")})
+        def build(params, shape):
+            return nn.Linear(shape.n_features, shape.n_outputs)
+        """,
+    )
+    good = spec(f"{{type: '{name}:build'}}") + TUNED.format(metric="val_margin")
+    assert validate(tmp_path, good, capsys)[0] == 0
+    bad = spec(f"{{type: '{name}:build'}}") + TUNED.format(metric="val_marjin")
+    code, out = validate(tmp_path, bad, capsys)
+    assert code == 2 and "tune.metric: 'val_marjin' is not reported by model" in out
+    assert "val_margin" in out
+
+
+@pytest.mark.parametrize(
+    ("metrics", "message"),
+    [
+        ('{"accuracy": PluginMetric(f)}', "would shadow the trainer's val_accuracy"),
+        ('{"Top 1": PluginMetric(f)}', "plugin metric name 'Top 1'"),
+        ('{"top1": f}', "give a jobs.plugins.PluginMetric"),
+    ],
+)
+def test_a_badly_declared_metric_is_the_plugins_import_error(
+    tmp_path, monkeypatch, capsys, metrics, message
+):
+    name = user_module(
+        tmp_path,
+        monkeypatch,
+        f"""
+        from torch import nn
+        from jobs.plugins import PluginMetric, model_plugin
+        from jobs.models import ZooParams
+
+        def f(outputs, targets):
+            return outputs[:, 0]
+
+        @model_plugin(ZooParams, metrics={metrics})
+        def build(params, shape):
+            return nn.Linear(shape.n_features, shape.n_outputs)
+        """,
+    )
+    code, out = validate(tmp_path, spec(f"{{type: '{name}:build'}}"), capsys)
+    assert code == 2 and message in out and "Traceback" not in out

@@ -7,6 +7,8 @@
 
 Params are pydantic models (``model_plugin``): ``orch validate`` checks them, with
 did-you-mean, without importing torch (torch is imported when a model is built).
+``residual-mlp`` also reports a metric of its own, ``val_brier`` (lower is better), which
+``tune.metric`` and ``register.promote_if`` can name like the trainer's.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from jobs.models import DataShape, ZooParams
-from jobs.plugins import model_plugin
+from jobs.plugins import PluginMetric, model_plugin
 
 
 class ResidualParams(ZooParams):
@@ -27,7 +29,23 @@ def _any_shape(params: ResidualParams, shape: DataShape) -> None:
     """Any number of features and outputs fits (the check keeps validation torch-free)."""
 
 
-@model_plugin(ResidualParams, check=_any_shape)
+def brier_rows(outputs, targets):
+    """Each row's Brier score: the squared distance between the predicted class
+    probabilities and the one-hot label (regression: the squared error, in standardised
+    units). One value per row; orch averages them over every validation row."""
+    import torch
+
+    if outputs.shape[-1] == 1:
+        return (outputs.squeeze(-1) - targets.float()) ** 2
+    onehot = torch.nn.functional.one_hot(targets.long(), outputs.shape[-1]).float()
+    return ((torch.softmax(outputs, dim=-1) - onehot) ** 2).sum(dim=-1)
+
+
+@model_plugin(
+    ResidualParams,
+    check=_any_shape,
+    metrics={"brier": PluginMetric(brier_rows, mode="min")},
+)
 def residual_mlp(params: ResidualParams, shape: DataShape):
     from orch_example_plugin.nets import ResidualMLP
 
