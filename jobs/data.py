@@ -426,6 +426,9 @@ def streams(spec: DataSpec, schema: DataSchema) -> bool:
     storage or larger than ``data.stream_above_mb``."""
     if spec.streaming != "auto":
         return bool(spec.streaming)
+    if schema.images is not None:  # the files' bytes (decoded pixels may take more)
+        files = (p for p in schema.images.rglob("*") if p.is_file())
+        return sum(p.stat().st_size for p in files) > spec.stream_above_mb * 2**20
     if schema.source is None:
         return False
     return schema.source.remote or schema.source.total_bytes > spec.stream_above_mb * 2**20

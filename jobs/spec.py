@@ -130,11 +130,6 @@ class DataSpec(_Section):
                 "data.source (for images on object storage, write them as a Parquet tensor "
                 "column)"
             )
-        if self.streaming is True:
-            raise ValueError(
-                "image folders are read in memory; use streaming: auto, or write the images "
-                "as a Parquet tensor column (data.input_shape) to stream them"
-            )
         if self.features not in (None, ["image"]):
             raise ValueError("an image folder's one feature is 'image'; leave data.features out")
         return self

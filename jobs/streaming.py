@@ -30,6 +30,8 @@ from jobs.spec import DataSpec
 from jobs.stats import Partial, merge, partial
 
 DATA_TASK_CPU = 0.25
+# An image folder streams as blocks of this many paths, each decoded by one Ray Data task.
+IMAGES_PER_BLOCK = 256
 
 
 def _partitioning(source: ResolvedSource):
@@ -124,15 +126,12 @@ def datasets(
     out = {}
     with within_placement_group(placement_group):
         for name, validation in (("train", False), ("val", True)):
-            if source is None:  # a bundled set, streamed on request (data.streaming: true)
-                ds = _bundled(spec, info, validation)
-            else:
-                ds = read(source, spec, columns).map_batches(
-                    _Rows(info, spec, validation),
-                    batch_format="pyarrow",
-                    batch_size=None,
-                    num_cpus=DATA_TASK_CPU,
-                )
+            ds = _base(source, spec, columns).map_batches(
+                _Rows(info, spec, validation),
+                batch_format="pyarrow",
+                batch_size=None,
+                num_cpus=DATA_TASK_CPU,
+            )
             # The dataset's own context: the cap is this dataset's (the global one stays).
             options = ds.context.execution_options
             options.resource_limits = ExecutionResources(cpu=max(data_cpus, DATA_TASK_CPU))
@@ -184,15 +183,53 @@ def _scheduling_in(context, group) -> None:
         context.scheduling_strategy_large_args = strategy
 
 
-def _bundled(spec: DataSpec, info: DataInfo, validation: bool):
+def _base(source: ResolvedSource | None, spec: DataSpec, columns: list[str]):
+    """The source's rows as a lazy Ray Dataset of Arrow blocks: files (``read``), an image
+    folder (``_image_folder``), or a bundled set (streamed on request)."""
+    if spec.image_size is not None:
+        return _image_folder(spec)
+    if source is None:
+        import ray.data
+
+        from jobs.bundled import sklearn_table
+
+        return ray.data.from_arrow(sklearn_table(spec.sklearn_set))
+    return read(source, spec, columns)
+
+
+def _image_folder(spec: DataSpec):
+    """An image folder streamed: the driver lists paths and classes (no pixels), and Ray
+    Data tasks decode and resize blocks of ``IMAGES_PER_BLOCK`` images each, the same way
+    the in-memory path does (``jobs.tensors.decode_images``)."""
+    from pathlib import Path
+
     import ray.data
 
-    from jobs.bundled import sklearn_table
+    from jobs.tensors import image_files
 
-    return ray.data.from_arrow(sklearn_table(spec.sklearn_set)).map_batches(
-        _Rows(info, spec, validation), batch_format="pyarrow", batch_size=None,
+    files = image_files(Path(spec.source).expanduser().resolve())
+    listing = pa.table({"path": [p for p, _ in files], "class": [c for _, c in files]})
+    blocks = [
+        listing.slice(start, IMAGES_PER_BLOCK)
+        for start in range(0, listing.num_rows, IMAGES_PER_BLOCK)
+    ]
+    ds = ray.data.from_arrow(blocks).map_batches(
+        _decoded,
+        batch_format="pyarrow",
+        batch_size=None,
         num_cpus=DATA_TASK_CPU,
-    )  # fmt: skip
+        fn_args=(list(spec.image_size), spec.image_mode, spec.label),
+    )
+    ds.context.enable_progress_bars = False
+    ds.context.print_on_execution_start = False
+    return ds
+
+
+def _decoded(listing: pa.Table, size: list[int], mode: str, label: str) -> pa.Table:
+    from jobs.tensors import decode_images
+
+    paths, classes = listing.column("path").to_pylist(), listing.column("class").to_pylist()
+    return decode_images(paths, classes, size, mode, label)
 
 
 def _partial_row(table: pa.Table, features, spec: DataSpec, task, input_shape=None) -> dict:
@@ -231,15 +268,7 @@ def scan_statistics(
 
     from jobs.stats import Moments
 
-    if source is None:
-        import ray.data
-
-        from jobs.bundled import sklearn_table
-
-        base = ray.data.from_arrow(sklearn_table(spec.sklearn_set))
-    else:
-        base = read(source, spec, [*features, spec.label])
-    ds = base.map_batches(
+    ds = _base(source, spec, [*features, spec.label]).map_batches(
         _partial_row,
         batch_format="pyarrow",
         batch_size=None,

@@ -125,10 +125,25 @@ def _images(folder: Path):
     )
 
 
+def image_files(folder: Path) -> list[tuple[str, str]]:
+    """Every image of an image folder as (path, class name), classes and files sorted:
+    what a streamed read hands to its decoding tasks (paths only, no pixels)."""
+    return [(str(p), c.name) for c in image_classes(folder) for p in _images(c)]
+
+
 def read_image_folder(folder: Path, size: list[int], mode: str, label: str) -> pa.Table:
-    """Every image decoded with Pillow, converted to ``mode`` (RGB or L, so grayscale and
+    """Every image decoded (``decode_images``): the in-memory path's whole folder."""
+    files = image_files(folder)
+    return decode_images([p for p, _ in files], [c for _, c in files], size, mode, label)
+
+
+def decode_images(
+    paths: list[str], classes: list[str], size: list[int], mode: str, label: str
+) -> pa.Table:
+    """Images decoded with Pillow, converted to ``mode`` (RGB or L, so grayscale and
     colour images mix) and resized to ``size`` ([height, width]): a table of ``image``
-    ([C, H, W] float32, 0-255) and ``label`` (the subfolder's name).
+    ([C, H, W] float32, 0-255) and ``label`` (each image's class). The in-memory path and
+    the streamed one (a Ray Data task per block of paths) decode alike, pixel for pixel.
 
     Raises:
         DataError: an image Pillow cannot read, naming the file.
@@ -137,22 +152,22 @@ def read_image_folder(folder: Path, size: list[int], mode: str, label: str) -> p
 
     height, width = size
     channels = 3 if mode == "RGB" else 1
-    rows, labels = [], []
-    for class_folder in image_classes(folder):
-        for path in _images(class_folder):
-            try:
-                with Image.open(path) as image:
-                    pixels = image.convert(mode).resize((width, height), Image.BILINEAR)
-                    array = np.asarray(pixels, dtype=np.float32)
-            except (OSError, UnidentifiedImageError, ValueError) as exc:
-                raise DataError(
-                    "data.source", f"cannot read image {path}: {exc}; remove or replace it"
-                ) from None
-            rows.append(array.reshape(height, width, channels).transpose(2, 0, 1).ravel())
-            labels.append(class_folder.name)
-    flat = np.stack(rows)
+    flat = np.empty((len(paths), channels * height * width), dtype=np.float32)
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                pixels = image.convert(mode).resize((width, height), Image.BILINEAR)
+                array = np.asarray(pixels, dtype=np.float32)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise DataError(
+                "data.source", f"cannot read image {path}: {exc}; remove or replace it"
+            ) from None
+        flat[i] = array.reshape(height, width, channels).transpose(2, 0, 1).ravel()
     tensor_type = pa.fixed_shape_tensor(pa.float32(), [channels, height, width])
     storage = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
     return pa.table(
-        {IMAGE_COLUMN: pa.ExtensionArray.from_storage(tensor_type, storage), label: labels}
+        {
+            IMAGE_COLUMN: pa.ExtensionArray.from_storage(tensor_type, storage),
+            label: pa.array(classes, pa.string()),
+        }
     )

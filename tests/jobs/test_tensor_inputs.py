@@ -74,10 +74,27 @@ def test_image_folders_that_cannot_be_read_name_the_problem(tmp_path):
     broken.write_bytes(b"not a png")
     with pytest.raises(DataError, match=f"cannot read image {broken}"):
         read_image_folder(folder, [8, 8], "RGB", "target")
-    with pytest.raises(ValueError, match="image folders are read in memory"):
-        DataSpec(source=str(folder), image_size=[8, 8], streaming=True)
     with pytest.raises(ValueError, match="one local folder of class subfolders"):
         DataSpec(source="s3://bucket/images", image_size=[8, 8])
+
+
+def test_a_streamed_image_folder_has_the_in_memory_statistics_and_split(ray_session, tmp_path):
+    """Ray Data tasks decode blocks of paths; the driver lists paths only. Per-channel
+    statistics, classes and the split's sizes match the in-memory read of the same folder."""
+    from jobs.data import load, stream
+
+    folder = draw_shapes(tmp_path / "shapes", per_class=20)
+    spec = DataSpec(source=str(folder), image_size=[12, 12], image_mode="RGB", streaming=True)
+    streamed, in_memory = stream(spec).info, prepare(spec).info
+    assert streamed.reading == "streamed" and in_memory.reading == "in-memory"
+    assert streamed.input_shape == in_memory.input_shape == [3, 12, 12]
+    assert streamed.classes == in_memory.classes == list(SHAPES)
+    assert (streamed.n_train, streamed.n_val) == (in_memory.n_train, in_memory.n_val)
+    assert np.allclose(streamed.feature_mean, in_memory.feature_mean, rtol=1e-6)
+    assert np.allclose(streamed.feature_std, in_memory.feature_std, rtol=1e-5)
+    # streaming auto: a folder this small (a few KB of PNG) is read in memory
+    auto = DataSpec(source=str(folder), image_size=[12, 12])
+    assert load(auto).info.reading == "in-memory"
 
 
 def tensor_parquet(path: Path, rows: np.ndarray, labels: list, kind: str) -> Path:
@@ -154,7 +171,9 @@ def _decoded(folder: Path, size: int) -> tuple[np.ndarray, list[str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["image-folder", "parquet-tensor-streamed"])
+@pytest.mark.parametrize(
+    "source", ["image-folder", "image-folder-streamed", "parquet-tensor-streamed"]
+)
 def test_shapes_train_the_cnn_and_are_served_as_image_tensors(ray_session, tmp_path, source):
     import tritonclient.http as triton
     from ray import serve
@@ -167,10 +186,12 @@ def test_shapes_train_the_cnn_and_are_served_as_image_tensors(ray_session, tmp_p
     images, labels = _decoded(folder, 24)
     if source == "image-folder":
         data = f"{{source: '{folder}', image_size: [24, 24]}}"
+    elif source == "image-folder-streamed":  # paths listed here, decoded by Ray Data tasks
+        data = f"{{source: '{folder}', image_size: [24, 24], streaming: true}}"
     else:  # the same images as a Parquet fixed_shape_tensor column, streamed by Ray Data
         tensor_parquet(tmp_path / "shapes.parquet", images, labels, "tensor")
         data = f"{{source: '{tmp_path / 'shapes.parquet'}', label: shape, streaming: true}}"
-    name = f"shapes-{source.split('-')[0]}"
+    name = f"shapes-{source.replace('image-folder', 'folder').split('-tensor')[0]}"
     port = free_port()
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     text = LOOP.format(name=name, data=data, store=store, port=port)
