@@ -289,6 +289,30 @@ class CheckpointSpec(_Section):
     keep: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
 
 
+class ProfileSpec(_Section):
+    """``train.profile``: ``torch.profiler`` over a few optimizer steps (off when absent)."""
+
+    steps: int = Field(5, ge=1, description="Optimizer steps to record.")
+    skip: int = Field(
+        2,
+        ge=0,
+        description="Optimizer steps to run first, unrecorded (start-up and warm-up: the "
+        "first steps allocate and are not typical). The last skipped step warms the profiler.",
+    )
+    ranks: Literal["first", "all"] = Field(
+        "first", description="Whose steps: first = rank 0 only; all = every worker's."
+    )
+    record_shapes: bool = Field(
+        False,
+        description="Record operators' input shapes (a larger trace; the table groups by them).",
+    )
+
+    @property
+    def last_step(self) -> int:
+        """The last optimizer step recorded (1-based): the run must have this many."""
+        return self.skip + self.steps
+
+
 class TrainSpec(_Section):
     epochs: int = Field(10, ge=1, description="Passes over the training split.")
     steps_per_epoch: int | None = Field(
@@ -319,6 +343,12 @@ class TrainSpec(_Section):
     max_failures: int = Field(
         2, ge=-1, description="Worker failures to recover from by resuming; -1 = unlimited."
     )
+    profile: ProfileSpec | None = Field(
+        None,
+        description="Profile optimizer steps with torch.profiler: the Chrome trace, the top "
+        "operators and the step's phases (data wait, forward, backward, optimizer step, "
+        "communication) go to the run's MLflow artifacts under profile/. null = off.",
+    )
     storage_path: str | None = Field(
         None,
         description="Where Ray Train keeps checkpoints (a shared path or URI on multi-node "
@@ -332,6 +362,17 @@ class TrainSpec(_Section):
         if bad:
             raise ValueError(f"resource amounts must be > 0, got {bad}")
         return resources
+
+    def check_profile_fits(self, steps_per_epoch: int) -> None:
+        """A profile must end within the run: ``skip + steps`` <= epochs x steps a epoch."""
+        total = self.epochs * steps_per_epoch
+        if self.profile is not None and self.profile.last_step > total:
+            raise ValueError(
+                f"train.profile.steps: skip {self.profile.skip} + steps {self.profile.steps} = "
+                f"{self.profile.last_step} optimizer steps, but the run has {total} "
+                f"({self.epochs} epochs x {steps_per_epoch} steps); profile at most "
+                f"{max(total - self.profile.skip, 1)} steps, or lower train.profile.skip"
+            )
 
     @property
     def uses_gpu(self) -> bool:
@@ -378,6 +419,14 @@ class TrainSpec(_Section):
                 f"deepspeed.pipeline_stages={ds.pipeline_stages}; use runner: ray-train (or "
                 "auto) for several workers, or workers: 1"
             )
+        if self.profile is not None and ds.pipeline_stages > 1:
+            raise ValueError(
+                "train.profile splits a step into forward, backward and optimizer phases, but "
+                f"a {ds.pipeline_stages}-stage pipeline runs them interleaved inside DeepSpeed's "
+                "train_batch; profile the model with deepspeed.pipeline_stages: 1"
+            )
+        if self.profile is not None and self.steps_per_epoch is not None:
+            self.check_profile_fits(self.steps_per_epoch)
         if ds.precision == "fp16" and not self.uses_gpu:
             raise ValueError(
                 "precision fp16 needs GPUs (DeepSpeed: 'Type fp16 is not supported' on CPU); "

@@ -196,6 +196,10 @@ class RunTracker:
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, local_path, artifact_path)
 
+    def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
+        """A folder's files under ``artifact_path`` (e.g. a profile's trace and tables)."""
+        self.client.log_artifacts(self.run_id, local_dir, artifact_path)
+
     def __enter__(self) -> RunTracker:
         return self
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -25,6 +27,7 @@ from jobs.events import Diverged, EpochEnded, TrainingEvent, WorkerStarted
 from jobs.loop_config import DATA_INFO_FILE, MODEL_FILE, STATE_FILE, LoopConfig
 from jobs.plugins import import_root
 from jobs.prepared import DataInfo, StreamedData, TrainingData
+from jobs.profiling import PROFILE_DIR, StepProfile, profiles_in
 from jobs.spec import ModelSpec, TrainSpec
 
 if TYPE_CHECKING:
@@ -60,6 +63,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     resumed_from_epochs: list[int] = field(default_factory=list)
     worker_nodes: dict[int, str] = field(default_factory=dict)  # rank -> Ray node id (last start)
+    profile: list[StepProfile] = field(default_factory=list)  # train.profile's, by rank
+    profile_dir: str | None = None  # a local folder of its files (trace, table, breakdown)
 
 
 def _load_model(checkpoint_dir: Path, model: ModelSpec) -> tuple[InferenceModel, DataInfo]:
@@ -173,6 +178,7 @@ def fit(
     with _checkpoint_directory(checkpoint_path) as ckpt_dir:
         inference, info = _load_model(ckpt_dir, model)
         state = json.loads((ckpt_dir / STATE_FILE).read_text())
+        profile, profile_dir = _profile_of(ckpt_dir, Path(checkpoint_path).is_dir())
     return TrainResult(
         metrics=state["metrics"],
         model=inference,
@@ -182,7 +188,30 @@ def fit(
         history=relay.history,
         resumed_from_epochs=relay.resumed,
         worker_nodes=relay.nodes,
+        profile=profile,
+        profile_dir=profile_dir,
     )
+
+
+def read_profile(checkpoint_path: str) -> tuple[list[StepProfile], str | None]:
+    """A checkpoint's step profiles (``train.profile``) and a local folder of their files;
+    ``([], None)`` when it holds none."""
+    with _checkpoint_directory(checkpoint_path) as ckpt_dir:
+        return _profile_of(ckpt_dir, Path(checkpoint_path).is_dir())
+
+
+def _profile_of(ckpt_dir: Path, stays: bool) -> tuple[list[StepProfile], str | None]:
+    """The checkpoint's step profiles and a local folder of their files (copied out of a
+    downloaded checkpoint, which is deleted once read)."""
+    profiles = profiles_in(ckpt_dir)
+    if not profiles:
+        return [], None
+    folder = ckpt_dir / PROFILE_DIR
+    if not stays:
+        folder = Path(
+            shutil.copytree(folder, Path(tempfile.mkdtemp(prefix="orch-profile-")) / PROFILE_DIR)
+        )
+    return profiles, str(folder)
 
 
 @contextmanager

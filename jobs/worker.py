@@ -34,6 +34,7 @@ from jobs.loop_config import DATA_INFO_FILE, MODEL_FILE, STATE_FILE, LoopConfig
 from jobs.models import DataShape, ZooEntry, build_layers, build_network, get_entry
 from jobs.plugins import importable
 from jobs.prepared import DataInfo
+from jobs.profiling import StepProfiler
 from jobs.runtime import TrainingRuntime
 from jobs.schedule import build_optimizer, build_scheduler
 from jobs.spec import TrainSpec
@@ -324,6 +325,7 @@ def train_loop(runtime: TrainingRuntime, job: LoopConfig) -> None:
     runtime.init_process_group()
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     built = _build_engine(runtime, job, deepspeed)
+    profiler = StepProfiler(job.train.profile, runtime.rank, device)
     try:
         _feed_pipeline_stages(runtime, built, job.info)
         resumed = _resume(runtime, built)
@@ -346,15 +348,16 @@ def train_loop(runtime: TrainingRuntime, job: LoopConfig) -> None:
         if resumed and resumed.metrics and runtime.rank == 0:
             runtime.emit(EpochEnded(metrics=resumed.metrics, checkpointed=True, replayed=True))
         for epoch in range(start_epoch, job.train.epochs + 1):
-            metrics = _train_epoch(runtime, job, built, epoch)
+            metrics = _train_epoch(runtime, job, built, epoch, profiler)
             if metrics is None:
                 return  # diverged (every rank sees the same reduced loss and stops here)
             metrics.update(_validate(runtime, built, job.info))
             due = epoch == job.train.epochs or epoch % job.train.checkpoint.every_epochs == 0
-            _report(runtime, job, built, epoch, metrics, due)
+            _report(runtime, job, built, epoch, metrics, due, profiler)
             if runtime.rank == 0:
                 runtime.emit(EpochEnded(metrics=metrics, checkpointed=due))
     finally:
+        profiler.close()
         built.engine.destroy()  # a reused Tune actor must not keep this trial's engine
 
 
@@ -386,9 +389,11 @@ def _feed_pipeline_stages(runtime: TrainingRuntime, built: _Engine, info: DataIn
 
 
 def _train_epoch(
-    runtime: TrainingRuntime, job: LoopConfig, built: _Engine, epoch: int
+    runtime: TrainingRuntime, job: LoopConfig, built: _Engine, epoch: int, profiler: StepProfiler
 ) -> dict | None:
-    """One pass over the training split; its metrics, or None if the loss diverged."""
+    """One pass over the training split; its metrics, or None if the loss diverged.
+
+    The phases of a step are marked for ``train.profile`` (no-ops when it is off)."""
     train, device, engine, layout = job.train, runtime.device, built.engine, built.layout
     micro = train.micro_batch_size
     gas = train.deepspeed.gradient_accumulation_steps
@@ -400,33 +405,42 @@ def _train_epoch(
     batches = split.epoch_batches(batch_size, job.seed + epoch, train.steps_per_epoch)
     steps, data_wait, seen, taken = 0, 0.0, 0, 0
     loss_total = torch.zeros((), dtype=torch.float64, device=device)
-    waiting = time.perf_counter()
-    for batch in batches:
+    batches = iter(batches)
+    while True:
+        waiting = time.perf_counter()
+        with profiler.phase("data_wait"):
+            batch = next(batches, None)
+            if batch is not None:
+                if split.per_rank:  # this rank's own rows already
+                    xs, ys = batch.x, batch.y
+                else:
+                    xs, ys, _ = _rank_slice(batch.x, batch.y, layout, pad=False)
+                xs = xs.to(device=device, dtype=built.dtype)
+                ys = ys.to(device)
+        if batch is None:
+            break
         data_wait += time.perf_counter() - waiting
-        if split.per_rank:  # this rank's own rows already
-            xs, ys = batch.x, batch.y
-        else:
-            xs, ys, _ = _rank_slice(batch.x, batch.y, layout, pad=False)
         taken += len(xs)
-        xs = xs.to(device=device, dtype=built.dtype)
-        ys = ys.to(device)
         micro_batches = [
             (xs[i * micro : (i + 1) * micro], ys[i * micro : (i + 1) * micro]) for i in range(gas)
         ]
-        if layout.stages > 1:
+        if layout.stages > 1:  # never profiled (the spec refuses it)
             loss = engine.train_batch(data_iter=iter(micro_batches))
             if layout.is_last_stage:
                 loss_total += loss.detach().double() * len(xs)
                 seen += len(xs)
         else:
             for xm, ym in micro_batches:
-                loss = built.criterion(engine(xm), ym)
-                engine.backward(loss)
-                engine.step()
+                with profiler.phase("forward"):
+                    loss = built.criterion(engine(xm), ym)
+                with profiler.phase("backward"):
+                    engine.backward(loss)
+                with profiler.phase("optimizer_step"):
+                    engine.step()  # applies the update at the last micro-batch
                 loss_total += loss.detach().double() * len(xm)  # no per-step sync
                 seen += len(xm)
         steps += 1
-        waiting = time.perf_counter()
+        profiler.step_done()
     train_time = time.perf_counter() - started
     sums.add([loss_total.item(), 0, 0, seen])
     loss_sum, _, _, count = sums.reduce()
@@ -457,12 +471,19 @@ def _train_epoch(
 
 
 def _report(
-    runtime: TrainingRuntime, job: LoopConfig, built: _Engine, epoch: int, metrics: dict, due: bool
+    runtime: TrainingRuntime,
+    job: LoopConfig,
+    built: _Engine,
+    epoch: int,
+    metrics: dict,
+    due: bool,
+    profiler: StepProfiler,
 ) -> None:
     """Hand the epoch to the runtime, with a checkpoint when one is due.
 
     The final checkpoint also holds the consolidated fp32 model and the DataInfo: what
-    export, registration and serving load, whichever runner wrote it.
+    export, registration and serving load, whichever runner wrote it; and, once a
+    profile is done, every checkpoint holds it (``profile/``).
     """
     if not due:
         runtime.report(metrics, None, final=False)
@@ -477,6 +498,7 @@ def _report(
                 (Path(tmp) / DATA_INFO_FILE).write_text(job.info.model_dump_json())
         if runtime.rank == 0:
             (Path(tmp) / STATE_FILE).write_text(json.dumps({"epoch": epoch, "metrics": metrics}))
+        profiler.save_into(Path(tmp))
         runtime.report(metrics, Path(tmp), final=final)
 
 

@@ -252,6 +252,8 @@ def _cmd_run(args) -> int:
             file=out,
         )
     print(f"{result.name}: {result.status}: {format_metrics(result.metrics)}", file=out)
+    for step in result.profile:  # train.profile; its trace and table are MLflow artifacts
+        print(f"  {step.describe()}; trace and top operators: MLflow artifacts profile/", file=out)
     if result.registered is not None:
         reg = result.registered
         moved = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from jobs.profiling import StepProfile
 from orchestrator.address import ADDRESS_HELP
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.spec import priority_label
@@ -209,6 +210,8 @@ def cmd_status(args) -> int:
     if job.result:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in job.result.get("metrics", {}).items())
         print(f"  result: {metrics}; MLflow run {job.result.get('mlflow_run_id')}")
+        for step in job.result.get("profile", []):  # train.profile's breakdown, per rank
+            print(f"  {StepProfile.model_validate(step).describe()}")
     for t in job.history:
         stamp = time.strftime("%H:%M:%S", time.localtime(t.at))
         print(f"  {stamp} {t.state}" + (f": {t.reason}" if t.reason else ""))

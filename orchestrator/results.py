@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, Field
 
 from jobs.data import DataSummary
+from jobs.profiling import StepProfile
 from orchestrator.serve_result import ServeResult
 from orchestrator.stages import Registration
 from tuning.summary import TrialSummary
@@ -72,6 +73,11 @@ class RunResult(BaseModel):
     data: DataSummary | None = Field(
         None, description="How the data was read: in memory or streamed, rows, fingerprint."
     )
+    profile: list[StepProfile] = Field(
+        default_factory=list,
+        description="train.profile: where the logged model's optimizer step went, per "
+        "profiled rank (its files are in the MLflow run's artifacts under profile/).",
+    )
     study: StudyReport | None = Field(None, description="The tuning study, when the spec has one.")
     registered: Registration | None = Field(
         None, description="The model version registered in MLflow, and whether the alias moved."
@@ -100,6 +106,7 @@ class RunResult(BaseModel):
             resumed_from_epochs=result.resumed_from_epochs,
             worker_nodes=result.worker_nodes,
             data=run.data,
+            profile=result.profile,
         )
 
     @classmethod
@@ -119,6 +126,7 @@ class RunResult(BaseModel):
             resumed_from_epochs=refit.result.resumed_from_epochs if refit else [],
             worker_nodes=refit.result.worker_nodes if refit else {},
             data=run.data,
+            profile=run.profile,
             study=StudyReport(
                 study=outcome.study,
                 path=outcome.path,

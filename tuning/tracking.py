@@ -22,6 +22,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from jobs.profiling import PROFILE_DIR
 from jobs.tracking import RunTracker
 from tuning.events import StudyEvent, TrialFinished, TrialResult, TrialStarted
 from tuning.report import plot_history, plot_params, write_table
@@ -35,8 +36,16 @@ _TAG_STATUS = {"completed": "completed", "stopped": "stopped_early", "failed": "
 class StudyTracker:
     """An ``on_event`` handler that mirrors a study into MLflow under ``parent``."""
 
-    def __init__(self, parent: RunTracker, tune: TuneSpec, study: str, run_name_prefix: str):
+    def __init__(
+        self,
+        parent: RunTracker,
+        tune: TuneSpec,
+        study: str,
+        run_name_prefix: str,
+        profiled: bool = False,
+    ):
         self.parent = parent
+        self.profiled = profiled  # train.profile is on: trials' checkpoints hold profiles
         self.tune = tune
         self.study = study
         self.prefix = run_name_prefix
@@ -105,6 +114,8 @@ class StudyTracker:
                 tags["orch.error"] = (trial.reason or "")[:5000]
             elif trial.checkpoint:
                 tags["orch.checkpoint"] = trial.checkpoint
+            if trial.checkpoint and self.profiled:
+                _log_profile(child, trial.checkpoint)
             child.set_tags(tags)
             child.end(_MLFLOW_STATUS[trial.status])
             self.finish_order.append(trial.trial_id)
@@ -162,6 +173,15 @@ class StudyTracker:
             self.parent.log_artifact(
                 str(plot_params(ordered, self.tune, out / "metric_vs_params.png")), "plots"
             )
+
+
+def _log_profile(child: RunTracker, checkpoint: str) -> None:
+    """A trial's ``train.profile`` files (if its steps ran) into its child run's profile/."""
+    from jobs.trainer import read_profile
+
+    _, folder = read_profile(checkpoint)
+    if folder is not None:
+        child.log_artifacts(folder, PROFILE_DIR)
 
 
 def _param(value) -> str:

@@ -88,6 +88,11 @@ def read_data(
             f"train.batch_size {too_big[-1]} is larger than the training split "
             f"({data.info.n_train} rows); lower it or lower data.validation_split"
         )
+    if spec.train.profile is not None and spec.train.steps_per_epoch is None:
+        try:  # the fewest steps any trial's batch size gives
+            spec.train.check_profile_fits(data.info.n_train // max(batch_sizes))
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
     return data
 
 

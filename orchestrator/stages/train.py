@@ -13,6 +13,7 @@ import yaml
 
 from jobs.data import DataSummary, TrainingData, example_rows
 from jobs.errors import TrainingError
+from jobs.profiling import PROFILE_DIR
 from orchestrator.address import RayAddress
 from orchestrator.events import StageStarted
 from orchestrator.exceptions import JobFailedError, SpecError
@@ -92,6 +93,8 @@ def run_training(
         example = example_rows(data, 5)
         model_uri = tracker.log_model(result.model, data.info, example)
         tracker.set_tags({"orch.model_uri": model_uri, "orch.checkpoint": result.checkpoint_path})
+        if result.profile_dir is not None:  # train.profile: trace, operator table, breakdown
+            tracker.log_artifacts(result.profile_dir, PROFILE_DIR)
     return TrainingRun(
         result, run_id, setup.tracking_uri, model_uri, data.info.task, DataSummary.of(data)
     )

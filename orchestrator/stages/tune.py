@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from jobs.data import DataSummary, TrainingData, example_rows
 from jobs.errors import TrainingError
+from jobs.profiling import StepProfile
 from jobs.spec import ModelSpec
 from orchestrator.address import RayAddress
 from orchestrator.events import StageStarted
@@ -118,7 +119,9 @@ def run_study_pipeline(
     study_dir, state = _open_study(spec, data, tracker, study_dir, state, run_name)
     parent_id = tracker.run_id
     emit(StageStarted("tune", mlflow_run_id=parent_id, study=state.study, resumed=resume))
-    study_tracker = StudyTracker(tracker, spec.tune, state.study, spec.name)
+    study_tracker = StudyTracker(
+        tracker, spec.tune, state.study, spec.name, profiled=spec.train.profile is not None
+    )
 
     def track(event: dict) -> None:
         study_tracker(event)
@@ -157,7 +160,17 @@ def run_study_pipeline(
         task=data.info.task,
         refit=best.refit,
         data=DataSummary.of(data),
+        profile=_profile(spec, best.checkpoint),
     )
+
+
+def _profile(spec: PipelineSpec, checkpoint: str | None) -> list[StepProfile]:
+    """The step profiles of the logged model's training (train.profile), if it has them."""
+    if spec.train.profile is None or not checkpoint:
+        return []
+    from jobs.trainer import read_profile
+
+    return read_profile(checkpoint)[0]
 
 
 def _log_spec(spec: PipelineSpec, tracker: RunTracker) -> None:
@@ -287,6 +300,7 @@ class StudyRun:
     task: str = "classification"  # the data's (DataInfo.task)
     refit: RefitRun | None = None
     data: DataSummary | None = None
+    profile: list[StepProfile] = field(default_factory=list)  # the logged model's training's
 
 
 def _refit(
