@@ -11,8 +11,9 @@ in every later checkpoint (so the final one, which the driver reads, has them):
 - ``breakdown_rank<r>.json``: a ``StepProfile``: the measured step and its phases.
 
 Communication (all-reduce, all-gather, reduce-scatter, broadcast, barrier) happens inside
-DeepSpeed's backward and step; its time on the training thread is taken out of the phase
-that held it and reported as ``communication``, so the phases add up to the step.
+backward and the optimizer step; the time a phase waits on it (a collective running, the
+training thread doing nothing else) is taken out of that phase and reported as
+``communication``, so the phases add up to the step.
 The same code runs on CUDA (the profiler then also records the GPU's kernels).
 """
 
@@ -181,29 +182,34 @@ class StepProfiler:
 
 
 def breakdown_of(events, walls: list[float], rank: int, first_step: int) -> StepProfile:
-    """The phases of the recorded steps from the profiler's events (times in us)."""
-    phase_events = [e for e in events if e.name.startswith("orch.")]
-    threads = {e.thread for e in phase_events}
-    spans = {name: [] for name in PHASES}
-    for e in phase_events:
-        name = e.name.removeprefix("orch.")
-        if name in spans:
-            spans[name].append((e.time_range.start, e.time_range.end))
-    communication = _top_level(
-        [
-            (e.time_range.start, e.time_range.end)
-            for e in events
-            if e.thread in threads and _COMMUNICATION.search(e.name)
-        ]
+    """The phases of the recorded steps from the profiler's events (times in us).
+
+    Communication is the *exposed* time of collectives: while a collective runs on any
+    thread (gloo's own thread, a CUDA stream's NCCL kernel, or the training thread itself)
+    and the phase is not busy with another operator. Overlapped all-reduce (DDP's buckets
+    during backward) thus costs nothing here, and waiting for a peer is not counted as
+    backward.
+    """
+    collectives = _union(
+        [(e.time_range.start, e.time_range.end) for e in events if _COMMUNICATION.search(e.name)]
     )
-    totals = {name: sum(end - start for start, end in found) for name, found in spans.items()}
-    comm_total = 0.0
-    for start, end in communication:
-        for name, found in spans.items():
-            if any(s <= start and end <= e for s, e in found):
-                totals[name] -= end - start
-                comm_total += end - start
-                break
+    totals = dict.fromkeys(PHASES, 0.0)
+    exposed = 0.0
+    for e in events:
+        name = e.name.removeprefix("orch.")
+        if not e.name.startswith("orch.") or name not in totals:
+            continue
+        span = (e.time_range.start, e.time_range.end)
+        busy = _union(
+            [
+                (c.time_range.start, c.time_range.end)
+                for c in e.cpu_children
+                if not _COMMUNICATION.search(c.name)
+            ]
+        )
+        waited = _length(_minus(_clip(collectives, span), busy))
+        totals[name] += (span[1] - span[0]) - waited
+        exposed += waited
     steps = max(len(walls), 1)
     ops = sorted(
         (
@@ -224,19 +230,48 @@ def breakdown_of(events, walls: list[float], rank: int, first_step: int) -> Step
         forward_ms=totals["forward"] / per_step,
         backward_ms=totals["backward"] / per_step,
         optimizer_step_ms=totals["optimizer_step"] / per_step,
-        communication_ms=comm_total / per_step,
+        communication_ms=exposed / per_step,
         top_ops=ops,
     )
 
 
-def _top_level(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Spans not inside another (a collective's own inner events counted once)."""
-    out: list[tuple[float, float]] = []
-    for start, end in sorted(spans, key=lambda s: (s[0], -s[1])):
-        if out and start >= out[-1][0] and end <= out[-1][1]:
-            continue
-        out.append((start, end))
+Span = tuple[float, float]
+
+
+def _union(spans: list[Span]) -> list[Span]:
+    """Sorted, disjoint spans covering the same time."""
+    out: list[Span] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
     return out
+
+
+def _clip(spans: list[Span], window: Span) -> list[Span]:
+    lo, hi = window
+    return [(max(s, lo), min(e, hi)) for s, e in spans if e > lo and s < hi]
+
+
+def _minus(spans: list[Span], holes: list[Span]) -> list[Span]:
+    """``spans`` (disjoint) with the time of ``holes`` (disjoint, sorted) taken out."""
+    out: list[Span] = []
+    for start, end in spans:
+        cursor = start
+        for h_start, h_end in holes:
+            if h_end <= cursor or h_start >= end:
+                continue
+            if h_start > cursor:
+                out.append((cursor, h_start))
+            cursor = max(cursor, h_end)
+        if cursor < end:
+            out.append((cursor, end))
+    return out
+
+
+def _length(spans: list[Span]) -> float:
+    return sum(end - start for start, end in spans)
 
 
 def read_trace(path: Path) -> dict:

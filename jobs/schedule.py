@@ -7,6 +7,7 @@ import math
 import torch
 
 from jobs.spec import OptimizerSpec, SchedulerSpec
+from jobs.stock import stock_deepspeed
 
 
 def build_optimizer(spec: OptimizerSpec, params) -> torch.optim.Optimizer:
@@ -16,7 +17,16 @@ def build_optimizer(spec: OptimizerSpec, params) -> torch.optim.Optimizer:
             params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
         )
     cls = torch.optim.AdamW if spec.type == "adamw" else torch.optim.Adam
-    return cls(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+    # fused: one kernel over all parameters, on CPUs as on GPUs: 1.0 ms a step for the
+    # bench MLP's 2.4M parameters on one thread, against 9.3 ms for the default
+    # (multi-tensor) loop, which was a quarter of a bf16 step (train.profile)
+    return cls(
+        params,
+        lr=spec.lr,
+        betas=spec.betas,
+        weight_decay=spec.weight_decay,
+        fused=not stock_deepspeed(),
+    )
 
 
 def lr_factor(spec: SchedulerSpec, step: int, steps_per_epoch: int, epochs: int) -> float:

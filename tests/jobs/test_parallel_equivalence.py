@@ -51,3 +51,28 @@ def test_zero3_and_pipeline_match_data_parallel(ray_session, tmp_path):
         for ref, got in zip(plain, other, strict=True):
             for key in ("train_loss", "val_loss", "val_accuracy"):
                 assert got[key] == pytest.approx(ref[key], rel=RTOL), (key, ref["epoch"])
+
+
+def test_plain_data_parallel_accumulates_like_zero2_and_trains_in_bf16(ray_session, tmp_path):
+    """ZeRO-0 reduces with torch DDP's reducer (jobs.worker._overlapping_reducer), skipping
+    the all-reduce on micro-batches before the accumulation boundary; ZeRO-2 reduces with
+    DeepSpeed's own. bf16 at ZeRO-0 is autocast over fp32 weights: it must still learn."""
+    accumulate = {"workers": 2, "resources_per_worker": {"CPU": 1}}
+    plain = _train(
+        {**accumulate, "deepspeed": {"zero_stage": 0, "gradient_accumulation_steps": 2}},
+        tmp_path,
+        "dp-gas2",
+    )
+    zero2 = _train(
+        {**accumulate, "deepspeed": {"zero_stage": 2, "gradient_accumulation_steps": 2}},
+        tmp_path,
+        "zero2-gas2",
+    )
+    for ref, got in zip(zero2, plain, strict=True):
+        for key in ("train_loss", "val_loss", "val_accuracy"):
+            assert got[key] == pytest.approx(ref[key], rel=RTOL), (key, ref["epoch"])
+    bf16 = _train(
+        {**accumulate, "deepspeed": {"zero_stage": 0, "precision": "bf16"}}, tmp_path, "dp-bf16"
+    )
+    assert bf16[-1]["val_accuracy"] >= 0.85
+    assert bf16[-1]["train_loss"] == pytest.approx(plain[-1]["train_loss"], rel=0.1)

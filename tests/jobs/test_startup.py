@@ -31,6 +31,7 @@ def test_the_muon_modules_we_stand_in_for_are_the_ones_deepspeed_imports():
 
 
 def test_zero_1_2_3_and_bf16_engines_step_without_importing_muon():
+    # (bf16 at ZeRO-0 is autocast over an fp32 engine: jobs.worker.autocast_dtype)
     """In a fresh process, as a worker starts: the local runner's 1-rank group."""
     script = textwrap.dedent("""\
         import sys
@@ -49,7 +50,7 @@ def test_zero_1_2_3_and_bf16_engines_step_without_importing_muon():
         skip_muon_kernels()
         single_process_group(torch.device("cpu"))
         deepspeed.init_distributed(dist_backend="gloo")
-        for stage, precision in ((1, "fp32"), (2, "fp32"), (3, "fp32"), (0, "bf16")):
+        for stage, precision in ((1, "fp32"), (2, "fp32"), (3, "fp32"), (1, "bf16")):
             train = TrainSpec(
                 batch_size=8, deepspeed={"zero_stage": stage, "precision": precision}
             )
@@ -64,6 +65,8 @@ def test_zero_1_2_3_and_bf16_engines_step_without_importing_muon():
                 loss = engine(torch.ones(8, 4, dtype=dtype)).float().sum()
                 engine.backward(loss)
                 engine.step()
+            # the switch jobs.worker._overlapping_reducer turns off at ZeRO-0
+            assert engine.enable_backward_allreduce is True, "DeepSpeed moved its switch"
             engine.destroy()
             print("ok", stage, precision, type(engine.optimizer).__name__)
         stand_ins = [sys.modules[name].__doc__ for name in MUON_MODULES]
@@ -83,7 +86,7 @@ def test_zero_1_2_3_and_bf16_engines_step_without_importing_muon():
         "ok 1 fp32 DeepSpeedZeroOptimizer",
         "ok 2 fp32 DeepSpeedZeroOptimizer",
         "ok 3 fp32 DeepSpeedZeroOptimizer_Stage3",
-        "ok 0 bf16 FP16_UnfusedOptimizer",  # DeepSpeed 0.19 wraps bf16 ZeRO-0 in it
+        "ok 1 bf16 DeepSpeedZeroOptimizer",
     ]
 
 
