@@ -9,6 +9,8 @@ validation, no checkpoint), like the worker's ``samples_per_s``.
 
 Rank 0 prints ``{"samples_per_s": ..., "epoch_samples_per_s": [...], ...}`` as JSON on the
 last stdout line; samples/s counts global samples and skips the first (warm-up) epoch.
+With ``--profile-steps`` rank 0 profiles those steps with the trainer's own profiler
+(``jobs.profiling``, the same phases), in the warm-up epoch, and adds its breakdown.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ import argparse
 import json
 import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from jobs.models import DataShape, build_layers
+from jobs.profiling import StepProfiler, profiles_in
 from jobs.schedule import build_optimizer
-from jobs.spec import OptimizerSpec
+from jobs.spec import OptimizerSpec, ProfileSpec
 from jobs.worker import loss_fn
 
 
@@ -39,6 +44,8 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--profile-steps", type=int, default=0, help="steps to profile (0: off)")
+    parser.add_argument("--profile-skip", type=int, default=10, help="steps before them")
     return parser.parse_args()
 
 
@@ -66,6 +73,10 @@ def main() -> None:
     batch = args.batch_size
     per_rank = batch // world
     steps = len(x) // batch  # drop_last, like the worker
+    profile = None
+    if args.profile_steps:
+        profile = ProfileSpec(steps=args.profile_steps, skip=args.profile_skip)
+    profiler = StepProfiler(profile, rank, torch.device("cpu"))
     rates: list[float] = []
     loss_sum = 0.0
     for epoch in range(1, args.epochs + 1):
@@ -78,14 +89,23 @@ def main() -> None:
         loss_sum = 0.0
         for step in range(steps):
             lo = step * batch + rank * per_rank
-            xb, yb = xe[lo : lo + per_rank], ye[lo : lo + per_rank]
+            with profiler.phase("data_wait"):
+                xb, yb = xe[lo : lo + per_rank], ye[lo : lo + per_rank]
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(xb), yb)
-            loss.backward()
-            optimizer.step()
+            with profiler.phase("forward"):
+                loss = criterion(model(xb), yb)
+            with profiler.phase("backward"):
+                loss.backward()
+            with profiler.phase("optimizer_step"):
+                optimizer.step()
             loss_sum += loss.item()
+            profiler.step_done()
         rates.append(steps * batch / (time.perf_counter() - started))
 
+    with tempfile.TemporaryDirectory() as tmp:
+        profiler.save_into(Path(tmp))
+        profiles = [p.model_dump() for p in profiles_in(Path(tmp))]
+    profiler.close()
     if rank == 0:
         steady = rates[1:] or rates
         result = {
@@ -95,6 +115,7 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(),
             "steps_per_epoch": steps,
             "final_train_loss": loss_sum / max(steps, 1),
+            "profile": profiles,
         }
         print(json.dumps(result), flush=True)
     if distributed:

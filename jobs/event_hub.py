@@ -27,7 +27,10 @@ class _Hub:
 
 
 _lock = threading.Lock()
-_hubs: dict[str, ray.actor.ActorHandle] = {}  # Ray job id -> this driver's hub
+# (node id, Ray job id) -> this driver's hub: job ids restart at 01000000 in a new Ray (a
+# notebook's ray.shutdown() and ray.init()), node ids do not, so a handle to the last
+# Ray's hub is never reused
+_hubs: dict[tuple[str, str], ray.actor.ActorHandle] = {}
 
 
 def event_hub() -> ray.actor.ActorHandle:
@@ -35,7 +38,7 @@ def event_hub() -> ray.actor.ActorHandle:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     context = ray.get_runtime_context()
-    job = context.get_job_id()
+    job = (context.get_node_id(), context.get_job_id())
     with _lock:
         hub = _hubs.get(job)
         if hub is None:

@@ -111,3 +111,30 @@ def test_a_run_on_in_memory_splits_starts_no_ray_data_actor(ray_session):
     assert DatasetsCallback not in in_memory and BackendSetupCallback in in_memory
     streamed = kinds({"train": ray.data.from_items([{"x": 1}])})
     assert streamed == in_memory | {DatasetsCallback}
+
+
+def test_a_driver_that_restarts_ray_trains_again():
+    """A notebook's ray.shutdown() then ray.init(): job ids start again at 01000000 in the
+    new Ray, and a hub handle kept from the old one crashed the driver in Ray's C++ (Check
+    failed: Cannot find actor handle). In a fresh process: two Rays, one hub each."""
+    script = textwrap.dedent("""\
+        import ray
+        from jobs.event_hub import event_hub
+        from jobs.events import TrainingWarning
+
+        for attempt in range(2):
+            ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+            hub = event_hub()
+            ray.get(hub.put.remote("run", TrainingWarning(f"attempt {attempt}")))
+            print([e.message for e in ray.get(hub.take.remote("run"))])
+            ray.shutdown()
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(REPO),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-2:] == ["['attempt 0']", "['attempt 1']"]
