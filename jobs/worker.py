@@ -537,16 +537,8 @@ def _train_epoch(
                 loss_total += loss.detach().double() * len(xs)
                 seen += len(xs)
         else:
-            for i, (xm, ym) in enumerate(micro_batches):
-                with built.accumulating(local=i < gas - 1):
-                    with profiler.phase("forward"):
-                        loss = built.criterion(built.forward(xm), ym)
-                    with profiler.phase("backward"):
-                        engine.backward(loss)
-                with profiler.phase("optimizer_step"):
-                    engine.step()  # applies the update at the last micro-batch
-                loss_total += loss.detach().double() * len(xm)  # no per-step sync
-                seen += len(xm)
+            loss_total += _data_parallel_step(built, micro_batches, profiler)
+            seen += len(xs)
         steps += 1
         profiler.step_done()
     train_time = time.perf_counter() - started
@@ -576,6 +568,22 @@ def _train_epoch(
         "rank_rows": float(taken),
         "lr": engine.get_lr()[0] if engine.get_lr() else train.optimizer.lr,
     }
+
+
+def _data_parallel_step(built: _Engine, micro_batches: list, profiler: StepProfiler):
+    """One optimizer step over its micro-batches (no pipeline), its phases marked for
+    ``train.profile``; the loss summed over the rows, as a tensor (no per-step sync)."""
+    total = torch.zeros((), dtype=torch.float64, device=micro_batches[0][0].device)
+    for i, (xm, ym) in enumerate(micro_batches):
+        with built.accumulating(local=i < len(micro_batches) - 1):
+            with profiler.phase("forward"):
+                loss = built.criterion(built.forward(xm), ym)
+            with profiler.phase("backward"):
+                built.engine.backward(loss)
+        with profiler.phase("optimizer_step"):
+            built.engine.step()  # applies the update at the last micro-batch
+        total += loss.detach().double() * len(xm)
+    return total
 
 
 def _report(

@@ -23,6 +23,7 @@ import threading
 from pathlib import Path
 
 from jobs.profiling import PROFILE_DIR
+from jobs.spec import ProfileSpec
 from jobs.tracking import RunTracker
 from tuning.events import StudyEvent, TrialFinished, TrialResult, TrialStarted
 from tuning.report import plot_history, plot_params, write_table
@@ -42,10 +43,10 @@ class StudyTracker:
         tune: TuneSpec,
         study: str,
         run_name_prefix: str,
-        profiled: bool = False,
+        profile: ProfileSpec | None = None,
     ):
         self.parent = parent
-        self.profiled = profiled  # train.profile is on: trials' checkpoints hold profiles
+        self.profiled = profile is not None  # train.profile: trials' checkpoints hold profiles
         self.tune = tune
         self.study = study
         self.prefix = run_name_prefix

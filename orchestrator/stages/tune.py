@@ -119,9 +119,7 @@ def run_study_pipeline(
     study_dir, state = _open_study(spec, data, tracker, study_dir, state, run_name)
     parent_id = tracker.run_id
     emit(StageStarted("tune", mlflow_run_id=parent_id, study=state.study, resumed=resume))
-    study_tracker = StudyTracker(
-        tracker, spec.tune, state.study, spec.name, profiled=spec.train.profile is not None
-    )
+    study_tracker = StudyTracker(tracker, spec.tune, state.study, spec.name, spec.train.profile)
 
     def track(event: dict) -> None:
         study_tracker(event)
