@@ -124,3 +124,29 @@ def test_a_profile_longer_than_the_data_allows_fails_before_training(ray_session
     err = capsys.readouterr().err
     assert "train.profile.steps" in err and "the run has 44 (2 epochs x 22 steps)" in err
     assert mlflow.get_experiment_by_name("data-long") is None  # nothing was tracked
+
+
+def test_orch_status_shows_a_queued_jobs_step_profile(monkeypatch, capsys):
+    """The queue keeps a job's RunResult as JSON; `orch status` prints its breakdown."""
+    from orchestrator import cli_queue
+    from orchestrator.scheduling.record import JobInfo
+
+    profile = StepProfile(
+        rank=0, steps=5, first_step=3, step_ms=31.2, data_wait_ms=0.3, forward_ms=6.7,
+        backward_ms=15.0, optimizer_step_ms=1.7, communication_ms=7.4, top_ops=[],
+    )  # fmt: skip
+    job = JobInfo(
+        id="job-000007", name="p", pipeline="p", priority=50, demand={"CPU": 2},
+        spec_path="p.yaml", cwd="/", state="succeeded",
+        result={"metrics": {"val_accuracy": 0.97}, "mlflow_run_id": "r1",
+                "profile": [profile.model_dump(mode="json")]},
+    )  # fmt: skip
+
+    class _Queue:  # the queue server's answer, as QueueClient.info returns it
+        def info(self, job_id):
+            return job
+
+    monkeypatch.setattr(cli_queue, "_queue", lambda args: _Queue())
+    assert main(["status", "job-000007"]) == 0
+    out = capsys.readouterr().out
+    assert "step profile (rank 0, steps 3-7): 31.20 ms a step = data wait 0.30, forward 6.70" in out
