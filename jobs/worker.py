@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from jobs.errors import TrainingError
 from jobs.events import Diverged, EpochEnded, TrainingWarning, WorkerStarted
 from jobs.loop_config import DATA_INFO_FILE, MODEL_FILE, STATE_FILE, LoopConfig
-from jobs.models import DataShape, ZooEntry, build_layers, build_network, get_entry
+from jobs.models import MODEL_ZOO, DataShape, ZooEntry, build_layers, build_network, get_entry
 from jobs.plugins import importable
 from jobs.prepared import DataInfo
 from jobs.profiling import StepProfiler
@@ -305,7 +305,7 @@ def autocast_dtype(train: TrainSpec) -> torch.dtype | None:
     return None
 
 
-def _overlapping_reducer(engine, train: TrainSpec, world_size: int):
+def _overlapping_reducer(engine, train: TrainSpec, world_size: int, own_model: bool = False):
     """Plain data parallelism (ZeRO-0, an fp32 engine, no pipeline) all-reduces gradients
     with torch DDP's reducer instead of DeepSpeed's.
 
@@ -333,7 +333,12 @@ def _overlapping_reducer(engine, train: TrainSpec, world_size: int):
         )
     engine.enable_backward_allreduce = False
     return DistributedDataParallel(
-        engine.module, broadcast_buffers=False, gradient_as_bucket_view=True
+        engine.module,
+        broadcast_buffers=False,
+        gradient_as_bucket_view=True,
+        # a user's module may have parameters a forward does not use (DeepSpeed's own
+        # all-reduce took them): DDP then has to look for them, at some cost per step
+        find_unused_parameters=own_model,
     )
 
 
@@ -384,7 +389,8 @@ def _build_engine(runtime: TrainingRuntime, job: LoopConfig, deepspeed) -> _Engi
         train.deepspeed.precision, torch.float32
     )
     plugin = entry if entry.loss is not None or entry.metrics else None
-    reducer = _overlapping_reducer(engine, train, runtime.world_size)
+    own_model = job.model.type not in MODEL_ZOO  # a plugin's: it may leave parameters unused
+    reducer = _overlapping_reducer(engine, train, runtime.world_size, own_model)
     return _Engine(
         engine,
         layout,

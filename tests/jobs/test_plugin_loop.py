@@ -271,3 +271,46 @@ def test_a_model_onnx_cannot_export_serves_in_pytorch_and_says_why(
         assert "served as dynamic-int8 (PyTorch float32: ONNX has no translation for " in shown
     finally:
         serve.shutdown()
+
+
+SPARE_PART = '''\
+from torch import nn
+
+
+class WithSpare(nn.Module):
+    """A user's module with a parameter its forward never uses."""
+
+    def __init__(self, n_features, width, n_outputs):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(n_features, width), nn.ReLU(), nn.Linear(width, n_outputs)
+        )
+        self.spare = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def build(params, shape):
+    return WithSpare(shape.n_features, params.width, shape.n_outputs)
+'''
+
+
+def test_a_module_with_an_unused_parameter_trains_data_parallel_at_zero_0(
+    ray_session, tmp_path, monkeypatch
+):
+    """ZeRO-0 all-reduces with DDP's reducer, which must be told that a user's module may
+    leave parameters out of its forward (DeepSpeed's own all-reduce skipped them)."""
+    (tmp_path / "spare_part.py").write_text(SPARE_PART)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = SPEC.format(
+        name="spare",
+        model="{type: 'spare_part:build', params: {width: 32}}",
+        epochs=8,
+        deepspeed="{zero_stage: 0}",
+        store=f"sqlite:///{tmp_path / 'mlflow.db'}",
+    ).replace("register: {model_name: byo-spare}\n", "")
+    result = Client(show_worker_logs=False).run(write(tmp_path, "spare", text))
+    assert result.status == "succeeded" and result.runner == "ray-train"
+    assert result.metrics["val_accuracy"] >= 0.9, result.metrics
