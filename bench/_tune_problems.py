@@ -1,11 +1,9 @@
 """Trainables of the tuning-efficiency benchmark (``bench/tune_efficiency.py``).
 
 They live in their own module so that Ray Tune's trial actors import them by name, and so
-that importing the benchmark module (listing, rendering) stays free of torch.
+that importing the benchmark module (listing, rendering) stays free of torch. (The digits
+study's trials are the real ones: ``tuning.trial.run_trial``.)
 
-* ``digits_trial``: one full training of the zoo MLP on the prepared digits split, in the
-  trial's own process - the same layers, optimizer, lr schedule, loss, gradient clipping
-  and per-epoch seeded shuffles as ``jobs.worker``, without Ray Train and DeepSpeed.
 * ``hartmann_trial``: the Hartmann-6 function as a trainable whose reported value gets
   less noisy with every epoch.
 * ``noop_trial``: reports once and returns; measures Ray Tune's per-trial overhead.
@@ -16,67 +14,6 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
-
-# --------------------------------------------------------------------------- digits
-
-
-def digits_trial(
-    config: dict,
-    *,
-    sections: dict,
-    tune_spec,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    n_features: int,
-    n_outputs: int,
-    seed: int,
-) -> None:
-    """Tune function trainable: reports ``epoch`` and ``val_accuracy`` after every epoch.
-
-    The same config always gives the same curve: the weights are seeded with the data seed
-    (as the real trainer seeds them) and epoch ``e`` shuffles with ``seed + e``.
-    """
-    import ray.tune
-    import torch
-
-    from bench._small_jobs_peers import plain_accuracy, plain_epoch
-    from jobs.models import DataShape, build_layers
-    from jobs.schedule import build_optimizer, build_scheduler
-    from jobs.spec import ModelSpec, TrainSpec
-    from tuning.space import apply_values, decode
-
-    torch.set_num_threads(1)
-    resolved = apply_values(sections, decode(tune_spec, config))
-    model_spec = ModelSpec.model_validate(resolved["model"])
-    train = TrainSpec.model_validate(resolved["train"])
-
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(
-        *build_layers(model_spec.type, model_spec.params, DataShape(n_features, n_outputs))
-    )
-    steps_per_epoch = max(1, len(x_train) // train.batch_size)
-    optimizer = build_optimizer(train.optimizer, model.parameters())
-    scheduler = build_scheduler(train.scheduler, optimizer, steps_per_epoch, train.epochs)
-    clip = train.deepspeed.gradient_clipping
-
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    xv, yv = torch.from_numpy(x_val), torch.from_numpy(y_val)
-    for epoch in range(1, train.epochs + 1):
-        plain_epoch(
-            model,
-            optimizer,
-            scheduler,
-            xt,
-            yt,
-            train.batch_size,
-            steps_per_epoch,
-            clip,
-            seed + epoch,
-        )
-        ray.tune.report({"epoch": epoch, "val_accuracy": plain_accuracy(model, xv, yv)})
-
 
 # --------------------------------------------------------------------------- Hartmann-6
 
