@@ -20,7 +20,6 @@ The same code runs on CUDA (the profiler then also records the GPU's kernels).
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import shutil
 import tempfile
@@ -57,7 +56,10 @@ class StepProfile(BaseModel):
     forward_ms: float = Field(description="The forward pass and the loss.")
     backward_ms: float = Field(description="The backward pass, communication taken out.")
     optimizer_step_ms: float = Field(description="The optimizer step, communication taken out.")
-    communication_ms: float = Field(description="Collectives on the training thread.")
+    communication_ms: float = Field(
+        description="Exposed communication: a collective running while the phase did nothing "
+        "else (all-reduce overlapped with backward is not counted)."
+    )
     top_ops: list[OpTime] = Field(description="The operators with the most self time.")
 
     @property
@@ -101,11 +103,11 @@ class StepProfiler:
     optimizer step, ``save_into(checkpoint_dir)`` at each checkpoint. Inactive (every call
     a no-op) when the run or this rank is not profiled."""
 
-    def __init__(self, spec, rank: int, device, start_step: int = 0):
+    def __init__(self, spec, rank: int, device):
         self.spec = spec
         self.rank = rank
         self.active = spec is not None and (spec.ranks == "all" or rank == 0)
-        self.step = start_step  # optimizer steps done so far in this process
+        self.step = 0  # optimizer steps done so far in this process
         self._profiler = None
         self._ended = None  # the profiler once its schedule is done, exited at close()
         self._walls: list[float] = []
@@ -272,8 +274,3 @@ def _minus(spans: list[Span], holes: list[Span]) -> list[Span]:
 
 def _length(spans: list[Span]) -> float:
     return sum(end - start for start, end in spans)
-
-
-def read_trace(path: Path) -> dict:
-    """A Chrome trace file as JSON (what the tests and ``orch`` read back)."""
-    return json.loads(path.read_text())

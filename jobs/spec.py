@@ -364,7 +364,7 @@ class TrainSpec(_Section):
         return resources
 
     def check_profile_fits(self, steps_per_epoch: int) -> None:
-        """A profile must end within the run: ``skip + steps`` <= epochs x steps a epoch."""
+        """A profile must end within the run: ``skip + steps`` <= epochs x steps an epoch."""
         total = self.epochs * steps_per_epoch
         if self.profile is not None and self.profile.last_step > total:
             raise ValueError(
