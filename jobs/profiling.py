@@ -51,7 +51,10 @@ class StepProfile(BaseModel):
     rank: int
     steps: int = Field(description="Optimizer steps recorded.")
     first_step: int = Field(description="The run's step number of the first one (1-based).")
-    step_ms: float = Field(description="The measured step: wall time, data wait included.")
+    step_ms: float = Field(
+        description="The measured step: wall time from its first phase (waiting for its "
+        "batch) to the end of its optimizer step."
+    )
     data_wait_ms: float = Field(description="Waiting for the next batch and moving it.")
     forward_ms: float = Field(description="The forward pass and the loss.")
     backward_ms: float = Field(description="The backward pass, communication taken out.")
@@ -111,7 +114,7 @@ class StepProfiler:
         self._profiler = None
         self._ended = None  # the profiler once its schedule is done, exited at close()
         self._walls: list[float] = []
-        self._step_started = time.perf_counter()
+        self._step_started: float | None = None  # when this step's first phase began
         self._out: Path | None = None
         if self.active:
             self._start(device)
@@ -133,13 +136,14 @@ class StepProfiler:
             on_trace_ready=self._ready,
         )
         self._profiler.__enter__()
-        self._step_started = time.perf_counter()
 
     def phase(self, name: str):
         if self._profiler is None:
             return contextlib.nullcontext()
         from torch.profiler import record_function
 
+        if self._step_started is None:  # the step is timed from its first phase
+            self._step_started = time.perf_counter()
         return record_function(f"orch.{name}")
 
     def step_done(self) -> None:
@@ -147,11 +151,15 @@ class StepProfiler:
             return
         now = time.perf_counter()
         recorded = self.spec.skip <= self.step < self.spec.skip + self.spec.steps
-        if recorded:
+        if recorded and self._step_started is not None:
             self._walls.append(now - self._step_started)
         self.step += 1
+        self._step_started = None
         self._profiler.step()  # may call _ready, which ends the profiler
-        self._step_started = time.perf_counter()
+
+    def epoch_done(self) -> None:
+        """The epoch's batches ran out: the last look for one began no step."""
+        self._step_started = None
 
     def close(self) -> None:
         """Exit the profiler (at the end of the loop, whether the steps all ran or not)."""

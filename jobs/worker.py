@@ -530,13 +530,14 @@ def _train_epoch(
                     xs, ys, _ = _rank_slice(batch.x, batch.y, layout, pad=False)
                 xs = xs.to(device=device, dtype=built.dtype)
                 ys = ys.to(device)
+                micro_batches = [
+                    (xs[i * micro : (i + 1) * micro], ys[i * micro : (i + 1) * micro])
+                    for i in range(gas)
+                ]
         if batch is None:
             break
         data_wait += time.perf_counter() - waiting
         taken += len(xs)
-        micro_batches = [
-            (xs[i * micro : (i + 1) * micro], ys[i * micro : (i + 1) * micro]) for i in range(gas)
-        ]
         if layout.stages > 1:  # never profiled (the spec refuses it)
             loss = engine.train_batch(data_iter=iter(micro_batches))
             if layout.is_last_stage:
@@ -547,6 +548,7 @@ def _train_epoch(
             seen += len(xs)
         steps += 1
         profiler.step_done()
+    profiler.epoch_done()
     train_time = time.perf_counter() - started
     sums.add([loss_total.item(), 0, 0, seen])
     loss_sum, _, _, count = sums.reduce()
@@ -584,11 +586,11 @@ def _data_parallel_step(built: _Engine, micro_batches: list, profiler: StepProfi
         with built.accumulating(local=i < len(micro_batches) - 1):
             with profiler.phase("forward"):
                 loss = built.criterion(built.forward(xm), ym)
+                total += loss.detach().double() * len(xm)
             with profiler.phase("backward"):
                 built.engine.backward(loss)
         with profiler.phase("optimizer_step"):
             built.engine.step()  # applies the update at the last micro-batch
-        total += loss.detach().double() * len(xm)
     return total
 
 
