@@ -534,10 +534,9 @@ def ratios(results: dict) -> dict[str, float | None]:
     ddp = reference_ddp(results)
     out: dict[str, float | None] = {}
     for name in GOALS:
-        rate = max(goal_runs(results)) if name == GOAL_VARIANT and goal_runs(results) else None
-        rate = rate or _rate(results["variants"], name)
+        rate = _after_rate(results, name)
         out[name] = rate / ddp if rate and ddp else None
-    fp32 = max(goal_runs(results), default=None)
+    fp32 = _after_rate(results, GOAL_VARIANT)
     bf16 = _rate(results["variants"], "zero0-bf16")
     out["bf16"] = bf16 / fp32 if bf16 and fp32 else None
     return out
