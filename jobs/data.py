@@ -93,7 +93,13 @@ def _partitioning(source: ResolvedSource):
     return pads.partitioning(flavor="hive")
 
 
-def _open(source: ResolvedSource) -> pads.Dataset:
+def open_dataset(source: ResolvedSource) -> pads.Dataset:
+    """The source's files as one pyarrow dataset (partition folders as columns): what the
+    in-memory path and every rank reading its own rows (``jobs.rank_reader``) read.
+
+    Raises:
+        DataError: a file listed when the run started is gone, or cannot be read.
+    """
     fmt = "parquet" if source.format == "parquet" else pads.CsvFileFormat()
     try:
         return pads.dataset(
@@ -103,6 +109,12 @@ def _open(source: ResolvedSource) -> pads.Dataset:
             partitioning=_partitioning(source),
             partition_base_dir=source.partition_base,
         )
+    except FileNotFoundError as exc:
+        raise DataError(
+            "data.source",
+            f"{_line(exc)} is gone (FileNotFoundError); it was listed when the run "
+            "started: put it back and resume the run, or start it again",
+        ) from None
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError("data.source", f"cannot read {source.written[0]}: {_line(exc)}") from None
 
@@ -193,7 +205,7 @@ def probe(spec: DataSpec) -> DataSchema:
         task = _SKLEARN_TASKS[spec.sklearn_set]
     else:
         source = resolve(spec.source)
-        dataset = _open(source)
+        dataset = open_dataset(source)
         schema = dataset.schema
         task = None
         if source.partition_base is not None:
@@ -304,7 +316,7 @@ def _read_table(spec: DataSpec, schema: DataSchema) -> pa.Table:
     if schema.source is None:
         return sklearn_table(spec.sklearn_set).select([*schema.features, schema.label])
     dataset, columns, expression = (
-        _open(schema.source),
+        open_dataset(schema.source),
         [*schema.features, schema.label],
         filter_expression(spec.filter),
     )
@@ -347,6 +359,7 @@ def _depends_on(spec: DataSpec, schema: DataSchema) -> dict:
         "validation_split": spec.validation_split,
         "filter": spec.filter,
         "input_shape": schema.input_shape,
+        "units": "rows per row group",  # what a file source's cached statistics hold
     }
 
 
@@ -418,7 +431,9 @@ def stream(spec: DataSpec, schema: DataSchema | None = None) -> StreamedData:
             schema.source, spec, schema.features, schema.task, schema.input_shape
         )
         store(key, stats)
-    return StreamedData(_info(spec, schema, stats, "streamed"), schema.source, spec, stats.cached)
+    return StreamedData(
+        _info(spec, schema, stats, "streamed"), schema.source, spec, stats.cached, stats.units
+    )
 
 
 def streams(spec: DataSpec, schema: DataSchema) -> bool:
@@ -461,15 +476,8 @@ def load_sample(spec: DataSpec, rows: int = SAMPLE_ROWS) -> PreparedData:
             data.x_train[:rows], data.y_train[:rows], data.x_val[:rows], data.y_val[:rows],
             data.info,
         )  # fmt: skip
-    from jobs.streaming import datasets_of
-
-    splits = datasets_of(data, spec.cpus_per_worker)
-    taken = {
-        name: ds.limit(rows).take_batch(rows, batch_format="numpy") for name, ds in splits.items()
-    }
-    return PreparedData(
-        taken["train"]["x"], taken["train"]["y"], taken["val"]["x"], taken["val"]["y"], data.info
-    )
+    train, val = _first_rows(data, "train", rows), _first_rows(data, "val", rows)
+    return PreparedData(train["x"], train["y"], val["x"], val["y"], data.info)
 
 
 def example_rows(data: TrainingData, n: int) -> np.ndarray:
@@ -477,17 +485,35 @@ def example_rows(data: TrainingData, n: int) -> np.ndarray:
     in memory the split's first rows, streamed the first the validation stream gives."""
     if isinstance(data, PreparedData):
         return data.info.raw_features(data.x_val[:n])
-    from jobs.streaming import datasets_of
+    return data.info.raw_features(_first_rows(data, "val", n)["x"])
 
-    rows = datasets_of(data, data.spec.cpus_per_worker)["val"].take_batch(n, batch_format="numpy")
-    return data.info.raw_features(rows["x"])
+
+def _first_rows(data: StreamedData, split: str, n: int) -> dict[str, np.ndarray]:
+    """The first ``n`` rows of a streamed split, ``{"x", "y"}``: read in this process for
+    files (``jobs.rank_reader``), through Ray Data otherwise."""
+    from jobs.rank_reader import RankRows, reads_by_rank
+
+    if not reads_by_rank(data):
+        from jobs.streaming import datasets_of
+
+        ds = datasets_of(data, data.spec.cpus_per_worker)[split]
+        return ds.limit(n).take_batch(n, batch_format="numpy")
+    xs, ys, held = [], [], 0
+    for block in RankRows(data, split, 0, 1).blocks(None):
+        xs.append(block["x"][: n - held])
+        ys.append(block["y"][: n - held])
+        held += len(ys[-1])
+        if held >= n:
+            break
+    return {"x": np.concatenate(xs), "y": np.concatenate(ys)}
 
 
 class DataSummary(BaseModel):
     """How a run read its data (``RunResult.data``)."""
 
     reading: Literal["in-memory", "streamed"] = Field(
-        description="in-memory: the driver read it; streamed: Ray Data, a shard per rank."
+        description="in-memory: the driver read it; streamed: a shard per rank (files: each "
+        "rank reads its own; image folders and bundled sets: Ray Data)."
     )
     n_train: int = Field(description="Training rows.")
     n_val: int = Field(description="Validation rows.")

@@ -29,8 +29,9 @@ import torch
 
 from jobs.events import Runner, TrainingEvent
 from jobs.prepared import StreamedData, TrainingData
+from jobs.rank_reader import rank_splits, reads_by_rank
 from jobs.runtime import TrainingRuntime
-from jobs.splits import InMemorySplit, ShardSplit
+from jobs.splits import DataIteratorBlocks, InMemorySplit, ShardSplit
 from jobs.worker import STATE_FILE, LoopConfig, train_loop
 
 CHECKPOINT_PREFIX = "checkpoint_"
@@ -138,14 +139,17 @@ class LocalRuntime(TrainingRuntime):
         self.rank, self.world_size = 0, 1
         self.device = _device()
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-        if isinstance(data, StreamedData):  # this process reads the whole stream
+        if isinstance(data, StreamedData) and reads_by_rank(data):  # the one rank reads
+            splits = rank_splits(data, 0, 1)
+            self.train_split, self.val_split = splits["train"], splits["val"]
+        elif isinstance(data, StreamedData):  # Ray Data streams it to this process
             from jobs.streaming import datasets_of
 
             # In a Tune trial, Data's tasks run in the trial's own group (its CPU bundle).
             group = ray.util.get_current_placement_group() if ray.is_initialized() else None
             datasets = datasets_of(data, data.spec.cpus_per_worker, group)
-            self.train_split = ShardSplit(datasets["train"].iterator())
-            self.val_split = ShardSplit(datasets["val"].iterator())
+            self.train_split = ShardSplit(DataIteratorBlocks(datasets["train"].iterator()))
+            self.val_split = ShardSplit(DataIteratorBlocks(datasets["val"].iterator()))
         else:
             self.train_split = InMemorySplit(data.x_train, data.y_train)
             self.val_split = InMemorySplit(data.x_val, data.y_val)

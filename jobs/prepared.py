@@ -8,7 +8,7 @@ that run there (``jobs.worker``, ``jobs.local``, ``jobs.runtime``) import this o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -82,16 +82,20 @@ class PreparedData:
 
 @dataclass
 class StreamedData:
-    """A source that Ray Data streams: what to read and the statistics of one pass.
+    """A streamed source: what to read and the statistics of one pass.
 
     ``source`` is a ``jobs.sources.ResolvedSource`` (None for a bundled set), ``spec``
-    the ``DataSpec``; ``jobs.streaming.datasets_of`` turns them into Ray Datasets in the
-    process that reads (a training worker's driver, a trial's actor)."""
+    the ``DataSpec``. Files are read by each rank itself (``jobs.rank_reader.RankRows``);
+    an image folder or a bundled set through ``jobs.streaming.datasets_of``'s Ray Datasets
+    in the process that reads (a training worker's driver, a trial's actor)."""
 
     info: DataInfo
     source: object
     spec: object
     stats_cached: bool
+    # A file source's units and their rows per split: each rank reads its own
+    # (``jobs.rank_reader``). Empty: Ray Data streams it (an image folder, a bundled set).
+    units: list = field(default_factory=list)
 
 
 TrainingData = PreparedData | StreamedData

@@ -18,7 +18,7 @@ import torch
 
 from jobs.events import Runner, TrainingEvent
 from jobs.prepared import DataInfo
-from jobs.splits import ShardSplit, Split
+from jobs.splits import DataIteratorBlocks, ShardSplit, Split
 
 
 class TrainingRuntime(ABC):
@@ -78,11 +78,11 @@ class RayTrainRuntime(TrainingRuntime):
         self._events = events
         self._run_key = run_key
         self._resume_from = resume_from
-        if splits is None:  # streamed: this rank's shards (None: a later pipeline stage)
+        if splits is None:  # Ray Data: this rank's shards (None: a later pipeline stage)
             splits = {}
             for name in ("train", "val"):
                 shard = ray.train.get_dataset_shard(name)
-                splits[name] = ShardSplit(shard) if shard is not None else None
+                splits[name] = ShardSplit(DataIteratorBlocks(shard)) if shard is not None else None
         self.train_split = splits["train"]
         self.val_split = splits["val"]
 

@@ -72,6 +72,19 @@ class Partial:
     n_val: int
     classes: list = field(default_factory=list)
 
+    @classmethod
+    def empty(cls) -> Partial:
+        return cls(Moments(), Moments(), 0, [])
+
+    def merge(self, other: Partial) -> Partial:
+        """Both blocks' contribution (a file's from its units')."""
+        return Partial(
+            self.features.merge(other.features),
+            self.target.merge(other.target),
+            self.n_val + other.n_val,
+            list(dict.fromkeys([*self.classes, *other.classes])),
+        )
+
 
 def partial(
     table: pa.Table,
@@ -116,6 +129,9 @@ class SourceStats:
     target_mean: float = 0.0
     target_std: float = 1.0
     cached: bool = False
+    # A file source's units ([path, row group, training rows, validation rows]), which
+    # lets each rank find its own rows (``jobs.rank_reader``); empty for other sources.
+    units: list = field(default_factory=list)
 
 
 def merge(partials: Iterable[Partial], task: str) -> SourceStats:

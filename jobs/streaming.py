@@ -77,7 +77,9 @@ class _Rows:
         self.mean = np.asarray(info.feature_mean, dtype=np.float32)
         self.std = np.asarray(info.feature_std, dtype=np.float32)
 
-    def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
+    def __call__(self, table: pa.Table, pick=None) -> dict[str, np.ndarray]:
+        """The split's rows of ``table``; ``pick``: from the indices of those rows, the
+        ones wanted in the order wanted (a rank's slice, shuffled: one gather does both)."""
         info = self.info
         table = _kept(table, self.terms)
         # Every feature converted once, into a column-major matrix (contiguous columns for
@@ -92,16 +94,27 @@ class _Rows:
         keep = validation_mask_of(columns, table.num_rows, self.seed, self.fraction)
         if not self.validation:
             keep = ~keep
-        x = np.ascontiguousarray(full[keep])
+        if pick is None:
+            x = np.ascontiguousarray(full[keep])
+            labels = table.column(info.label).filter(pa.array(keep))
+        else:
+            rows = pick(np.flatnonzero(keep))
+            x = np.ascontiguousarray(full.take(rows, axis=0))
+            labels = table.column(info.label).take(pa.array(rows))
         x -= self.mean
         x /= self.std
-        labels = table.column(info.label).filter(pa.array(keep))
         if info.task == "classification":
             y = encode_labels(labels, info.classes)
         else:
             raw = labels.to_numpy().astype(np.float32)
             y = ((raw - info.target_mean) / info.target_std).astype(np.float32)
         return {"x": x, "y": y}
+
+
+def rows_of(info: DataInfo, spec: DataSpec, validation: bool) -> _Rows:
+    """The function that turns a table of the source into one split's rows as the loop
+    takes them (``{"x", "y"}``), whoever reads the table: Ray Data or a rank."""
+    return _Rows(info, spec, validation)
 
 
 def datasets_of(data, data_cpus: float, placement_group=None) -> dict:
@@ -232,11 +245,21 @@ def _decoded(listing: pa.Table, size: list[int], mode: str, label: str) -> pa.Ta
     return decode_images(paths, classes, size, mode, label)
 
 
+_PARTIAL_KEYS = ("n", "mean", "m2", "t_n", "t_mean", "t_m2", "n_val", "classes")
+# The statistics pass reads a file source in at most this many tasks (files per task grow).
+MAX_STATS_TASKS = 256
+
+
 def _partial_row(table: pa.Table, features, spec: DataSpec, task, input_shape=None) -> dict:
     table = _kept(table, spec.filter)
     part = partial(table, features, spec.label, task, spec.seed, spec.validation_split, input_shape)
+    return _partial_columns(part, math.prod(input_shape) if input_shape else len(features))
+
+
+def _partial_columns(part, width: int) -> dict:
+    """One partial as one row of columns (what Ray Data carries between tasks)."""
     f, t = part.features, part.target
-    zeros = np.zeros(math.prod(input_shape) if input_shape else len(features))
+    zeros = np.zeros(width)
     return {
         "n": np.array([f.n]),
         "mean": np.array([f.mean if f.n else zeros]),
@@ -255,6 +278,43 @@ def json_values(values: list) -> str:
     return json.dumps(values)
 
 
+def _file_partials(
+    files: pa.Table, source: ResolvedSource, features, spec: DataSpec, task, input_shape=None
+):
+    """map_batches' function over a block of file paths: each file's partial statistics
+    (merged over its units) and the rows each of its units holds per split
+    (``jobs.rank_reader``: what lets every rank find its own rows without reading others')."""
+    import json
+
+    from jobs.rank_reader import UnitReader
+    from jobs.stats import Partial
+
+    reader = UnitReader(source, [*features, spec.label])
+    out: dict[str, list] = {k: [] for k in (*_PARTIAL_KEYS, "units")}
+    for path in files.column("path").to_pylist():
+        whole, units = Partial.empty(), []
+        for group in reader.row_groups(path):
+            unit = Partial.empty()
+            for table in reader.tables(path, group):
+                table = _kept(table, spec.filter)
+                unit = unit.merge(
+                    partial(
+                        table, features, spec.label, task, spec.seed, spec.validation_split,
+                        input_shape,
+                    )
+                )  # fmt: skip
+            units.append([path, group, unit.features.n, unit.n_val])
+            whole = whole.merge(unit)
+        width = math.prod(input_shape) if input_shape else len(features)
+        for key, value in _partial_columns(whole, width).items():
+            out[key].append(value[0])
+        out["units"].append(json.dumps(units))
+    return {
+        k: np.array(v, dtype=object) if k in ("classes", "units") else np.array(v)
+        for k, v in out.items()
+    }
+
+
 def scan_statistics(
     source: ResolvedSource,
     spec: DataSpec,
@@ -263,18 +323,37 @@ def scan_statistics(
     input_shape: list[int] | None = None,
 ):
     """One pass of Ray Data tasks over the source; the merged ``SourceStats`` (per element
-    of a tensor feature: ``jobs.data`` pools images per channel)."""
+    of a tensor feature: ``jobs.data`` pools images per channel). A file source is read
+    one task per file, which also counts the rows of each unit (``SourceStats.units``)."""
     import json
+
+    import ray.data
 
     from jobs.stats import Moments
 
-    ds = _base(source, spec, [*features, spec.label]).map_batches(
-        _partial_row,
-        batch_format="pyarrow",
-        batch_size=None,
-        num_cpus=DATA_TASK_CPU,
-        fn_args=(features, spec, task, input_shape),
-    )
+    if source is not None and spec.image_size is None:
+        listing = ray.data.from_items(
+            [{"path": path} for path in source.paths],
+            override_num_blocks=min(len(source.paths), MAX_STATS_TASKS),
+        )
+        listing.context.enable_progress_bars = False
+        listing.context.print_on_execution_start = False
+        ds = listing.map_batches(
+            _file_partials,
+            batch_format="pyarrow",
+            batch_size=None,
+            num_cpus=DATA_TASK_CPU,
+            fn_args=(source, features, spec, task, input_shape),
+        )
+    else:
+        ds = _base(source, spec, [*features, spec.label]).map_batches(
+            _partial_row,
+            batch_format="pyarrow",
+            batch_size=None,
+            num_cpus=DATA_TASK_CPU,
+            fn_args=(features, spec, task, input_shape),
+        )
+    units: list = []
 
     def partials():
         for batch in ds.iter_batches(batch_format="numpy", batch_size=256):
@@ -288,8 +367,12 @@ def scan_statistics(
                     int(batch["n_val"][i]),
                     json.loads(batch["classes"][i]),
                 )
+                if "units" in batch:
+                    units.extend(json.loads(batch["units"][i]))
 
-    return merge(partials(), task)
+    stats = merge(partials(), task)
+    stats.units = sorted(units, key=lambda unit: (unit[0], unit[1] or 0))
+    return stats
 
 
 def data_cpu_share(train, data) -> float:
@@ -300,8 +383,10 @@ def data_cpu_share(train, data) -> float:
     tasks ask (measured: two actors of 0.55 CPU on 2 CPUs starve a 0.25-CPU read; of 0.5
     CPU they do not). At most half of each worker's CPU.
     """
-    if getattr(data.info, "reading", "in-memory") != "streamed":
-        return 0.0
+    from jobs.rank_reader import reads_by_rank
+
+    if getattr(data.info, "reading", "in-memory") != "streamed" or reads_by_rank(data):
+        return 0.0  # in memory, or files each rank reads in its own process
     cpu = train.resources_per_worker.get("CPU", 1.0)
     return min(max(data.spec.cpus_per_worker, 1 / train.workers), cpu / 2)
 

@@ -293,6 +293,7 @@ def _fit_ray_train(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
     from jobs.local import latest_checkpoint_in
+    from jobs.rank_reader import reads_by_rank
     from jobs.ray_internals import in_memory_data_trainer
     from jobs.streaming import worker_resources
     from jobs.worker import train_loop_per_worker
@@ -300,14 +301,15 @@ def _fit_ray_train(
     train = job.train
     for name, value in RAY_TRAIN_SETTINGS.items():  # a value the user set wins
         os.environ.setdefault(name, value)
-    streamed = isinstance(data, StreamedData)
+    by_ray_data = isinstance(data, StreamedData) and not reads_by_rank(data)
     resume_from = latest_checkpoint_in(Path(storage_path) / run_name)
     trainer = in_memory_data_trainer()(
         train_loop_per_worker,
         train_loop_config={
             "job": job,
-            # in memory: through the object store, no Ray Data pipeline to start
-            "data": None if streamed else ray.put(data),
+            # in memory, or files each rank reads: through the object store, no Ray Data
+            # pipeline to start
+            "data": None if by_ray_data else ray.put(data),
             "events": hub,
             "run_key": run_key,
             # a checkpoint the other runner wrote under this run's name (Ray Train resumes
@@ -351,13 +353,15 @@ def _fit_ray_train(
 
 
 def _streamed_datasets(train: TrainSpec, data: TrainingData) -> dict:
-    """TorchTrainer's ``datasets`` and ``dataset_config``: for streamed data a shard per
-    data-parallel rank, read by Ray Data tasks within the CPU the workers leave them."""
+    """TorchTrainer's ``datasets`` and ``dataset_config``: for data Ray Data streams (an
+    image folder, a bundled set) a shard per data-parallel rank, read by Ray Data tasks
+    within the CPU the workers leave them; none for files, which each rank reads itself."""
     from ray.train import DataConfig
 
+    from jobs.rank_reader import reads_by_rank
     from jobs.streaming import data_cpu_share, datasets_of, rank_shards_config
 
-    if not isinstance(data, StreamedData):
+    if not isinstance(data, StreamedData) or reads_by_rank(data):
         return {"datasets": None, "dataset_config": DataConfig()}
     data_cpus = data_cpu_share(train, data) * train.workers
     return {

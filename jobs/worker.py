@@ -630,12 +630,16 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point.
 
     ``config``: ``job`` (LoopConfig), ``data`` (an object-store ref to the PreparedData for
-    small splits, None when Ray Data streams them), ``events`` (the driver's EventHub),
+    small splits or to the StreamedData of files each rank reads; None when Ray Data
+    streams them), ``events`` (the driver's EventHub),
     ``run_key``, ``resume_from`` (a checkpoint directory to start from when Ray Train has
     none of its own, e.g. one the local runner wrote).
     """
     import ray
+    import ray.train
 
+    from jobs.prepared import PreparedData
+    from jobs.rank_reader import rank_splits
     from jobs.runtime import RayTrainRuntime
     from jobs.splits import InMemorySplit
 
@@ -643,10 +647,14 @@ def train_loop_per_worker(config: dict) -> None:
     splits = None
     if config["data"] is not None:
         data = ray.get(config["data"])
-        splits = {
-            "train": InMemorySplit(data.x_train, data.y_train),
-            "val": InMemorySplit(data.x_val, data.y_val),
-        }
+        if isinstance(data, PreparedData):
+            splits = {
+                "train": InMemorySplit(data.x_train, data.y_train),
+                "val": InMemorySplit(data.x_val, data.y_val),
+            }
+        else:
+            rank = ray.train.get_context().get_world_rank()
+            splits = rank_splits(data, rank, job.train.data_parallel_degree)
     runtime = RayTrainRuntime(
         splits, job.info, config["events"], config["run_key"], config["resume_from"]
     )  # splits None: this rank's shards of the streamed datasets

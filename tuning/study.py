@@ -118,9 +118,9 @@ def trial_trains(tune: TuneSpec, sections: dict) -> list[TrainSpec]:
 
 def trial_demand(tune: TuneSpec, sections: dict) -> dict[str, float]:
     """The most any trial of the space asks of the cluster (workers x resources). A
-    local-runner trial on data that may stream holds at least ``LIST_FILES_CPU``
+    local-runner trial on data Ray Data may stream holds at least ``LIST_FILES_CPU``
     (``TrialResources``): whether it streams is known only once the source is read."""
-    may_stream = (sections.get("data") or {}).get("streaming", "auto") is not False
+    may_stream = may_stream_through_ray_data(sections.get("data") or {})
     demand: dict[str, float] = {}
     for train in trial_trains(tune, sections):
         for name, amount in train.resources_per_worker.items():
@@ -129,6 +129,17 @@ def trial_demand(tune: TuneSpec, sections: dict) -> dict[str, float]:
                 total = max(total, LIST_FILES_CPU)
             demand[name] = max(demand.get(name, 0.0), total)
     return demand
+
+
+def may_stream_through_ray_data(data: dict) -> bool:
+    """Whether a ``data`` section may be streamed by Ray Data's tasks (which need CPU of
+    their own): an image folder unless ``streaming: false``, a bundled set with
+    ``streaming: true``. Files streamed are read by the ranks themselves
+    (``jobs.rank_reader``), in the CPU they hold."""
+    streaming = data.get("streaming", "auto")
+    if data.get("image_size") is not None:
+        return streaming is not False
+    return str(data.get("source", "")).startswith("sklearn://") and streaming is True
 
 
 def trial_runner(sections: dict, values: dict) -> str | None:
@@ -173,8 +184,13 @@ class TrialResources:
 
 
 def _data_cpus(data: TrainingData) -> float:
-    """CPU per trial for a streamed source's Ray Data tasks (``data.cpus_per_worker``)."""
-    return data.spec.cpus_per_worker if data.info.reading == "streamed" else 0.0
+    """CPU per trial for the Ray Data tasks of a source Ray Data streams
+    (``data.cpus_per_worker``)."""
+    from jobs.rank_reader import reads_by_rank
+
+    if data.info.reading != "streamed" or reads_by_rank(data):
+        return 0.0  # in memory, or files the trial reads in its own process
+    return data.spec.cpus_per_worker
 
 
 def concurrency_cap(demand: dict[str, float], cluster: dict[str, float]) -> int:

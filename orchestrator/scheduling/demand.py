@@ -167,7 +167,7 @@ def _tuning(spec: PipelineSpec, cluster_total: dict[str, float]) -> Demand:
     sections = spec.model_dump(mode="json", include={"data", "model", "train"})
     trains = trial_trains(spec.tune, sections)
     per_trial, bundle, workers = _largest(trains)
-    # a local trial on data that may stream holds a whole CPU for Ray Data's listing
+    # a local trial on data Ray Data may stream holds a whole CPU for Data's listing
     per_trial = _merge_max(per_trial, trial_demand(spec.tune, sections))
     # at least one: a job whose one trial cannot fit is refused by never_fits
     concurrent = max(1, trials_at_once(spec.tune, per_trial, cluster_total))

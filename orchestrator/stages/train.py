@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from jobs.data import DataSummary, TrainingData, example_rows
-from jobs.errors import TrainingError
+from jobs.errors import DataError, TrainingError
 from jobs.profiling import PROFILE_DIR
 from orchestrator.address import RayAddress
 from orchestrator.events import StageStarted
@@ -90,7 +90,11 @@ def run_training(
         except ConnectionError as exc:
             raise JobFailedError(f"{spec.name}: trained, but {exc}") from None
         emit(StageStarted("log_model"))
-        example = example_rows(data, 5)
+        try:
+            example = example_rows(data, 5)
+        except DataError as exc:  # a streamed file gone after training read it
+            flush_quietly(tracker)
+            raise JobFailedError(f"{spec.name}: trained, but {exc} (MLflow run {run_id})") from None
         model_uri = tracker.log_model(result.model, data.info, example)
         tracker.set_tags({"orch.model_uri": model_uri, "orch.checkpoint": result.checkpoint_path})
         if result.profile_dir is not None:  # train.profile: trace, operator table, breakdown

@@ -129,10 +129,10 @@ def test_a_run_spreads_over_nodes_survives_losing_one_and_serves_there(cluster, 
 
 
 def test_a_streamed_run_on_the_cluster_gives_each_rank_its_shard(cluster, tmp_path):
-    """A Parquet folder streamed to 2 data-parallel workers on the multi-node cluster (Ray
-    Data's tasks on whichever nodes have CPU): each rank trains on about half of the
-    training rows per epoch, so no rank reads the whole source. Holds on 3 nodes or on the
-    2 that the node-loss test leaves."""
+    """A Parquet folder streamed to 2 data-parallel workers on the multi-node cluster (the
+    statistics pass in Ray Data's tasks, then each rank reads its own rows on its own
+    node): each rank trains on about half of the training rows per epoch, so no rank
+    reads the whole source. Holds on 3 nodes or on the 2 that the node-loss test leaves."""
     from tests.jobs.test_streaming import write_parts
 
     home, _ = cluster

@@ -89,13 +89,25 @@ def test_data_and_tracking_cannot_be_searched(tmp_path):
         load_spec(path)
 
 
-@pytest.mark.parametrize(("streaming", "cpu"), [("auto", 1.0), ("true", 1.0), ("false", 0.5)])
-def test_a_local_trial_that_may_stream_is_charged_a_whole_cpu(tmp_path, streaming, cpu):
+@pytest.mark.parametrize(
+    ("source", "streaming", "cpu"),
+    [
+        ("sklearn://digits", "auto", 0.5),  # auto never streams a bundled set
+        ("sklearn://digits", "true", 1.0),
+        ("sklearn://digits", "false", 0.5),
+        ("s3://bucket/rows/", "true", 0.5),  # files: the trial reads them itself
+        ("/data/rows.parquet", "auto", 0.5),
+    ],
+)
+def test_a_local_trial_that_ray_data_may_stream_is_charged_a_whole_cpu(
+    tmp_path, source, streaming, cpu
+):
     """Ray Data lists a read's files in a task of one whole CPU, inside the trial's group:
-    a 0.5-CPU local trial on data that may stream holds 1 CPU, and is counted so."""
+    a 0.5-CPU local trial on data Ray Data may stream holds 1 CPU, and is counted so.
+    Files are read by the trial itself, in its own CPU."""
     path = tmp_path / "pipeline.yaml"
     path.write_text(
-        f"name: tuned\ndata: {{source: sklearn://digits, streaming: {streaming}}}\n"
+        f"name: tuned\ndata: {{source: '{source}', streaming: {streaming}}}\n"
         "model: {type: mlp}\ntrain: {epochs: 2, resources_per_worker: {CPU: 0.5}}\n"
         "tune:\n  space: {train.optimizer.lr: {loguniform: [0.001, 0.01]}}\n"
     )
