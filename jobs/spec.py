@@ -71,8 +71,9 @@ class DataSpec(_Section):
         0.25,
         gt=0,
         le=4,
-        description="Streaming: CPU of each training worker's share given to reading and "
-        "decoding its data (Ray Data tasks); the worker keeps the rest.",
+        description="Streaming through Ray Data (image folders, bundled sets): CPU of each "
+        "training worker's share given to Ray Data's reading and decoding tasks; the worker "
+        "keeps the rest. Streamed files are read in the worker's own CPU.",
     )
     input_shape: list[int] | None = Field(
         None,

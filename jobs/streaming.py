@@ -1,12 +1,14 @@
-"""The streamed path: a source read by Ray Data tasks, block by block, never whole.
+"""Ray Data on the streamed path: the statistics pass, and the sources Ray Data streams.
 
-``datasets`` builds (lazily: nothing is read until a worker iterates) the training and
-validation datasets of a ``StreamedData``: Parquet or CSV through ``read_parquet`` /
-``read_csv`` with only the label and feature columns, hive partition folders as columns,
-``data.filter`` pushed into the scan, then one ``map_batches`` that keeps one split's rows
-(``jobs.rows``: a hash of each row, no order needed) as float32 features, standardised,
-and encoded labels. ``scan_statistics`` is the one distributed pass that computes what
-``DataInfo`` needs (``jobs.stats``).
+- ``scan_statistics`` is the one distributed pass that computes what ``DataInfo`` needs
+  (``jobs.stats``): a file source one task per file (``_file_partials``), which also
+  counts every unit's rows per split for the ranks that read files themselves
+  (``jobs.rank_reader``); an image folder or a bundled set block by block.
+- ``datasets`` builds (lazily: nothing is read until a worker iterates) the training and
+  validation datasets of an image folder or a bundled set (and, for the data bench's
+  comparison, of files through ``read_parquet`` / ``read_csv``): one ``map_batches``
+  that keeps one split's rows (``rows_of``: a hash of each row, no order needed) as
+  float32 features, standardised, and encoded labels.
 
 CPU: Ray Data's tasks need CPU while the training workers hold theirs (with every CPU
 held by Train a streamed read waits forever: ray-project/ray #41603). Each task here asks
