@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DS_ACCELERATOR ?= $(shell $(PY) -c "import shutil;print('' if shutil.which('nvidia-smi') else 'cpu')")
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test lint audit bench clean
+.PHONY: install demo test lint audit bench docs clean
 
 $(STAMP): pyproject.toml examples/plugin/pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -41,6 +41,11 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The documentation site (docs/, mkdocs.yml) into site/; strict: a broken link or reference
+# fails. make test builds it too (tests/test_docs.py), with its reference checked.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf .orch

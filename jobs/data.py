@@ -34,7 +34,7 @@ from jobs.bundled import sklearn_table
 from jobs.errors import DataError
 from jobs.prepared import DataInfo, PreparedData, StreamedData, TrainingData
 from jobs.rows import class_order, encode_labels, feature_matrix, validation_mask
-from jobs.sources import ResolvedSource, filter_expression, resolve
+from jobs.sources import ResolvedSource, filter_expression, open_dataset, resolve
 from jobs.spec import DataSpec
 from jobs.stats import Moments, Partial, cache_key, cached, merge, store
 from jobs.tensors import (
@@ -85,38 +85,6 @@ class DataSchema:
         if self.input_shape is None:
             return self.features
         return flat_names(self.features[0], self.input_shape)
-
-
-def _partitioning(source: ResolvedSource):
-    if source.partition_base is None:
-        return None
-    return pads.partitioning(flavor="hive")
-
-
-def open_dataset(source: ResolvedSource) -> pads.Dataset:
-    """The source's files as one pyarrow dataset (partition folders as columns): what the
-    in-memory path and every rank reading its own rows (``jobs.rank_reader``) read.
-
-    Raises:
-        DataError: a file listed when the run started is gone, or cannot be read.
-    """
-    fmt = "parquet" if source.format == "parquet" else pads.CsvFileFormat()
-    try:
-        return pads.dataset(
-            source.paths,
-            filesystem=source.filesystem,
-            format=fmt,
-            partitioning=_partitioning(source),
-            partition_base_dir=source.partition_base,
-        )
-    except FileNotFoundError as exc:
-        raise DataError(
-            "data.source",
-            f"{_line(exc)} is gone (FileNotFoundError); it was listed when the run "
-            "started: put it back and resume the run, or start it again",
-        ) from None
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError("data.source", f"cannot read {source.written[0]}: {_line(exc)}") from None
 
 
 def _line(exc: BaseException) -> str:

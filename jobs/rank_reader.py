@@ -91,7 +91,7 @@ class UnitReader:
 
     @cached_property
     def _dataset(self):
-        from jobs.data import open_dataset
+        from jobs.sources import open_dataset
 
         return open_dataset(self.source)
 
@@ -119,17 +119,17 @@ class UnitReader:
 
 class RankRows:
     """One split's rows that one data-parallel rank reads, as blocks ``{"x", "y"}`` of
-    float32 standardised features and encoded labels (``jobs.streaming.rows_of``)."""
+    float32 standardised features and encoded labels (``jobs.rows.SplitRows``)."""
 
     shuffled = True  # blocks(seed) permutes rows itself (jobs.splits.ShardSplit)
 
     def __init__(self, data, split: str, rank: int, ranks: int):
-        from jobs.streaming import rows_of
+        from jobs.rows import SplitRows
 
         self.pieces = pieces_of(units_of(data.units), split, rank, ranks)
         self.rows = sum(p.hi - p.lo for p in self.pieces)
         self._reader = UnitReader(data.source, [*data.info.feature_columns, data.info.label])
-        self._map = rows_of(data.info, data.spec, validation=split == "val")
+        self._map = SplitRows(data.info, data.spec, validation=split == "val")
 
     def blocks(self, seed: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """The rank's rows: pieces in an order seeded by ``seed`` (listing order for None)."""

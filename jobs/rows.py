@@ -133,3 +133,56 @@ def feature_matrix(
     for j, name in enumerate(features):
         out[:, j] = feature_column(table, name)[rows]
     return out
+
+
+def kept_rows(table: pa.Table, terms: list | None) -> pa.Table:
+    """The rows of ``table`` that ``data.filter``'s terms keep (all of it without terms)."""
+    from jobs.sources import filter_expression
+
+    expression = filter_expression(terms)
+    return table if expression is None else table.filter(expression)
+
+
+class SplitRows:
+    """One split's rows of a table as the loop takes them (``{"x", "y"}``: float32
+    standardised features, encoded labels), whoever read the table: a Ray Data task
+    (``jobs.streaming``) or a rank (``jobs.rank_reader``)."""
+
+    def __init__(self, info, spec, validation: bool):
+        self.info, self.validation = info, validation
+        self.seed, self.fraction, self.terms = spec.seed, spec.validation_split, spec.filter
+        self.mean = np.asarray(info.feature_mean, dtype=np.float32)
+        self.std = np.asarray(info.feature_std, dtype=np.float32)
+
+    def __call__(self, table: pa.Table, pick=None) -> dict[str, np.ndarray]:
+        """The split's rows of ``table``; ``pick``: from the indices of those rows, the
+        ones wanted in the order wanted (a rank's slice, shuffled: one gather does both)."""
+        info = self.info
+        table = kept_rows(table, self.terms)
+        # Every feature converted once, into a column-major matrix (contiguous columns for
+        # the split's hash), then the kept rows standardised in place.
+        if info.input_shape is not None:  # a tensor column, flattened row by row
+            full = tensor_matrix(table, info.feature_columns[0], info.input_shape)
+        else:
+            full = np.empty((table.num_rows, info.n_features), dtype=np.float32, order="F")
+            for j, name in enumerate(info.feature_names):
+                full[:, j] = feature_column(table, name)
+        columns = (full[:, j] for j in range(info.n_features))
+        keep = validation_mask_of(columns, table.num_rows, self.seed, self.fraction)
+        if not self.validation:
+            keep = ~keep
+        if pick is None:
+            x = np.ascontiguousarray(full[keep])
+            labels = table.column(info.label).filter(pa.array(keep))
+        else:
+            rows = pick(np.flatnonzero(keep))
+            x = np.ascontiguousarray(full.take(rows, axis=0))
+            labels = table.column(info.label).take(pa.array(rows))
+        x -= self.mean
+        x /= self.std
+        if info.task == "classification":
+            y = encode_labels(labels, info.classes)
+        else:
+            raw = labels.to_numpy().astype(np.float32)
+            y = ((raw - info.target_mean) / info.target_std).astype(np.float32)
+        return {"x": x, "y": y}

@@ -24,6 +24,7 @@ from pathlib import PurePosixPath
 from urllib.parse import urlparse
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from jobs.errors import DataError
@@ -225,3 +226,35 @@ def filter_expression(terms: list | None):
         return pq.filters_to_expression([tuple(term) for term in terms])
     except (TypeError, ValueError, pa.ArrowInvalid) as exc:
         raise DataError("data.filter", f"{_short(exc)}; write [column, op, value] terms") from None
+
+
+def _partitioning(source: ResolvedSource):
+    if source.partition_base is None:
+        return None
+    return pads.partitioning(flavor="hive")
+
+
+def open_dataset(source: ResolvedSource) -> pads.Dataset:
+    """The source's files as one pyarrow dataset (partition folders as columns): what the
+    in-memory path and every rank reading its own rows (``jobs.rank_reader``) read.
+
+    Raises:
+        DataError: a file listed when the run started is gone, or cannot be read.
+    """
+    fmt = "parquet" if source.format == "parquet" else pads.CsvFileFormat()
+    try:
+        return pads.dataset(
+            source.paths,
+            filesystem=source.filesystem,
+            format=fmt,
+            partitioning=_partitioning(source),
+            partition_base_dir=source.partition_base,
+        )
+    except FileNotFoundError as exc:
+        raise DataError(
+            "data.source",
+            f"{_short(exc)} is gone (FileNotFoundError); it was listed when the run "
+            "started: put it back and resume the run, or start it again",
+        ) from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError("data.source", f"cannot read {source.written[0]}: {_short(exc)}") from None

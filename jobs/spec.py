@@ -60,9 +60,10 @@ class DataSpec(_Section):
     )
     streaming: Literal["auto"] | bool = Field(
         "auto",
-        description="true: Ray Data streams the source to the workers, each data-parallel "
-        "rank reading its own shard. false: the driver reads it into memory. auto: stream "
-        "sources on object storage and sources larger than stream_above_mb.",
+        description="true: stream the source, each data-parallel rank reading only its own "
+        "share (files: the rank reads its row groups itself; image folders and bundled sets: "
+        "through Ray Data). false: the driver reads it into memory. auto: stream sources on "
+        "object storage and sources larger than stream_above_mb.",
     )
     stream_above_mb: float = Field(
         256, ge=0, description="streaming auto: stream local sources larger than this (MiB)."

@@ -7,7 +7,7 @@
 - ``datasets`` builds (lazily: nothing is read until a worker iterates) the training and
   validation datasets of an image folder or a bundled set (and, for the data bench's
   comparison, of files through ``read_parquet`` / ``read_csv``): one ``map_batches``
-  that keeps one split's rows (``rows_of``: a hash of each row, no order needed) as
+  that keeps one split's rows (``jobs.rows.SplitRows``: a hash of each row, no order needed) as
   float32 features, standardised, and encoded labels.
 
 CPU: Ray Data's tasks need CPU while the training workers hold theirs (with every CPU
@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.prepared import DataInfo
-from jobs.rows import encode_labels, feature_column, tensor_matrix, validation_mask_of
-from jobs.sources import ResolvedSource, filter_expression
+from jobs.rows import SplitRows, kept_rows
+from jobs.sources import ResolvedSource
 from jobs.spec import DataSpec
 from jobs.stats import Partial, merge, partial
 
@@ -46,7 +46,7 @@ def _partitioning(source: ResolvedSource):
 
 def read(source: ResolvedSource, spec: DataSpec, columns: list[str]):
     """The source's rows (only ``columns``, and those ``data.filter`` reads), as a lazy
-    Ray Dataset. The filter itself is applied by the map functions (``_kept``)."""
+    Ray Dataset. The filter itself is applied by the map functions (``jobs.rows.kept_rows``)."""
     import ray.data
 
     common = {
@@ -63,60 +63,6 @@ def read(source: ResolvedSource, spec: DataSpec, columns: list[str]):
     ds.context.enable_progress_bars = False
     ds.context.print_on_execution_start = False
     return ds
-
-
-def _kept(table: pa.Table, terms: list | None) -> pa.Table:
-    expression = filter_expression(terms)
-    return table if expression is None else table.filter(expression)
-
-
-class _Rows:
-    """map_batches' function: one split's rows as the loop takes them."""
-
-    def __init__(self, info: DataInfo, spec: DataSpec, validation: bool):
-        self.info, self.validation = info, validation
-        self.seed, self.fraction, self.terms = spec.seed, spec.validation_split, spec.filter
-        self.mean = np.asarray(info.feature_mean, dtype=np.float32)
-        self.std = np.asarray(info.feature_std, dtype=np.float32)
-
-    def __call__(self, table: pa.Table, pick=None) -> dict[str, np.ndarray]:
-        """The split's rows of ``table``; ``pick``: from the indices of those rows, the
-        ones wanted in the order wanted (a rank's slice, shuffled: one gather does both)."""
-        info = self.info
-        table = _kept(table, self.terms)
-        # Every feature converted once, into a column-major matrix (contiguous columns for
-        # the split's hash), then the kept rows standardised in place.
-        if info.input_shape is not None:  # a tensor column, flattened row by row
-            full = tensor_matrix(table, info.feature_columns[0], info.input_shape)
-        else:
-            full = np.empty((table.num_rows, info.n_features), dtype=np.float32, order="F")
-            for j, name in enumerate(info.feature_names):
-                full[:, j] = feature_column(table, name)
-        columns = (full[:, j] for j in range(info.n_features))
-        keep = validation_mask_of(columns, table.num_rows, self.seed, self.fraction)
-        if not self.validation:
-            keep = ~keep
-        if pick is None:
-            x = np.ascontiguousarray(full[keep])
-            labels = table.column(info.label).filter(pa.array(keep))
-        else:
-            rows = pick(np.flatnonzero(keep))
-            x = np.ascontiguousarray(full.take(rows, axis=0))
-            labels = table.column(info.label).take(pa.array(rows))
-        x -= self.mean
-        x /= self.std
-        if info.task == "classification":
-            y = encode_labels(labels, info.classes)
-        else:
-            raw = labels.to_numpy().astype(np.float32)
-            y = ((raw - info.target_mean) / info.target_std).astype(np.float32)
-        return {"x": x, "y": y}
-
-
-def rows_of(info: DataInfo, spec: DataSpec, validation: bool) -> _Rows:
-    """The function that turns a table of the source into one split's rows as the loop
-    takes them (``{"x", "y"}``), whoever reads the table: Ray Data or a rank."""
-    return _Rows(info, spec, validation)
 
 
 def datasets_of(data, data_cpus: float, placement_group=None) -> dict:
@@ -142,7 +88,7 @@ def datasets(
     with within_placement_group(placement_group):
         for name, validation in (("train", False), ("val", True)):
             ds = _base(source, spec, columns).map_batches(
-                _Rows(info, spec, validation),
+                SplitRows(info, spec, validation),
                 batch_format="pyarrow",
                 batch_size=None,
                 num_cpus=DATA_TASK_CPU,
@@ -253,7 +199,7 @@ MAX_STATS_TASKS = 256
 
 
 def _partial_row(table: pa.Table, features, spec: DataSpec, task, input_shape=None) -> dict:
-    table = _kept(table, spec.filter)
+    table = kept_rows(table, spec.filter)
     part = partial(table, features, spec.label, task, spec.seed, spec.validation_split, input_shape)
     return _partial_columns(part, math.prod(input_shape) if input_shape else len(features))
 
@@ -298,7 +244,7 @@ def _file_partials(
         for group in reader.row_groups(path):
             unit = Partial.empty()
             for table in reader.tables(path, group):
-                table = _kept(table, spec.filter)
+                table = kept_rows(table, spec.filter)
                 unit = unit.merge(
                     partial(
                         table, features, spec.label, task, spec.seed, spec.validation_split,

