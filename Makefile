@@ -27,6 +27,8 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	# the import contracts in pyproject.toml ([tool.importlinter])
+	$(BIN)/lint-imports --no-cache
 	# security lint, medium severity and up; an accepted finding says why inline (# nosec)
 	$(BIN)/bandit -q -ll -r orchestrator jobs serve tuning cluster
 

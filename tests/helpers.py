@@ -219,3 +219,18 @@ def spec_text(name: str, source: str, **sections) -> str:
         **sections,
     }
     return yaml.safe_dump(doc)
+
+
+PACKAGES = ("orchestrator", "jobs", "tuning", "serve", "cluster")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def our_modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of our packages."""
+    modules = {}
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            modules[name] = path
+    return modules

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 
-from tests.test_import_graph import our_modules
+from tests.helpers import our_modules
 
 LIMIT = 80
 

@@ -10,7 +10,7 @@ import ast
 import mlflow
 
 from jobs.mlflow_fluent import fluent_calls
-from tests.test_import_graph import our_modules
+from tests.helpers import our_modules
 
 SETTERS = {"set_tracking_uri", "set_registry_uri"}
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ast
 
-from tests.test_import_graph import our_modules
+from tests.helpers import our_modules
 
 LIBRARIES = ("ray", "mlflow")
 ADAPTERS = {"jobs.ray_internals": "ray", "serve.mlflow_internals": "mlflow"}
