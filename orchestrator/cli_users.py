@@ -1,8 +1,7 @@
-"""``orch users | teams | audit``: an admin's commands on the head, next to the queue's file.
-
-They open ``queue.db`` directly (like ``orch server``), so they work whether or not the
-server runs; every change goes into the audit trail as the operating-system user who ran
-it. A user mistake (unknown team, bad name, the last admin) is one line and exit 2.
+"""``orch users | teams | audit``: an admin's commands on the head, parsed and printed here,
+done by the SDK (``orchestrator.admin.QueueAdmin``, ``Client.admin``): on the queue's file,
+whether or not the server runs, each change audited. A user mistake (unknown team, bad
+name, the last admin) is one line and exit 2.
 """
 
 from __future__ import annotations
@@ -10,8 +9,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 
 def add_command(sub) -> None:
@@ -99,115 +96,61 @@ def _common(parser):
     return parser
 
 
-def _store(args):
-    from orchestrator.queue_client import queue_dir
-    from orchestrator.scheduling.store import JobStore
+def _admin(args):
+    from orchestrator.client import Client
 
-    return JobStore(Path(args.state_dir or queue_dir()) / "queue.db")
-
-
-def _operator() -> str:
-    """The audit row's user: the OS account running the command (never $USER or $LOGNAME,
-    which the caller sets at will, as ``getpass.getuser`` reads them first)."""
-    from orchestrator.home import os_user
-
-    return f"cli:{os_user()}"
-
-
-@contextmanager
-def _changing(args, kind: str):
-    """The queue's store for a users/teams command; a refused change is audited, then
-    reported as one line (exit 2)."""
-    from orchestrator.exceptions import SpecError
-    from orchestrator.scheduling.identity import IdentityError
-
-    store = _store(args)
-    try:
-        yield store
-    except IdentityError as exc:
-        _audit(store, f"{kind}.{args.action}", getattr(args, "name", "-"), f"refused: {exc}")
-        raise SpecError(str(exc)) from None
-    finally:
-        store.close()
+    return Client().admin(args.state_dir)
 
 
 def cmd_users(args) -> int:
-    with _changing(args, "users") as store:
-        if args.action == "list":
-            return _print(args, [u.model_dump() for u in store.identities.users()], _user_line)
-        if args.action == "add":
-            from orchestrator.scheduling import mlflow_accounts
-
-            accounts = mlflow_accounts.accounts_for_new_user(args.name)  # checked first
-            first = not store.identities.enforced()
-            made = store.identities.add_user(args.name, args.team, args.role)
-            _audit(store, "users.add", args.name, f"role {args.role}, team {args.team}")
-            account = accounts.create(args.name, made.token) if accounts else None
-            if not args.json:
-                print(f"user {args.name} ({args.role}, team {args.team}); token, shown once:")
-                print(made.token)
-                if first:
-                    print("users are now required: every queue call needs a user's token")
-            else:
-                _print(args, made.model_dump() | _account_json(account), _user_line)
-            return _account_outcome(store, args, account)
-        if args.action == "set":
-            limits = _limits(args)
-            quota = store.identities.set_user_quota(args.name, store.last_cluster(), **limits)
-            _audit(store, "users.set", args.name, json.dumps(limits))
-            if args.json:
-                return _print(args, {"name": args.name, "quota": quota.model_dump()}, str)
-            print(f"{args.name}  quota: {_limits_line(quota.model_dump())}")
-            return 0
-        revoked = store.identities.revoke(args.name)
-        _audit(store, "users.revoke", args.name)
-        from orchestrator.scheduling import mlflow_accounts
-
-        account = mlflow_accounts.close_account(args.name)  # the revocation stands regardless
-        _print(args, revoked.model_dump() | _account_json(account), _user_line)
-        return _account_outcome(store, args, account)
+    admin = _admin(args)
+    if args.action == "list":
+        return _print(args, [u.model_dump() for u in admin.users()], _user_line)
+    if args.action == "set":
+        limits = _limits(args)
+        quota = admin.set_user_quota(args.name, **limits)
+        if args.json:
+            return _print(args, {"name": args.name, "quota": quota.model_dump()}, str)
+        print(f"{args.name}  quota: {_limits_line(quota.model_dump())}")
+        return 0
+    if args.action == "add":
+        added = admin.add_user(args.name, args.team, args.role)
+        made = added.user
+        if not args.json:
+            print(f"user {args.name} ({args.role}, team {args.team}); token, shown once:")
+            print(made.token)
+            if added.first:
+                print("users are now required: every queue call needs a user's token")
+        else:
+            _print(args, made.model_dump() | _account_json(added.mlflow_account), _user_line)
+        return _account_outcome(args, added.mlflow_account)
+    revoked = admin.revoke_user(args.name)
+    _print(args, revoked.user.model_dump() | _account_json(revoked.mlflow_account), _user_line)
+    return _account_outcome(args, revoked.mlflow_account)
 
 
 def cmd_teams(args) -> int:
-    with _changing(args, "teams") as store:
-        if args.action == "list":
-            teams = [t.model_dump() for t in store.identities.teams()]
-            return _print(args, teams, _team_line)
-        if args.action == "set":
-            limits = _limits(args)
-            team = store.identities.set_quota(args.name, store.last_cluster(), **limits)
-            if args.roots is not None:
-                roots = [r for r in args.roots.split(",") if r]
-                team = store.identities.set_roots(args.name, roots)
-                limits["roots"] = team.roots
-            _audit(store, "teams.set", args.name, json.dumps(limits))
-            return _print(args, team.model_dump(), _team_line)
-        team = store.identities.add_team(args.name)
-        _audit(store, "teams.add", args.name)
+    admin = _admin(args)
+    if args.action == "list":
+        return _print(args, [t.model_dump() for t in admin.teams()], _team_line)
+    if args.action == "set":
+        roots = None if args.roots is None else [r for r in args.roots.split(",") if r]
+        team = admin.set_team(args.name, roots=roots, **_limits(args))
         return _print(args, team.model_dump(), _team_line)
+    return _print(args, admin.add_team(args.name).model_dump(), _team_line)
 
 
 def cmd_audit(args) -> int:
-    store = _store(args)
-    try:
-        if args.verify:
-            verdict = store.audit.verify()
-            if args.json:
-                print(verdict.model_dump_json())
-            else:
-                print(f"audit trail whole: {verdict.rows} rows" if verdict.ok else verdict.problem)
-            return 0 if verdict.ok else 1
-        since = None if args.since is None else time.time() - args.since * 3600
-        entries = [e.model_dump() for e in store.audit.entries(args.user, since)]
-        return _print(args, entries, _audit_line)
-    finally:
-        store.close()
-
-
-def _audit(store, action: str, target: str, outcome: str = "ok") -> None:
-    outcome = outcome if outcome == "ok" or outcome.startswith("refused") else f"ok: {outcome}"
-    store.audit.append(user=_operator(), team="admins", action=action, target=target,
-                       address="cli", outcome=outcome)  # fmt: skip
+    admin = _admin(args)
+    if args.verify:
+        verdict = admin.verify_audit()
+        if args.json:
+            print(verdict.model_dump_json())
+        else:
+            print(f"audit trail whole: {verdict.rows} rows" if verdict.ok else verdict.problem)
+        return 0 if verdict.ok else 1
+    entries = [e.model_dump() for e in admin.audit(args.user, args.since)]
+    return _print(args, entries, _audit_line)
 
 
 def _account_json(account) -> dict:
@@ -215,13 +158,12 @@ def _account_json(account) -> dict:
     return {} if account is None else {"mlflow_account": account.model_dump()}
 
 
-def _account_outcome(store, args, account) -> int:
-    """Audit and show what happened to a user's MLflow account (``AccountChange``, None
-    off a tracking server with accounts); the exit code: 1 when the change failed."""
+def _account_outcome(args, account) -> int:
+    """Show what happened to a user's MLflow account (``AccountChange``, None off a
+    tracking server with accounts; the admin SDK audited it); the exit code: 1 when the
+    change failed."""
     if account is None:
         return 0
-    outcome = account.detail if account.done else f"refused: {account.detail}"
-    _audit(store, "users.mlflow_account", account.name, outcome)
     if not account.done:
         print(f"error: {account.detail}", file=sys.stderr)
     elif not args.json:

@@ -274,6 +274,14 @@ class Client:
 
         return Registry(tracking_uri or default_tracking_uri())
 
+    def admin(self, state_dir: str | None = None):
+        """The queue's users, teams and audit trail, for an admin on the head
+        (``orch users | teams | audit``): an ``orchestrator.admin.QueueAdmin`` on the queue
+        under ``state_dir`` (default ``$ORCH_HOME/queue``)."""
+        from orchestrator.admin import QueueAdmin
+
+        return QueueAdmin(state_dir)
+
     def list_models(self, tracking_uri: str | None = None) -> list[dict]:
         """Registered models: name, number of versions, latest version, aliases."""
         return self._registry(tracking_uri).models()

@@ -328,3 +328,34 @@ def test_a_member_spec_reaching_outside_the_team_is_refused_at_submit(teams_with
     assert job.env["ORCH_HOME"] == str(store.path.parent.parent)  # the server's, not bob's
     admin_job = _submit(store, LOCAL_ADMIN, spec_text("anything", alice_rows))  # admins unbounded
     assert admin_job.env == {"ORCH_HOME": "/home/bob/.orch"}
+
+
+def test_the_admin_sdk_does_what_the_cli_does_typed_and_audited(tmp_path):
+    """``Client().admin()``: the calls under ``orch users | teams | audit``, returning
+    models; a refused change raises SpecError and is in the trail."""
+    from orchestrator import Client, SpecError
+
+    admin = Client().admin(str(tmp_path))
+    added = admin.add_user("root", team="admins", role="admin")
+    assert added.first and added.user.token.startswith("orch_") and added.mlflow_account is None
+    assert admin.add_team("vision").name == "vision"
+    (tmp_path / "data").mkdir()
+    team = admin.set_team("vision", roots=[str(tmp_path / "data")], cpus=4)
+    assert team.roots == [str(tmp_path / "data")] and team.quota.cpus == 4
+    with pytest.raises(SpecError, match="team 'nope'"):
+        admin.add_user("bob", team="nope")
+    assert admin.set_user_quota("root", running=2).running == 2
+    assert not admin.add_user("ops", team="admins", role="admin").first
+    assert admin.revoke_user("root").user.revoked_at is not None
+    trail = admin.audit()
+    assert [(e.action, e.target, e.outcome.split(":")[0]) for e in trail] == [
+        ("users.add", "root", "ok"),
+        ("teams.add", "vision", "ok"),
+        ("teams.set", "vision", "ok"),
+        ("users.add", "bob", "refused"),
+        ("users.set", "root", "ok"),
+        ("users.add", "ops", "ok"),
+        ("users.revoke", "root", "ok"),
+    ]
+    assert admin.audit(user="nobody") == [] and admin.verify_audit().ok
+    assert sorted(u.name for u in admin.users()) == ["ops", "root"]
