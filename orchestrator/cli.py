@@ -501,42 +501,41 @@ def _cmd_models(args) -> int:
     if action == "list":
         models = client.list_models(uri)
         if args.json:
-            print(json.dumps(models))
+            print(json.dumps([m.model_dump(mode="json") for m in models]))
         elif not models:
             print("no registered models yet (orch run registers one per run)")
         for model in [] if args.json else models:
-            aliases = "  ".join(f"@{a}=v{v}" for a, v in model["aliases"].items()) or "no alias"
-            print(
-                f"{model['name']}: {model['versions']} versions, latest v{model['latest']}, "
-                f"{aliases}"
-            )
+            aliases = "  ".join(f"@{a}=v{v}" for a, v in model.aliases.items()) or "no alias"
+            print(f"{model.name}: {model.versions} versions, latest v{model.latest}, {aliases}")
     elif action == "show":
         shown = client.show_model(args.name, uri)
         if args.json:
-            print(json.dumps(shown))
+            print(shown.model_dump_json())
             return 0
-        holders = {v: a for a, v in shown["aliases"].items()}
-        print(f"{shown['name']}")
-        for version in shown["versions"]:
-            alias = f"  @{holders[version['version']]}" if version["version"] in holders else ""
+        holders = {v: a for a, v in shown.aliases.items()}
+        print(shown.name)
+        for version in shown.versions:
+            alias = f"  @{holders[version.version]}" if version.version in holders else ""
             print(
-                f"  v{version['version']}{alias}  {format_metrics(version['metrics'])}  "
-                f"run {version['tags'].get('orch.mlflow_run_id', version['run_id'])}"
+                f"  v{version.version}{alias}  {format_metrics(version.metrics)}  "
+                f"run {version.tags.get('orch.mlflow_run_id', version.run_id)}"
             )
-            for quantization, v in version["served_variants"].items():
+            for quantization, v in version.served_variants.items():
                 # a model ONNX cannot export serves in PyTorch float32 whatever was asked
-                how = f" (PyTorch float32: {v['fallback']})" if v.get("fallback") else ""
+                how = f" (PyTorch float32: {v.fallback})" if v.fallback else ""
                 print(
-                    f"      served as {quantization}{how}: {v['metric']} {v['value']:.4f} "
-                    f"(fp32 {v['fp32_value']:.4f}), {v['size_bytes'] / 1e6:.2f} MB, "
-                    f"{v['latency_ms_batch_1']:.2f} ms at batch 1"
+                    f"      served as {quantization}{how}: {v.metric} {v.value:.4f} "
+                    f"(fp32 {v.fp32_value:.4f}), {v.size_bytes / 1e6:.2f} MB, "
+                    f"{v.latency_ms_batch_1:.2f} ms at batch 1"
                 )
     elif action == "promote":
         client.promote(args.name, args.version, args.alias, uri)
         print(f"{args.name}@{args.alias} -> version {args.version}")
     else:
-        before, after = client.rollback(args.name, args.alias, uri)
-        print(f"{args.name}@{args.alias}: version {before} -> version {after}")
+        moved = client.rollback(args.name, args.alias, uri)
+        print(
+            f"{args.name}@{args.alias}: version {moved.from_version} -> version {moved.to_version}"
+        )
     return 0
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator.loader import load_spec, load_spec_deferring_data
 from orchestrator.spec import PipelineSpec
+from serve.records import AliasMoved, ModelDetails, RegisteredModel
 
 # The stages (Ray, torch, MLflow) are imported by the methods that run them, so validating
 # a spec imports neither torch nor Ray.
@@ -282,11 +283,11 @@ class Client:
 
         return QueueAdmin(state_dir)
 
-    def list_models(self, tracking_uri: str | None = None) -> list[dict]:
+    def list_models(self, tracking_uri: str | None = None) -> list[RegisteredModel]:
         """Registered models: name, number of versions, latest version, aliases."""
         return self._registry(tracking_uri).models()
 
-    def show_model(self, name: str, tracking_uri: str | None = None) -> dict:
+    def show_model(self, name: str, tracking_uri: str | None = None) -> ModelDetails:
         """A registered model's aliases and versions (metrics and lineage tags)."""
         return _registry_call(lambda: self._registry(tracking_uri).show(name))
 
@@ -298,8 +299,8 @@ class Client:
 
     def rollback(
         self, name: str, alias: str = "champion", tracking_uri: str | None = None
-    ) -> tuple[str, str]:
-        """Move ``name@alias`` back to the version that held it before; returns (from, to)."""
+    ) -> AliasMoved:
+        """Move ``name@alias`` back to the version that held it before."""
         return _registry_call(lambda: self._registry(tracking_uri).rollback(name, alias))
 
     # -------------------------------------------------------- orch's local cluster

@@ -13,7 +13,7 @@ from jobs.events import Event
 
 if TYPE_CHECKING:
     from orchestrator.serve_result import ServeResult
-    from serve.variant import VariantReport
+    from serve.records import VariantReport
 
 
 @dataclass(frozen=True)

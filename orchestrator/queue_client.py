@@ -36,6 +36,7 @@ from orchestrator.home import orch_home
 from orchestrator.scheduling.demand import Deployment
 from orchestrator.scheduling.record import JobInfo
 from orchestrator.scheduling.token import bearer_headers, ray_token
+from serve.records import AliasMoved, ModelDetails, RegisteredModel
 
 SERVER_START_TIMEOUT_S = 120
 
@@ -307,22 +308,22 @@ class QueueClient:
 
     # ------------------------------------------------- the registry, through the server
 
-    def list_models(self) -> list[dict]:
+    def list_models(self) -> list[RegisteredModel]:
         """Registered models in the server's store (as ``Client.list_models``)."""
-        return self._call("GET", "/models").json()
+        return [RegisteredModel.model_validate(m) for m in self._call("GET", "/models").json()]
 
-    def show_model(self, name: str) -> dict:
-        return self._call("GET", f"/models/{name}").json()
+    def show_model(self, name: str) -> ModelDetails:
+        return ModelDetails.model_validate(self._call("GET", f"/models/{name}").json())
 
     def promote(self, name: str, version: str, alias: str = "champion") -> None:
         """Point ``name@alias`` at ``version``: takes the role the server's settings name."""
         body = {"version": str(version), "alias": alias}
         self._call("POST", f"/models/{name}/promote", json=body)
 
-    def rollback(self, name: str, alias: str = "champion") -> tuple[str, str]:
-        """Move ``name@alias`` back to its previous version; returns (from, to)."""
+    def rollback(self, name: str, alias: str = "champion") -> AliasMoved:
+        """Move ``name@alias`` back to its previous version."""
         moved = self._call("POST", f"/models/{name}/rollback", json={"alias": alias}).json()
-        return moved["from"], moved["to"]
+        return AliasMoved.model_validate(moved)
 
 
 class Job:

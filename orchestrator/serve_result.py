@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from serve.variant import VariantReport
+from serve.records import VariantReport
 
 
 class ServeResult(BaseModel):

@@ -26,8 +26,9 @@ from orchestrator.spec import PipelineSpec
 from serve.app import AppConfig, ServedModel
 from serve.deploy import ServeError, deployment_options, emit_config
 from serve.quantize import QuantizationError
+from serve.records import VariantReport
 from serve.registry import Registry, RegistryError
-from serve.variant import GateError, VariantReport, check_gate, prepare_variant
+from serve.variant import GateError, check_gate, prepare_variant
 
 EventHandler = Callable[[Event], None]
 

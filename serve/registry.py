@@ -13,6 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 
+from serve.records import AliasMoved, ModelDetails, ModelVersion, RegisteredModel, VariantReport
 from serve.spec import PromoteIf
 
 METRIC_TAG = "metric."
@@ -111,8 +112,8 @@ class Registry:
             name, f"orch.alias_history.{alias}", json.dumps(history)
         )
 
-    def rollback(self, name: str, alias: str) -> tuple[str, str]:
-        """Move ``alias`` back to its previous holder; returns (from, to) versions."""
+    def rollback(self, name: str, alias: str) -> AliasMoved:
+        """Move ``alias`` back to its previous holder."""
         current = self.alias_holder(name, alias)
         history = self._history(name, alias)
         while history and history[-1] == current:
@@ -126,7 +127,7 @@ class Registry:
         self.client.set_registered_model_tag(
             name, f"orch.alias_history.{alias}", json.dumps(history)
         )
-        return current or "-", previous
+        return AliasMoved(name=name, alias=alias, from_version=current or "-", to_version=previous)
 
     def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
@@ -184,53 +185,30 @@ class Registry:
         tag = self._version(name, version).tags.get(f"{METRIC_TAG}{metric}")
         return float(tag) if tag is not None else None
 
-    def models(self) -> list[dict]:
+    def models(self) -> list[RegisteredModel]:
         out = []
         for model in self.client.search_registered_models(max_results=1000):
             versions = self.client.search_model_versions(f"name='{model.name}'")
             out.append(
-                {
-                    "name": model.name,
-                    "versions": len(versions),
-                    "latest": max((int(v.version) for v in versions), default=0),
-                    "aliases": {a: str(v) for a, v in model.aliases.items()},
-                }
+                RegisteredModel(
+                    name=model.name,
+                    versions=len(versions),
+                    latest=max((int(v.version) for v in versions), default=0),
+                    aliases={a: str(v) for a, v in model.aliases.items()},
+                )
             )
         return out
 
-    def show(self, name: str) -> dict:
+    def show(self, name: str) -> ModelDetails:
         model = self._model(name)
         versions = sorted(
             self.client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)
         )
-        return {
-            "name": name,
-            "aliases": {a: str(v) for a, v in model.aliases.items()},
-            "versions": [
-                {
-                    "version": str(v.version),
-                    "run_id": v.run_id,
-                    "source": v.source,
-                    "created": v.creation_timestamp,
-                    "metrics": {
-                        k.removeprefix(METRIC_TAG): float(t)
-                        for k, t in v.tags.items()
-                        if k.startswith(METRIC_TAG)
-                    },
-                    "tags": {
-                        k: t
-                        for k, t in v.tags.items()
-                        if k.startswith("orch.") and not k.startswith(SERVED_TAG)
-                    },
-                    "served_variants": {
-                        k.removeprefix(SERVED_TAG): json.loads(t)
-                        for k, t in v.tags.items()
-                        if k.startswith(SERVED_TAG)
-                    },
-                }
-                for v in versions
-            ],
-        }
+        return ModelDetails(
+            name=name,
+            aliases={a: str(v) for a, v in model.aliases.items()},
+            versions=[_version_of(v) for v in versions],
+        )
 
     def _model(self, name: str):
         try:
@@ -251,3 +229,27 @@ class Registry:
     def _history(self, name: str, alias: str) -> list[str]:
         raw = self._model(name).tags.get(f"orch.alias_history.{alias}")
         return json.loads(raw) if raw else []
+
+
+def _version_of(version) -> ModelVersion:
+    """An MLflow model version as the registry's record: metrics, lineage, variants."""
+    tags = version.tags
+    return ModelVersion(
+        version=str(version.version),
+        run_id=version.run_id,
+        source=version.source,
+        created=version.creation_timestamp,
+        metrics={
+            k.removeprefix(METRIC_TAG): float(t)
+            for k, t in tags.items()
+            if k.startswith(METRIC_TAG)
+        },
+        tags={
+            k: t for k, t in tags.items() if k.startswith("orch.") and not k.startswith(SERVED_TAG)
+        },
+        served_variants={
+            k.removeprefix(SERVED_TAG): VariantReport.model_validate_json(t)
+            for k, t in tags.items()
+            if k.startswith(SERVED_TAG)
+        },
+    )

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, Field
 
 from serve.quantize import (
     OnnxExportError,
@@ -29,56 +28,13 @@ from serve.quantize import (
     load_predictor,
     runtime_of,
 )
+from serve.records import VariantReport
 from serve.registry import SERVED_TAG as VARIANT_TAG
 from serve.registry import Registry
 
 
 class GateError(Exception):
     """The quantized model lost more than ``max_accuracy_drop``; nothing was deployed."""
-
-
-class VariantReport(BaseModel):
-    """What a served variant is and how it measured (logged on the model version)."""
-
-    model_name: str
-    version: str
-    quantization: str
-    runtime: str = Field(description="onnxruntime | torch")
-    run_id: str = Field(description="The version's MLflow run, which holds the file.")
-    artifact_path: str = Field(description="The file, relative to the run's artifacts.")
-    size_bytes: int
-    fp32_size_bytes: int
-    metric: str = Field(description="val_accuracy (classification) or val_rmse (regression).")
-    value: float = Field(description="The variant's metric on the validation split.")
-    fp32_value: float = Field(description="The float32 model's metric on the same rows.")
-    drop: float = Field(
-        description="Accuracy lost (classification) or relative RMSE increase (regression)."
-    )
-    latency_ms_batch_1: float
-    latency_ms_max_batch: float
-    max_batch_size: int
-    calibration_samples: int | None = None
-    fallback: str | None = Field(
-        None,
-        description="Why the model serves in PyTorch float32 instead of as asked (ONNX could "
-        "not export it); None when it serves as asked.",
-    )
-
-    @property
-    def served_quantization(self) -> str:
-        """What the replicas run: the asked quantization, or ``none`` after a fallback."""
-        return "none" if self.fallback else self.quantization
-
-    def describe_fallback(self) -> str | None:
-        """One line for the terminal and the run's result, or None."""
-        if self.fallback is None:
-            return None
-        skipped = "" if self.quantization == "none" else f"; {self.quantization} skipped"
-        return (
-            f"{self.model_name} v{self.version}: {self.fallback}, so it serves in PyTorch "
-            f"float32 (a torch.export program){skipped}. Export-friendly operators in the "
-            "model bring ONNX Runtime and int8 back"
-        )
 
 
 def _metric(outputs: np.ndarray, y: np.ndarray, task: str) -> float:

@@ -48,6 +48,7 @@ from orchestrator.scheduling.scheduler import (
     UnknownJob,
 )
 from orchestrator.scheduling.store import JobStore, StoreVersionError
+from serve.records import ModelDetails, RegisteredModel
 
 log = logging.getLogger("orch.server")
 
@@ -336,11 +337,11 @@ def _add_registry_routes(app: FastAPI, gate: CallGate, scheduler: Scheduler) -> 
         return JSONResponse(status_code=409, content={"detail": str(exc)})
 
     @app.get("/models")
-    def models(user: User = Depends(gate.who)) -> list[dict]:
+    def models(user: User = Depends(gate.who)) -> list[RegisteredModel]:
         return _registry().models()
 
     @app.get("/models/{name}")
-    def model(name: str, user: User = Depends(gate.who)) -> dict:
+    def model(name: str, user: User = Depends(gate.who)) -> ModelDetails:
         return _registry().show(name)
 
     def change(request: Request, user: User, action: str, name: str, call) -> dict:
@@ -369,8 +370,7 @@ def _add_registry_routes(app: FastAPI, gate: CallGate, scheduler: Scheduler) -> 
         name: str, body: RollbackRequest, request: Request, user: User = Depends(gate.who)
     ) -> dict:
         def call(registry) -> dict:
-            before, after = registry.rollback(name, body.alias)
-            return {"alias": body.alias, "from": before, "to": after}
+            return registry.rollback(name, body.alias).model_dump()
 
         return change(request, user, "rollback", name, call)
 

@@ -103,13 +103,14 @@ def test_versions_are_registered_with_lineage_and_promoted_by_policy(tmp_path, l
     registry = Registry(os.environ["MLFLOW_TRACKING_URI"])
     assert registry.alias_holder("iris-classifier", "champion") == "4"
     shown = registry.show("iris-classifier")
-    assert [v["version"] for v in shown["versions"]] == ["1", "2", "3", "4"]
-    v2 = shown["versions"][1]
-    assert v2["metrics"]["val_accuracy"] == pytest.approx(0.80)
-    assert v2["tags"]["orch.mlflow_run_id"] == logged_model.run_id
-    assert v2["tags"]["orch.pipeline"] == "iris-mlp"
-    assert v2["tags"]["orch.spec_hash"] == "abc" and v2["tags"]["orch.ray_job_id"] == "01"
-    assert (v2["tags"]["orch.user"], v2["tags"]["orch.team"]) == ("alice", "vision")
+    assert [v.version for v in shown.versions] == ["1", "2", "3", "4"]
+    assert shown.aliases == {"champion": "4"}
+    v2 = shown.versions[1]
+    assert v2.metrics["val_accuracy"] == pytest.approx(0.80)
+    assert v2.tags["orch.mlflow_run_id"] == logged_model.run_id
+    assert v2.tags["orch.pipeline"] == "iris-mlp"
+    assert v2.tags["orch.spec_hash"] == "abc" and v2.tags["orch.ray_job_id"] == "01"
+    assert (v2.tags["orch.user"], v2.tags["orch.team"]) == ("alice", "vision")
     # the registered version is the logged model: it loads back and answers as it did
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     loaded = mlflow.pytorch.load_model("models:/iris-classifier@champion")
@@ -152,6 +153,12 @@ def test_cli_lists_shows_promotes_and_rolls_back(tmp_path, logged_model, capsys)
     assert "iris-classifier has no version '9'" in capsys.readouterr().err
     assert main(["models", "rollback", "iris-classifier"]) == 0  # back to v1
     assert "version 2 -> version 1" in capsys.readouterr().out
+    from orchestrator import Client  # the SDK: the same, typed
+
+    assert main(["models", "promote", "iris-classifier", "2"]) == 0
+    moved = Client().rollback("iris-classifier")
+    assert (moved.alias, moved.from_version, moved.to_version) == ("champion", "2", "1")
+    assert Client().show_model("iris-classifier").aliases == {"champion": "1"}
     with pytest.raises(RegistryError, match="no earlier version held this alias"):
         Registry(os.environ["MLFLOW_TRACKING_URI"]).rollback("iris-classifier", "champion")
 

@@ -11,8 +11,9 @@ import yaml
 
 from orchestrator.cli import main
 from orchestrator.serving import build_app_config
+from serve.records import VariantReport
 from serve.registry import Registry
-from serve.variant import VARIANT_TAG, GateError, VariantReport, check_gate
+from serve.variant import VARIANT_TAG, GateError, check_gate
 from tests.serve.conftest import pipeline, register_quick_model
 
 
