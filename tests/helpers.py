@@ -6,6 +6,7 @@ import json
 import os
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -234,3 +235,12 @@ def our_modules() -> dict[str, Path]:
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
             modules[name] = path
     return modules
+
+
+@contextmanager
+def phase(title: str):
+    """One phase of a story test: whatever fails inside says which phase it was."""
+    try:
+        yield
+    except Exception as exc:
+        raise AssertionError(f"phase {title}: {type(exc).__name__}: {exc}") from exc

@@ -195,12 +195,23 @@ class Ours(AsyncHyperBandScheduler):
     ]
 
 
-def test_serve_http_options_of_a_running_serve():
-    from jobs.ray_internals import running_http_options
+def test_serve_http_options_of_a_running_serve(ray_session):
+    """None before Serve runs; the port it was started on once it does (this file's worker
+    runs no other Serve)."""
+    from ray import serve
 
-    # None without a running Serve; a worker of the suite may already run one
-    options = running_http_options()
-    assert options is None or options.port > 0
+    from jobs.ray_internals import running_http_options
+    from tests.conftest import free_port
+
+    assert running_http_options() is None
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        options = running_http_options()
+        assert (options.host, options.port) == ("127.0.0.1", port)
+    finally:
+        serve.shutdown()
+    assert running_http_options() is None
 
 
 def test_mlflow_pt2_pickle_check(tmp_path):
