@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
-from jobs.data import prepare
+from jobs.data import example_rows, prepare
 from jobs.export import InferenceModel
 from jobs.tracking import RunTracker
 from orchestrator.spec import PipelineSpec
@@ -50,10 +49,7 @@ def register_quick_model(
     with tracker:
         tracker.start(f"{spec.name}-quick", tags={"orch.data_fingerprint": data.info.fingerprint})
         tracker.log_text(yaml.safe_dump(spec.model_dump(mode="json")), "spec.yaml")
-        example = (data.x_val[:5] * data.info.feature_std + data.info.feature_mean).astype(
-            np.float32
-        )
-        model_uri = tracker.log_model(model, data.info, example)
+        model_uri = tracker.log_model(model, data.info, example_rows(data, 5))
     registry = Registry(uri)
     version = registry.register(
         model_uri,
