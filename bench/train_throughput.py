@@ -309,9 +309,11 @@ def run_variant(
     )
     model = ModelSpec(type="mlp", params={"hidden_sizes": HIDDEN})
 
-    def progress(event: dict) -> None:
-        if event["type"] == "epoch":
-            m = event["metrics"]
+    def progress(event) -> None:
+        from jobs.events import EpochEnded
+
+        if isinstance(event, EpochEnded):
+            m = event.metrics
             _log(
                 f"  {variant.name} epoch {m['epoch']}/{epochs}: "
                 f"{m['samples_per_s']:,.0f} samples/s, loss {m['train_loss']:.3f}"

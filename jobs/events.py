@@ -15,34 +15,11 @@ Runner = Literal["ray-train", "local"]
 
 
 class Event:
-    """Base of every event orch hands to ``on_event`` (training, study, stage events).
-
-    Match on the class. Each also reads as the dict earlier releases handed out:
-    ``event["type"]`` is its ``kind``, ``event["stage"]`` or ``event.get("trial")`` its
-    fields, so an ``on_event`` callback written against those keeps working.
-    """
+    """Base of every event orch hands to ``on_event`` (training, study, stage events):
+    match on the class (``isinstance(event, EpochEnded)``) and read its fields;
+    ``kind`` names it in logs and JSON."""
 
     kind: ClassVar[str]
-
-    def __getitem__(self, key: str):
-        if key == "type":
-            return self.kind
-        try:
-            return getattr(self, key)
-        except AttributeError:
-            raise KeyError(key) from None
-
-    def get(self, key: str, default=None):
-        """As ``dict.get`` on the old dicts: ``default`` for a field the event did not set."""
-        try:
-            value = self[key]
-        except KeyError:
-            return default
-        return default if value is None else value
-
-    def __contains__(self, key: str) -> bool:
-        """As on the old dicts, which had no key for a field an event did not set."""
-        return key == "type" or getattr(self, key, None) is not None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The pipeline's own events, beside the trainer's (``jobs.events``) and the study's
 (``tuning.events``): which stage starts, where the cluster's dashboard is, what the serve
 stage measured and deployed, what the register stage did. Every one is a
-``jobs.events.Event``: match on the class; ``event["type"]`` still reads its kind.
+``jobs.events.Event``: match on the class.
 """
 
 from __future__ import annotations

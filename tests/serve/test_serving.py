@@ -23,6 +23,7 @@ import pytest
 from sklearn.datasets import load_digits, load_iris
 
 from orchestrator import Client
+from orchestrator.events import StageStarted
 from orchestrator.exceptions import ClusterError
 from serve.registry import Registry
 from tests.conftest import free_port
@@ -335,7 +336,7 @@ def test_foreground_serving_turns_ctrl_c_into_a_clean_stop(store, serve_port, di
 
     def on_event(event):
         events.append(event)
-        if event.get("stage") == "serve":
+        if isinstance(event, StageStarted) and event.stage == "serve":
             foreground.arm()
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C right as the deploy begins
 

@@ -22,7 +22,7 @@ from orchestrator import Client, load_spec
 from orchestrator.cli import main
 from orchestrator.exceptions import SpecError
 from orchestrator.plan import plan_for
-from tuning.events import StudyStarted, TrialResult
+from tuning.events import StudyStarted, TrialFinished, TrialResult, TrialStarted
 
 pytestmark = pytest.mark.slow
 
@@ -101,14 +101,14 @@ def test_bayesian_study_with_asha_runs_the_trainer_and_tracks_every_trial(ray_se
     assert best.metric > 0.75  # 4 epochs of a small MLP; chance is 0.1
 
     # concurrency: 1 CPU per trial on a 2-CPU Ray, never more than 2 trials at once
-    started = next(e for e in events if e["type"] == "study_started")
-    assert started["max_concurrent_trials"] == 2 and started["trial_resources"] == {"CPU": 1.0}
+    started = next(e for e in events if isinstance(e, StudyStarted))
+    assert started.max_concurrent_trials == 2 and started.trial_resources == {"CPU": 1.0}
     running, most = set(), 0
     for event in events:
-        if event["type"] == "trial_started":
-            running.add(event["trial"].trial_id)
-        elif event["type"] == "trial_finished":
-            running.discard(event["trial"].trial_id)
+        if isinstance(event, TrialStarted):
+            running.add(event.trial.trial_id)
+        elif isinstance(event, TrialFinished):
+            running.discard(event.trial.trial_id)
         most = max(most, len(running))
     assert most <= 2
 
@@ -180,7 +180,7 @@ def test_reused_actors_repeat_a_trial_exactly_and_a_diverged_trial_poisons_nothi
     result = Client().run(path, on_event=events.append, plan=plan)
     out = json.loads(result.model_dump_json())
     (started,) = [e for e in events if isinstance(e, StudyStarted)]
-    assert started["max_concurrent_trials"] == plan.concurrent_trials == 1
+    assert started.max_concurrent_trials == plan.concurrent_trials == 1
     trials = out["study"]["trials"]
     good = [t for t in trials if t["params"]["train.optimizer.lr"] == 0.05]
     (failed,) = [t for t in trials if t["params"]["train.optimizer.lr"] == 1e30]
@@ -332,7 +332,7 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(ray_session, t
     events: list[dict] = []
     result = Client().run(path, on_event=events.append, resume=True)
 
-    restarted = {e["trial"].trial_id for e in events if e["type"] == "trial_started"}
+    restarted = {e.trial.trial_id for e in events if isinstance(e, TrialStarted)}
     assert not restarted & set(finished_before), "a finished trial ran again"
     assert result.mlflow_run_id == parent_before.info.run_id
     assert result.study.study == parent_before.data.tags["orch.study"]
@@ -368,7 +368,7 @@ def test_a_killed_trial_actor_resumes_from_its_last_checkpoint(ray_session, tmp_
 
     def kill_after_epoch_3(event) -> None:
         if isinstance(event, TrialResult) and not killed:
-            trial = event["trial"]
+            trial = event.trial
             if trial.epoch >= 3 and trial.pid:
                 killed.append(trial.epoch)
                 os.kill(trial.pid, signal.SIGKILL)
