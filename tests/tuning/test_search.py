@@ -106,9 +106,9 @@ def test_asha_stops_a_weak_trial_at_its_rung_and_says_why():
     assert decisions[("t3", 2)] == TrialScheduler.STOP
     assert decisions[("t2", 2)] == TrialScheduler.CONTINUE
     (stop,) = got
-    assert stop["trial_id"] == "t3" and stop["epoch"] == 2
-    assert stop["reason"].startswith("ASHA: val_accuracy 0.5 at epoch 2 is below the rung cutoff")
-    assert "of the 3 trials that reached epoch 2" in stop["reason"]
+    assert stop.trial_id == "t3" and stop.epoch == 2
+    assert stop.reason.startswith("ASHA: val_accuracy 0.5 at epoch 2 is below the rung cutoff")
+    assert "of the 3 trials that reached epoch 2" in stop.reason
 
 
 def test_a_trial_reaching_its_last_epoch_is_not_reported_as_stopped():
@@ -135,10 +135,9 @@ def test_median_rule_explains_the_median_it_compared_with():
         results.append((trials[3], 3, 0.3))
         drive(scheduler, trials, results)
     (stop,) = got
-    assert stop["trial_id"] == "t3"
+    assert stop.trial_id == "t3"
     assert (
-        "median rule: best val_accuracy 0.3 by epoch 3 is worse than the median 0.85"
-        in (stop["reason"])
+        "median rule: best val_accuracy 0.3 by epoch 3 is worse than the median 0.85" in stop.reason
     )
 
 
