@@ -123,12 +123,12 @@ class RankRows:
 
     shuffled = True  # blocks(seed) permutes rows itself (jobs.splits.ShardSplit)
 
-    def __init__(self, data, split: str, rank: int, ranks: int):
+    def __init__(self, data, split: str, rank: int, ranks: int, reader: UnitReader | None = None):
+        """``reader``: one the rank's other split uses (the dataset is opened once)."""
         from jobs.rows import SplitRows
 
         self.pieces = pieces_of(units_of(data.units), split, rank, ranks)
-        self.rows = sum(p.hi - p.lo for p in self.pieces)
-        self._reader = UnitReader(data.source, [*data.info.feature_columns, data.info.label])
+        self._reader = reader or unit_reader(data)
         self._map = SplitRows(data.info, data.spec, validation=split == "val")
 
     def blocks(self, seed: int | None = None) -> Iterator[dict[str, np.ndarray]]:
@@ -149,27 +149,39 @@ class RankRows:
     def _read(self, piece: Piece, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
         """One piece: its unit's tables mapped to the split's rows, rows lo..hi kept
         (permuted by ``rng`` when given)."""
-        xs, ys, offset = [], [], 0
+        xs, ys, cursor = [], [], _Cursor(piece, rng)
         for table in self._reader.tables(piece.unit.path, piece.unit.row_group):
-            if offset >= piece.hi:
+            if cursor.offset >= piece.hi:
                 break
-            seen = {}
-
-            def pick(rows: np.ndarray, offset=offset, seen=seen) -> np.ndarray:
-                seen["n"] = len(rows)
-                mine = rows[max(piece.lo - offset, 0) : max(piece.hi - offset, 0)]
-                return rng.permutation(mine) if rng is not None else mine
-
-            block = self._map(table, pick)
+            block = self._map(table, cursor.pick)
             if len(block["y"]):
                 xs.append(block["x"])
                 ys.append(block["y"])
-            offset += seen["n"]
         if not ys:
             return {"x": np.empty((0, 0), np.float32), "y": np.empty(0)}
         if len(ys) == 1:
             return {"x": xs[0], "y": ys[0]}
         return {"x": np.concatenate(xs), "y": np.concatenate(ys)}
+
+
+class _Cursor:
+    """Where a piece's reading stands in its unit's split rows, table after table."""
+
+    def __init__(self, piece: Piece, rng: np.random.Generator | None):
+        self.piece, self.rng, self.offset = piece, rng, 0
+
+    def pick(self, rows: np.ndarray) -> np.ndarray:
+        """``SplitRows``' pick: of this table's split rows, the piece's (permuted), and
+        the cursor moves past them all."""
+        lo, hi = self.piece.lo - self.offset, self.piece.hi - self.offset
+        self.offset += len(rows)
+        mine = rows[max(lo, 0) : max(hi, 0)]
+        return self.rng.permutation(mine) if self.rng is not None else mine
+
+
+def unit_reader(data) -> UnitReader:
+    """A reader of a streamed source's label and feature columns."""
+    return UnitReader(data.source, [*data.info.feature_columns, data.info.label])
 
 
 def _nonempty(block: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
@@ -197,4 +209,7 @@ def rank_splits(data, rank: int, dp_size: int) -> dict:
 
     if rank >= dp_size:
         return {"train": None, "val": None}
-    return {name: ShardSplit(RankRows(data, name, rank, dp_size)) for name in ("train", "val")}
+    reader = unit_reader(data)
+    return {
+        name: ShardSplit(RankRows(data, name, rank, dp_size, reader)) for name in ("train", "val")
+    }

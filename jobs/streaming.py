@@ -201,7 +201,12 @@ MAX_STATS_TASKS = 256
 def _partial_row(table: pa.Table, features, spec: DataSpec, task, input_shape=None) -> dict:
     table = kept_rows(table, spec.filter)
     part = partial(table, features, spec.label, task, spec.seed, spec.validation_split, input_shape)
-    return _partial_columns(part, math.prod(input_shape) if input_shape else len(features))
+    return _partial_columns(part, _width(features, input_shape))
+
+
+def _width(features: list[str], input_shape: list[int] | None) -> int:
+    """How many model inputs a row has: its features, or its tensor's elements."""
+    return math.prod(input_shape) if input_shape else len(features)
 
 
 def _partial_columns(part, width: int) -> dict:
@@ -238,6 +243,7 @@ def _file_partials(
     from jobs.stats import Partial
 
     reader = UnitReader(source, [*features, spec.label])
+    width = _width(features, input_shape)
     out: dict[str, list] = {k: [] for k in (*_PARTIAL_KEYS, "units")}
     for path in files.column("path").to_pylist():
         whole, units = Partial.empty(), []
@@ -253,7 +259,6 @@ def _file_partials(
                 )  # fmt: skip
             units.append([path, group, unit.features.n, unit.n_val])
             whole = whole.merge(unit)
-        width = math.prod(input_shape) if input_shape else len(features)
         for key, value in _partial_columns(whole, width).items():
             out[key].append(value[0])
         out["units"].append(json.dumps(units))
